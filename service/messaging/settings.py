@@ -1,0 +1,153 @@
+"""Every setting of the service, read once from ``MESSAGING_*`` environment variables.
+
+Defaults run out of the box on one machine (SQLite, in-process backplane, a dev secret); the
+``production`` mode refuses the defaults that are only safe on a laptop, so a misconfigured pod
+fails at start-up with a message instead of serving with a guessable secret.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cached_property
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 - refused in production
+SUPPORTED_JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+MIN_HS256_SECRET_BYTES = 32
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """The service's configuration; one instance is built at start-up and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix="MESSAGING_", extra="ignore", frozen=True)
+
+    mode: Literal["dev", "production"] = "dev"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    grpc_enabled: bool = True
+    replica_id: str = Field(default_factory=_default_replica_id, min_length=1, max_length=128)
+
+    database_url: str = "sqlite+aiosqlite:///./messaging.db"
+    database_pool_size: int = Field(10, ge=1, le=200)
+    database_echo: bool = False
+
+    # Empty means the in-process backplane: one replica, no Redis needed.
+    redis_url: str = ""
+    redis_heartbeat_seconds: float = Field(5.0, gt=0, le=300)
+    redis_replica_ttl_seconds: float = Field(15.0, gt=0, le=3600)
+
+    jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = ["HS256"]
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_public_key: str = ""
+    jwt_public_key_file: Path | None = None
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_seconds: float = Field(30.0, ge=0, le=600)
+
+    # Signs page tokens so a client cannot forge a cursor; shared by every replica.
+    cursor_secret: SecretStr = SecretStr("")
+
+    connections_address: str = "127.0.0.1:50052"
+    connections_timeout_seconds: float = Field(0.5, gt=0, le=30)
+    connections_cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
+    connections_cache_size: int = Field(100_000, ge=0)
+
+    max_payload_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    socketio_transports: list[Literal["websocket", "polling"]] = ["polling", "websocket"]
+    socketio_ping_interval_seconds: float = Field(25.0, gt=0)
+    socketio_ping_timeout_seconds: float = Field(20.0, gt=0)
+    cors_allowed_origins: list[str] = ["*"]
+
+    drain_window_seconds: float = Field(10.0, ge=0, le=3600)
+    shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] | None = None
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _at_least_one_algorithm(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one JWT algorithm must be configured")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError(
+                "database_url must start with postgresql+asyncpg:// or sqlite+aiosqlite://"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        uses_hs = "HS256" in self.jwt_algorithms
+        uses_pk = any(alg in self.jwt_algorithms for alg in ("RS256", "ES256"))
+        secret = self.jwt_secret.get_secret_value()
+        if uses_hs and self.mode == "production":
+            if secret == DEV_JWT_SECRET:
+                raise ValueError("MESSAGING_JWT_SECRET must be set in production mode")
+            if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
+                raise ValueError(
+                    f"MESSAGING_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes for HS256"
+                )
+        if uses_pk and not self.public_key:
+            raise ValueError(
+                "RS256/ES256 need MESSAGING_JWT_PUBLIC_KEY or MESSAGING_JWT_PUBLIC_KEY_FILE"
+            )
+        if self.mode == "production" and self.database_url.startswith("sqlite"):
+            raise ValueError("production mode needs a PostgreSQL MESSAGING_DATABASE_URL")
+        if self.shutdown_deadline_seconds <= self.drain_window_seconds:
+            raise ValueError("shutdown_deadline_seconds must exceed drain_window_seconds")
+        return self
+
+    @cached_property
+    def public_key(self) -> str:
+        if self.jwt_public_key:
+            return self.jwt_public_key
+        if self.jwt_public_key_file is not None:
+            return self.jwt_public_key_file.read_text()
+        return ""
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.mode == "dev" else "json"
+
+    @property
+    def cursor_key(self) -> bytes:
+        """Key for page-token signatures: the dedicated secret, else one every replica shares."""
+        if secret := self.cursor_secret.get_secret_value():
+            return secret.encode()
+        if "HS256" in self.jwt_algorithms:
+            return self.jwt_secret.get_secret_value().encode()
+        return self.public_key.encode()

@@ -1,0 +1,1 @@
+"""Real servers for the tests: PostgreSQL, Redis, service processes, a Kubernetes control plane."""
