@@ -86,9 +86,13 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
+        # Plain libpq-style DSNs (what a platform team keeps in a Secret) mean asyncpg.
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                value = "postgresql+asyncpg://" + value.removeprefix(plain)
         if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError(
-                "database_url must start with postgresql+asyncpg:// or sqlite+aiosqlite://"
+                "database_url must be a postgresql:// (asyncpg) or sqlite+aiosqlite:// URL"
             )
         return value
 
