@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./messaging.db"
     database_pool_size: int = Field(10, ge=1, le=200)
     database_echo: bool = False
+    # Run migrations at start-up. Unset means: yes on SQLite (the embedded default), no on
+    # PostgreSQL, where `messaging migrate` runs once per release (the operator's Job).
+    auto_migrate: bool | None = None
 
     # Empty means the in-process backplane: one replica, no Redis needed.
     redis_url: str = ""
@@ -64,7 +67,9 @@ class Settings(BaseSettings):
     connections_cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
     connections_cache_size: int = Field(100_000, ge=0)
 
-    max_payload_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    # A frame beyond this closes the connection at the transport (as in every Socket.IO server);
+    # anything smaller is parsed and, if it breaks a rule, answered with VALIDATION_FAILED.
+    max_payload_bytes: int = Field(1_048_576, ge=16_384, le=16_777_216)
     socketio_transports: list[Literal["websocket", "polling"]] = ["polling", "websocket"]
     socketio_ping_interval_seconds: float = Field(25.0, gt=0)
     socketio_ping_timeout_seconds: float = Field(20.0, gt=0)
@@ -113,7 +118,8 @@ class Settings(BaseSettings):
                 raise ValueError("MESSAGING_JWT_SECRET must be set in production mode")
             if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
                 raise ValueError(
-                    f"MESSAGING_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes for HS256"
+                    f"MESSAGING_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes "
+                    "for HS256"
                 )
         if uses_pk and not self.public_key:
             raise ValueError(
@@ -132,6 +138,10 @@ class Settings(BaseSettings):
         if self.jwt_public_key_file is not None:
             return self.jwt_public_key_file.read_text()
         return ""
+
+    @property
+    def migrates_at_startup(self) -> bool:
+        return self.auto_migrate if self.auto_migrate is not None else not self.uses_postgres
 
     @property
     def uses_redis(self) -> bool:

@@ -1,0 +1,296 @@
+"""The app factory: builds every part of the service once and wires them together.
+
+``build_service`` constructs objects (no I/O); ``Service.start``/``Service.stop`` open and close
+connections and background tasks, from the ASGI lifespan. The ASGI app is python-socketio's
+``ASGIApp`` with FastAPI (health, readiness, metrics) mounted behind it, so one port serves
+``/socket.io`` and HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+from starlette.types import ASGIApp
+
+from messaging import db, metrics
+from messaging.auth import TokenVerifier
+from messaging.chat import Chat
+from messaging.connections import ConnectionsChecker
+from messaging.delivery import Delivery
+from messaging.errors import MessagingError
+from messaging.grpc_api import GrpcServer
+from messaging.presence import Presence
+from messaging.settings import Settings
+from messaging.sockets import SocketEvents, build_socket_server
+
+log = logging.getLogger(__name__)
+
+READINESS_INTERVAL_SECONDS = 1.0
+CHECK_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
+class Readiness:
+    started: bool = False
+    draining: bool = False
+    database: bool = False
+    redis: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and self.database and self.redis
+
+
+class Service:
+    """Everything one process runs; built by ``build_service``, started by the lifespan."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        chat: Chat,
+        sockets: SocketEvents,
+        presence: Presence,
+        delivery: Delivery,
+        connections: ConnectionsChecker,
+        grpc: GrpcServer | None,
+        redis: Redis | None,
+    ) -> None:
+        self.settings = settings
+        self.chat = chat
+        self.sockets = sockets
+        self.presence = presence
+        self.delivery = delivery
+        self.connections = connections
+        self.grpc = grpc
+        self.redis = redis
+        self.readiness = Readiness(redis=redis is None)
+        self._engine = chat.engine
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.settings.migrates_at_startup:
+            await asyncio.to_thread(db.migrate, self.settings)
+        db.observe_pool(self._engine)
+        await self.connections.start()
+        if self.redis is not None:
+            self._spawn(self.presence.run(), "presence")
+            self._spawn(self.delivery.run_publisher(), "backplane-publisher")
+            self._spawn(self.delivery.run_listener(), "backplane-listener")
+        if self.grpc is not None:
+            await self.grpc.start()
+            log.info("gRPC listening", extra={"port": self.grpc.port})
+        self.readiness.started = True
+        await self.check_readiness()
+        self._spawn(self._watch_readiness(), "readiness")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def stop(self) -> None:
+        self.readiness.draining = True
+        if self.grpc is not None:
+            await self.grpc.stop(grace_seconds=min(5.0, self.settings.shutdown_deadline_seconds))
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.presence.leave()
+        await self.connections.close()
+        if self.redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.aclose()
+        await self._engine.dispose()
+
+    # --- readiness -----------------------------------------------------------------------------
+
+    async def check_readiness(self) -> Readiness:
+        problems = []
+        try:
+            await asyncio.wait_for(self.chat.ping_database(), CHECK_TIMEOUT_SECONDS)
+            self.readiness.database = True
+        except (MessagingError, TimeoutError) as exc:
+            self.readiness.database = False
+            problems.append(f"database: {exc}")
+        if self.redis is not None:
+            try:
+                await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT_SECONDS)
+                healthy = self.delivery.listener_healthy
+                self.readiness.redis = healthy
+                if not healthy:
+                    problems.append("redis: backplane listener is resubscribing")
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.readiness.redis = False
+                problems.append(f"redis: {exc!r}")
+        if self.readiness.draining:
+            problems.append("draining")
+        self.readiness.problems = problems
+        await self._publish_readiness()
+        return self.readiness
+
+    async def _publish_readiness(self) -> None:
+        ready = self.readiness.ready
+        metrics.READY.set(1 if ready else 0)
+        if self.grpc is not None:
+            await self.grpc.set_serving(ready)
+
+    async def _watch_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(READINESS_INTERVAL_SECONDS)
+            try:
+                await self.check_readiness()
+            except Exception:
+                log.exception("readiness check failed")
+
+    # --- draining ------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        """Leave gracefully: unready at once, refuse new sockets, close the open ones gradually.
+
+        Sockets are closed at the transport level, so the official clients' own reconnection
+        takes them to another replica; spreading the closes over the drain window keeps a
+        scale-down from stampeding the remaining replicas. Requests in flight finish and are
+        acknowledged before this returns.
+        """
+        started = time.monotonic()
+        self.readiness.draining = True
+        self.sockets.accepting = False
+        metrics.DRAINING.set(1)
+        await self._publish_readiness()
+        sids = self.sockets.connected_sids()
+        random.shuffle(sids)
+        window = self.settings.drain_window_seconds
+        log.info("draining", extra={"sockets": len(sids), "window_seconds": window})
+        for index, sid in enumerate(sids):
+            due = started + window * index / max(1, len(sids))
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.sockets.close_transport(sid)
+        await self.chat.wait_idle()
+        log.info("drained", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+def build_redis(settings: Settings) -> Redis | None:
+    if not settings.uses_redis:
+        return None
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        socket_keepalive=True,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        client_name=f"messaging:{settings.replica_id}",
+        decode_responses=True,
+    )
+
+
+def build_service(settings: Settings) -> Service:
+    """Construct the whole service (no I/O happens here)."""
+    engine = db.create_engine(settings)
+    redis = build_redis(settings)
+    server = build_socket_server(settings)
+    verifier = TokenVerifier(settings)
+    presence = Presence(
+        replica_id=settings.replica_id,
+        redis=redis,
+        heartbeat_seconds=settings.redis_heartbeat_seconds,
+        replica_ttl_seconds=settings.redis_replica_ttl_seconds,
+    )
+    delivery = Delivery(server, replica_id=settings.replica_id, redis=redis)
+    connections = ConnectionsChecker(
+        address=settings.connections_address,
+        timeout_seconds=settings.connections_timeout_seconds,
+        cache_ttl_seconds=settings.connections_cache_ttl_seconds,
+        cache_size=settings.connections_cache_size,
+    )
+    chat = Chat(
+        engine=engine,
+        connections=connections,
+        delivery=delivery,
+        presence=presence,
+        cursor_key=settings.cursor_key,
+    )
+    sockets = SocketEvents(
+        verifier=verifier, chat=chat, presence=presence, delivery=delivery, server=server
+    )
+    grpc = None
+    if settings.grpc_enabled:
+        grpc = GrpcServer(
+            chat=chat, verifier=verifier, host=settings.grpc_host, port=settings.grpc_port
+        )
+    return Service(
+        settings=settings,
+        chat=chat,
+        sockets=sockets,
+        presence=presence,
+        delivery=delivery,
+        connections=connections,
+        grpc=grpc,
+        redis=redis,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    service: Service | None = None,
+    *,
+    before_start: Callable[[], Awaitable[None]] | None = None,
+) -> ASGIApp:
+    """The ASGI app: Socket.IO at /socket.io, and /healthz, /readyz, /metrics."""
+    settings = settings or Settings()
+    service = service or build_service(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if before_start is not None:
+            await before_start()
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    api = FastAPI(title="messaging", lifespan=lifespan, docs_url=None, redoc_url=None)
+    api.state.service = service
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Alive: the event loop answers. Never checks dependencies (that is /readyz)."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(response: Response) -> dict[str, Any]:
+        """Ready for traffic: database and Redis reachable, and not draining."""
+        state = service.readiness
+        if not state.ready:
+            response.status_code = 503
+        return {"ready": state.ready, "problems": state.problems}
+
+    @api.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app: ASGIApp = socketio.ASGIApp(service.sockets.server, other_asgi_app=api)
+    return app

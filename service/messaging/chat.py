@@ -1,0 +1,384 @@
+"""What users can do with conversations and messages: the rules, shared by Socket.IO and gRPC.
+
+Transports parse and authenticate; everything a client may or may not do is decided here, and
+every SQL statement lives in ``store.py``. A message is acknowledged only after its transaction
+committed; it is delivered to sockets after that, and a failed delivery never fails the send
+(PostgreSQL is the source of truth, clients catch up with ``syncMessages``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from messaging import metrics, store
+from messaging.connections import ConnectionsChecker
+from messaging.cursor import decode_page_token, encode_page_token
+from messaging.delivery import Delivery
+from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
+from messaging.ids import new_message_id
+from messaging.payloads import iso, message_json
+from messaging.presence import Presence, PresenceInfo
+from messaging.store import ConversationRecord, MessageRecord, NewMessage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+CONVERSATION_CACHE_SIZE = 100_000
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+class Chat:
+    """The messaging rules over a database, the Connections service and the delivery fan-out."""
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        connections: ConnectionsChecker,
+        delivery: Delivery,
+        presence: Presence,
+        cursor_key: bytes,
+    ) -> None:
+        self._engine = engine
+        self._connections = connections
+        self._delivery = delivery
+        self._presence = presence
+        self._cursor_key = cursor_key
+        # Conversations never change once created (a pair, a creation time), so they are cached.
+        self._conversations: OrderedDict[uuid.UUID, ConversationRecord] = OrderedDict()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    # --- transactions ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction whose database failures surface as ``UNAVAILABLE``."""
+        try:
+            async with self._engine.begin() as conn:
+                yield conn
+        except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+            if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
+                raise
+            log.warning("database unavailable", extra={"error": repr(exc)})
+            raise Unavailable("the database is unavailable; try again") from exc
+
+    @asynccontextmanager
+    async def tracked(self) -> AsyncIterator[None]:
+        """Count a request in flight, so a draining process can wait for them to finish."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # --- conversations -------------------------------------------------------------------------
+
+    async def create_conversation(self, user_id: str, other_user_id: str) -> ConversationRecord:
+        if other_user_id == user_id:
+            raise ValidationFailed("cannot open a conversation with yourself")
+        if not await self._connections.is_connected(user_id, other_user_id):
+            raise Forbidden("you can only message your first-degree connections")
+        async with self._transaction() as conn:
+            conversation, _ = await store.get_or_create_conversation(
+                conn,
+                conversation_id=uuid.uuid4(),
+                user_a=user_id,
+                user_b=other_user_id,
+                created_at=datetime.now(UTC),
+            )
+        self._remember(conversation)
+        return conversation
+
+    async def _conversation_for(
+        self, user_id: str, conversation_id: uuid.UUID
+    ) -> tuple[ConversationRecord, str]:
+        """The conversation and its other participant, if ``user_id`` takes part in it."""
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None:
+            async with self._transaction() as conn:
+                conversation = await store.get_conversation(conn, conversation_id)
+            if conversation is None:
+                raise NotFound("no such conversation")
+            self._remember(conversation)
+        if user_id not in conversation.participant_ids:
+            raise Forbidden("you are not a participant of this conversation")
+        low, high = conversation.participant_ids
+        return conversation, high if user_id == low else low
+
+    def _remember(self, conversation: ConversationRecord) -> None:
+        self._conversations[conversation.id] = conversation
+        if len(self._conversations) > CONVERSATION_CACHE_SIZE:
+            self._conversations.popitem(last=False)
+
+    async def list_conversations(
+        self, user_id: str, *, page_size: int, page_token: str
+    ) -> Page[store.ConversationSummary]:
+        limit = _page_size(page_size)
+        before = None
+        if page_token:
+            before = decode_page_token(
+                self._cursor_key, page_token, kind="conversations", scope=user_id
+            )
+        async with self._transaction() as conn:
+            rows = await store.list_conversations(
+                conn, user_id=user_id, limit=limit + 1, before=before
+            )
+        items, token = rows[:limit], ""
+        if len(rows) > limit:
+            last = items[-1]
+            token = encode_page_token(
+                self._cursor_key,
+                kind="conversations",
+                scope=user_id,
+                at=last.activity_at,
+                row_id=last.conversation.id,
+            )
+        return Page(items, token)
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        user_id: str,
+        *,
+        conversation_id: uuid.UUID,
+        content: str,
+        client_message_id: str | None,
+        origin_sid: str | None = None,
+    ) -> MessageRecord:
+        """Store a message and deliver it; a repeated clientMessageId returns the original."""
+        received = time.perf_counter()
+        try:
+            _, other = await self._conversation_for(user_id, conversation_id)
+            if not await self._connections.is_connected(user_id, other):
+                raise Forbidden("you can only message your first-degree connections")
+            message_id, created_at = new_message_id()
+            new = NewMessage(
+                id=message_id,
+                conversation_id=conversation_id,
+                author_id=user_id,
+                content=content,
+                created_at=created_at,
+                client_message_id=client_message_id,
+            )
+            async with self._transaction() as conn:
+                [(message, stored)] = await store.insert_messages(conn, [new])
+        except Exception as exc:
+            metrics.MESSAGES_SENT.labels(outcome=getattr(exc, "code", "INTERNAL")).inc()
+            raise
+        committed_at = time.time()
+        metrics.SEND_TO_COMMIT.observe(time.perf_counter() - received)
+        metrics.GROUP_COMMIT_SIZE.observe(1)
+        metrics.MESSAGES_SENT.labels(outcome="stored" if stored else "duplicate").inc()
+        if stored:
+            await self._deliver(
+                [other, user_id],
+                "newMessage",
+                message_json(message),
+                skip_sid=origin_sid,
+                committed_at=committed_at,
+            )
+        return message
+
+    async def mark_delivered(
+        self, user_id: str, message_ids: Sequence[uuid.UUID], *, origin_sid: str | None = None
+    ) -> int:
+        wanted = list(dict.fromkeys(message_ids))
+        async with self._transaction() as conn:
+            visible = await store.visible_messages(conn, user_id=user_id, message_ids=wanted)
+            found = {m.id for m in visible}
+            missing = [str(i) for i in wanted if i not in found]
+            if missing:
+                raise NotFound("some messages do not exist or are not yours", details=missing)
+            own = [str(m.id) for m in visible if m.author_id == user_id]
+            if own:
+                raise Forbidden("only a recipient can mark a message delivered", details=own)
+            changes = await store.advance_status(
+                conn, status="delivered", message_ids=wanted, not_author=user_id
+            )
+        await self._announce_status(user_id, changes, "delivered", origin_sid)
+        return len(changes)
+
+    async def mark_read(
+        self,
+        user_id: str,
+        *,
+        conversation_id: uuid.UUID,
+        up_to_message_id: uuid.UUID,
+        origin_sid: str | None = None,
+    ) -> int:
+        await self._conversation_for(user_id, conversation_id)
+        async with self._transaction() as conn:
+            target = await store.get_message(conn, up_to_message_id)
+            if target is None or target.conversation_id != conversation_id:
+                raise NotFound("no such message in this conversation")
+            changes = await store.advance_status(
+                conn,
+                status="read",
+                conversation_id=conversation_id,
+                not_author=user_id,
+                up_to=(target.created_at, target.id),
+            )
+        await self._announce_status(user_id, changes, "read", origin_sid)
+        return len(changes)
+
+    async def _announce_status(
+        self,
+        user_id: str,
+        changes: Sequence[store.StatusChange],
+        status: str,
+        origin_sid: str | None,
+    ) -> None:
+        """Tell each author (and the marker's other devices) which of their messages moved."""
+        grouped: dict[tuple[uuid.UUID, str], list[str]] = {}
+        for change in changes:
+            grouped.setdefault((change.conversation_id, change.author_id), []).append(
+                str(change.message_id)
+            )
+        at = iso(datetime.now(UTC))
+        for (conversation_id, author_id), ids in grouped.items():
+            await self._deliver(
+                [author_id, user_id],
+                "messageStatus",
+                {
+                    "conversationId": str(conversation_id),
+                    "messageIds": ids,
+                    "status": status,
+                    "userId": user_id,
+                    "at": at,
+                },
+                skip_sid=origin_sid,
+            )
+
+    async def typing(
+        self,
+        user_id: str,
+        *,
+        conversation_id: uuid.UUID,
+        is_typing: bool,
+        origin_sid: str | None = None,
+    ) -> None:
+        _, other = await self._conversation_for(user_id, conversation_id)
+        await self._deliver(
+            [other, user_id],
+            "typing",
+            {"conversationId": str(conversation_id), "userId": user_id, "isTyping": is_typing},
+            skip_sid=origin_sid,
+        )
+
+    async def presence(self, user_id: str, user_ids: Sequence[str]) -> dict[str, PresenceInfo]:
+        """Presence of the users the caller shares a conversation with; others are left out."""
+        async with self._transaction() as conn:
+            shared = await store.users_sharing_a_conversation(
+                conn, user_id=user_id, candidates=user_ids
+            )
+        return await self._presence.lookup(u for u in user_ids if u in shared)
+
+    async def sync(
+        self, user_id: str, *, after: uuid.UUID | None, limit: int
+    ) -> tuple[list[MessageRecord], bool]:
+        """Messages after ``after`` in every conversation of the caller, in commit order."""
+        async with self._transaction() as conn:
+            after_pos = 0
+            if after is not None:
+                seen = await store.visible_messages(conn, user_id=user_id, message_ids=[after])
+                if not seen:
+                    raise NotFound("`after` is not a message of yours")
+                after_pos = seen[0].stream_pos
+            rows = await store.messages_after(
+                conn, user_id=user_id, after_pos=after_pos, limit=limit + 1
+            )
+        return rows[:limit], len(rows) > limit
+
+    async def history(
+        self, user_id: str, *, conversation_id: uuid.UUID, page_size: int, page_token: str
+    ) -> Page[MessageRecord]:
+        """A page of a conversation's messages, newest first."""
+        limit = _page_size(page_size)
+        await self._conversation_for(user_id, conversation_id)
+        before = None
+        if page_token:
+            before = decode_page_token(
+                self._cursor_key, page_token, kind="history", scope=str(conversation_id)
+            )
+        async with self._transaction() as conn:
+            rows = await store.history_page(
+                conn, conversation_id=conversation_id, limit=limit + 1, before=before
+            )
+        items, token = rows[:limit], ""
+        if len(rows) > limit:
+            last = items[-1]
+            token = encode_page_token(
+                self._cursor_key,
+                kind="history",
+                scope=str(conversation_id),
+                at=last.created_at,
+                row_id=last.id,
+            )
+        return Page(items, token)
+
+    async def _deliver(
+        self,
+        users: list[str],
+        event: str,
+        data: dict[str, Any],
+        *,
+        skip_sid: str | None,
+        committed_at: float | None = None,
+    ) -> None:
+        try:
+            await self._delivery.to_users(
+                users, event, data, skip_sid=skip_sid, committed_at=committed_at
+            )
+        except Exception:
+            # The client's request succeeded; recipients will catch up with syncMessages.
+            log.exception("delivery failed", extra={"event": event})
+
+    async def ping_database(self) -> None:
+        async with self._transaction() as conn:
+            await store.ping(conn)
+
+
+def _page_size(requested: int) -> int:
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= requested <= MAX_PAGE_SIZE:
+        raise ValidationFailed(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    return requested
+
+
+def _is_connectivity_error(exc: DBAPIError) -> bool:
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)

@@ -1,0 +1,104 @@
+"""The first-degree-connection rule (REQ-1-029), asked of the Connections service over gRPC.
+
+Answers are cached for a short TTL, positive and negative alike, because every sendMessage needs
+one. When the Connections service is unreachable, slow or broken the check fails closed: the
+caller gets ``UNAVAILABLE`` and nothing is allowed on a guess. Errors are never cached, so the
+first call after the service comes back asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Literal
+
+import grpc
+
+from messaging import metrics
+from messaging.errors import Unavailable
+from messaging.proto.connections.v1 import connections_pb2, connections_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+Source = Literal["cache", "rpc", "error"]
+
+
+class ConnectionsChecker:
+    """Asks whether two users are connected; one instance per process, built in the app factory."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        timeout_seconds: float,
+        cache_ttl_seconds: float,
+        cache_size: int,
+    ) -> None:
+        self._address = address
+        self._timeout = timeout_seconds
+        self._ttl = cache_ttl_seconds
+        self._size = cache_size
+        self._cache: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: connections_pb2_grpc.ConnectionsServiceAsyncStub | None = None
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            self._address,
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                # Fail fast while the service is down instead of queueing calls behind backoff.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2_000),
+            ],
+        )
+        self._stub = connections_pb2_grpc.ConnectionsServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def is_connected(self, user_id: str, other_user_id: str) -> bool:
+        key = (user_id, other_user_id) if user_id <= other_user_id else (other_user_id, user_id)
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[1] > now:
+            self._cache.move_to_end(key)
+            metrics.CONNECTIONS_CHECKS.labels(result=_result(cached[0]), source="cache").inc()
+            return cached[0]
+        connected = await self._ask(user_id, other_user_id)
+        if self._ttl > 0 and self._size > 0:
+            self._cache[key] = (connected, now + self._ttl)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        metrics.CONNECTIONS_CHECKS.labels(result=_result(connected), source="rpc").inc()
+        return connected
+
+    async def _ask(self, user_id: str, other_user_id: str) -> bool:
+        if self._stub is None:
+            raise RuntimeError("ConnectionsChecker.start() was not awaited")
+        request = connections_pb2.IsConnectedRequest(user_id=user_id, other_user_id=other_user_id)
+        started = time.perf_counter()
+        try:
+            reply = await self._stub.IsConnected(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            metrics.CONNECTIONS_CHECKS.labels(result="error", source="error").inc()
+            log.warning(
+                "connections check failed closed",
+                extra={"grpc_code": exc.code().name, "address": self._address},
+            )
+            raise Unavailable("the Connections service is unavailable; try again") from exc
+        finally:
+            metrics.CONNECTIONS_LATENCY.observe(time.perf_counter() - started)
+        return bool(reply.connected)
+
+    def forget(self) -> None:
+        """Drop every cached answer (tests, and operators who changed the graph by hand)."""
+        self._cache.clear()
+
+
+def _result(connected: bool) -> str:
+    return "connected" if connected else "not_connected"

@@ -1,0 +1,56 @@
+"""Opaque, signed page tokens for keyset pagination.
+
+A token is the (timestamp, id) of the last row a page returned, so the next page starts strictly
+after it whatever was inserted meanwhile (an offset would shift). It is signed with a key every
+replica shares and bound to what it pages over (a conversation, or the caller for their
+conversation list): a token edited by a client, or replayed against another conversation, is
+refused as ``VALIDATION_FAILED`` rather than silently paging somewhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import struct
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from messaging.errors import ValidationFailed
+
+_VERSION = 1
+_BODY = struct.Struct(">Bq16s")  # version, microseconds since the epoch, row id
+_MAC_BYTES = 16
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _mac(key: bytes, kind: str, scope: str, body: bytes) -> bytes:
+    message = kind.encode() + b"\x00" + scope.encode() + b"\x00" + body
+    return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def encode_page_token(key: bytes, *, kind: str, scope: str, at: datetime, row_id: uuid.UUID) -> str:
+    micros = (at - _EPOCH) // timedelta(microseconds=1)
+    body = _BODY.pack(_VERSION, micros, row_id.bytes)
+    token = body + _mac(key, kind, scope, body)
+    return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+
+
+def decode_page_token(
+    key: bytes, token: str, *, kind: str, scope: str
+) -> tuple[datetime, uuid.UUID]:
+    """The position a token points after; ``ValidationFailed`` for anything not minted here."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationFailed("invalid page token") from exc
+    if len(raw) != _BODY.size + _MAC_BYTES:
+        raise ValidationFailed("invalid page token")
+    body, mac = raw[: _BODY.size], raw[_BODY.size :]
+    if not hmac.compare_digest(mac, _mac(key, kind, scope, body)):
+        raise ValidationFailed("invalid page token")
+    version, micros, id_bytes = _BODY.unpack(body)
+    if version != _VERSION:
+        raise ValidationFailed("invalid page token")
+    return _EPOCH + timedelta(microseconds=micros), uuid.UUID(bytes=id_bytes)

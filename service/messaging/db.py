@@ -1,0 +1,93 @@
+"""The database engine and the schema migrations (``messaging migrate``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, pool
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from messaging import metrics
+from messaging.settings import Settings
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """An engine for the configured database; it connects lazily, on first use."""
+    if settings.uses_postgres:
+        return create_async_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_pool_size,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            pool_timeout=5,
+            echo=settings.database_echo,
+            connect_args={"timeout": 5, "command_timeout": 15},
+        )
+    # SQLite allows one writer at a time: one pooled connection makes transactions queue in
+    # the pool instead of failing with "database is locked".
+    engine = create_async_engine(
+        settings.database_url,
+        poolclass=pool.AsyncAdaptedQueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=30,
+        echo=settings.database_echo,
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
+def observe_pool(engine: AsyncEngine) -> None:
+    """Export the pool's in-use and idle connection counts (read at scrape time)."""
+    sync_pool = engine.sync_engine.pool
+    if isinstance(sync_pool, pool.QueuePool):
+        metrics.DB_POOL_CONNECTIONS.labels(state="in_use").set_function(sync_pool.checkedout)
+        metrics.DB_POOL_CONNECTIONS.labels(state="idle").set_function(sync_pool.checkedin)
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    head = script.get_current_head()
+    assert head is not None
+    return head
+
+
+def migrate(settings: Settings) -> str:
+    """Bring the schema to the newest revision; returns that revision. Safe to run repeatedly."""
+    command.upgrade(alembic_config(settings.database_url), "head")
+    return asyncio.run(current_revision(settings)) or ""
+
+
+async def current_revision(settings: Settings) -> str | None:
+    engine = create_async_engine(settings.database_url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(
+                lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision()
+            )
+    finally:
+        await engine.dispose()

@@ -1,0 +1,253 @@
+"""Real-time fan-out: an event for some users reaches every socket of theirs, on any replica.
+
+Each user has a Socket.IO room on the process that holds their sockets. An event is emitted to the
+local rooms at once, and, with Redis, published on one channel per recipient user
+(``deliver:{userId}``). A replica subscribes only to the channels of users it holds sockets for,
+so it never decodes traffic meant for other replicas' users (python-socketio's
+AsyncRedisManager puts every event of the cluster on one channel, which every replica decodes).
+
+The listener is supervised: it pings Redis, and when its connection breaks or goes quiet it
+resubscribes with doubling back-off, while ``messaging_backplane_listener_up`` says whether it is
+healthy. Publishing never blocks a sender: events go through a bounded queue drained by one task
+that pipelines PUBLISH commands; if Redis is away they are dropped and counted, because
+PostgreSQL holds every message and clients catch up with ``syncMessages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from messaging import metrics
+
+log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "deliver:"
+PUBLISH_QUEUE_LIMIT = 50_000
+PUBLISH_BATCH = 512
+SUBSCRIBE_WAIT_SECONDS = 1.0
+LISTENER_PING_SECONDS = 2.0
+BACKOFF_START_SECONDS = 0.1
+BACKOFF_CAP_SECONDS = 5.0
+
+
+def user_room(user_id: str) -> str:
+    return f"user:{user_id}"
+
+
+def user_channel(user_id: str) -> str:
+    return f"{CHANNEL_PREFIX}{user_id}"
+
+
+class SocketEmitter(Protocol):
+    """The part of python-socketio's AsyncServer that delivery needs."""
+
+    async def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        room: str | list[str] | None = None,
+        skip_sid: str | list[str] | None = None,
+    ) -> None: ...
+
+
+class Delivery:
+    """Sends server-to-client events to users, locally and through the Redis backplane."""
+
+    def __init__(self, emitter: SocketEmitter, *, replica_id: str, redis: Redis | None) -> None:
+        self._emitter = emitter
+        self._replica_id = replica_id
+        self._redis = redis
+        self._queue: asyncio.Queue[tuple[list[str], bytes]] = asyncio.Queue(PUBLISH_QUEUE_LIMIT)
+        self._watched: set[str] = set()
+        self._pubsub: PubSub | None = None
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._listener_healthy = asyncio.Event()
+
+    @property
+    def uses_redis(self) -> bool:
+        return self._redis is not None
+
+    @property
+    def listener_healthy(self) -> bool:
+        return self._redis is None or self._listener_healthy.is_set()
+
+    async def to_users(
+        self,
+        user_ids: Iterable[str],
+        event: str,
+        data: Any,
+        *,
+        skip_sid: str | None = None,
+        committed_at: float | None = None,
+    ) -> None:
+        """Deliver ``event`` to every socket of ``user_ids`` except ``skip_sid``."""
+        users = list(dict.fromkeys(user_ids))
+        await self._emit_local(users, event, data, skip_sid)
+        if committed_at is not None:
+            metrics.COMMIT_TO_DELIVER.labels(path="local").observe(time.time() - committed_at)
+        if self._redis is None:
+            return
+        envelope = orjson.dumps(
+            {
+                "o": self._replica_id,
+                "e": event,
+                "d": data,
+                "s": skip_sid,
+                "t": time.time(),
+                "c": committed_at,
+            }
+        )
+        try:
+            self._queue.put_nowait((users, envelope))
+        except asyncio.QueueFull:
+            metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc()
+
+    async def _emit_local(
+        self, users: list[str], event: str, data: Any, skip_sid: str | None
+    ) -> None:
+        rooms = [user_room(u) for u in users]
+        await self._emitter.emit(event, data, room=rooms, skip_sid=skip_sid)
+
+    # --- subscriptions -------------------------------------------------------------------------
+
+    async def watch(self, user_id: str) -> None:
+        """Start receiving ``user_id``'s events from other replicas (first socket of a user).
+
+        Waits (briefly) for Redis to confirm the subscription, so an event published right after
+        the socket's handshake is not missed; if Redis is slow or away, the socket connects
+        anyway and catches up with syncMessages.
+        """
+        self._watched.add(user_id)
+        if self._pubsub is None or not self._listener_healthy.is_set():
+            return
+        channel = user_channel(user_id)
+        future = self._pending.get(channel)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[channel] = future
+            try:
+                await self._pubsub.subscribe(channel)
+            except (RedisError, OSError) as exc:
+                self._pending.pop(channel, None)
+                log.warning("subscribe failed", extra={"error": repr(exc)})
+                return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_WAIT_SECONDS)
+
+    async def unwatch(self, user_id: str) -> None:
+        """Stop receiving ``user_id``'s events (their last socket here is gone)."""
+        self._watched.discard(user_id)
+        if self._pubsub is None or not self._listener_healthy.is_set():
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self._pubsub.unsubscribe(user_channel(user_id))
+
+    # --- background tasks ----------------------------------------------------------------------
+
+    async def run_publisher(self) -> None:
+        """Drain the publish queue in pipelined batches, forever."""
+        assert self._redis is not None
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < PUBLISH_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for users, envelope in batch:
+                        for user_id in users:
+                            pipe.publish(user_channel(user_id), envelope)
+                    await pipe.execute()
+                metrics.BACKPLANE_PUBLISHED.labels(outcome="published").inc(len(batch))
+            except (RedisError, OSError) as exc:
+                metrics.BACKPLANE_PUBLISHED.labels(outcome="failed").inc(len(batch))
+                log.warning("backplane publish failed", extra={"error": repr(exc)})
+
+    async def run_listener(self) -> None:
+        """Receive other replicas' events for our users, resubscribing whenever the link breaks."""
+        assert self._redis is not None
+        backoff = BACKOFF_START_SECONDS
+        while True:
+            try:
+                await self._listen_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "backplane listener lost its subscription; resubscribing",
+                    extra={"error": repr(exc), "retry_in": backoff},
+                )
+            finally:
+                self._listener_healthy.clear()
+                metrics.BACKPLANE_LISTENER_UP.set(0)
+                await self._close_pubsub()
+            metrics.BACKPLANE_LISTENER_RESTARTS.inc()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
+
+    async def _listen_once(self) -> None:
+        assert self._redis is not None
+        pubsub = self._redis.pubsub()
+        self._pubsub = pubsub
+        control = f"{CHANNEL_PREFIX}replica:{self._replica_id}"
+        await pubsub.subscribe(control, *(user_channel(u) for u in self._watched))
+        last_heard = time.monotonic()
+        last_ping = last_heard
+        while True:
+            message = await pubsub.get_message(timeout=LISTENER_PING_SECONDS / 2)
+            now = time.monotonic()
+            if message is not None:
+                last_heard = now
+                metrics.BACKPLANE_LAST_HEARTBEAT.set(time.time())
+                await self._handle(message, control)
+            if now - last_ping >= LISTENER_PING_SECONDS:
+                await pubsub.ping()
+                last_ping = now
+            if now - last_heard > 3 * LISTENER_PING_SECONDS:
+                raise TimeoutError("no reply from Redis within three ping intervals")
+
+    async def _handle(self, message: dict[str, Any], control: str) -> None:
+        kind = message["type"]
+        channel = message.get("channel")
+        if kind == "subscribe":
+            if channel == control:
+                self._listener_healthy.set()
+                metrics.BACKPLANE_LISTENER_UP.set(1)
+                log.info("backplane listener subscribed", extra={"users": len(self._watched)})
+            future = self._pending.pop(channel, None) if channel else None
+            if future is not None and not future.done():
+                future.set_result(None)
+            return
+        if kind != "message" or channel is None or not channel.startswith(CHANNEL_PREFIX):
+            return
+        envelope = orjson.loads(message["data"])
+        if envelope["o"] == self._replica_id:
+            return  # already delivered locally when it was published
+        metrics.BACKPLANE_RECEIVED.inc()
+        metrics.BACKPLANE_LAG.observe(max(0.0, time.time() - envelope["t"]))
+        user_id = channel.removeprefix(CHANNEL_PREFIX)
+        await self._emit_local([user_id], envelope["e"], envelope["d"], envelope["s"])
+        if envelope.get("c") is not None:
+            metrics.COMMIT_TO_DELIVER.labels(path="backplane").observe(
+                max(0.0, time.time() - envelope["c"])
+            )
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        for future in self._pending.values():
+            if not future.done():
+                future.cancel()
+        self._pending.clear()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]

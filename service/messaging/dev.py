@@ -1,0 +1,52 @@
+"""``messaging dev``: the whole platform on one machine with nothing else installed.
+
+SQLite in ./messaging.db, the in-process backplane, and a stand-in Connections service with demo
+users, all in one process; it prints a token per demo user so a client can connect at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+from messaging.auth import mint_token
+from messaging.dev_connections import (
+    DEMO_PAIRS,
+    DEMO_USERS,
+    ConnectionGraph,
+    start_connections_server,
+)
+from messaging.logs import configure_logging
+from messaging.serve import run
+from messaging.settings import Settings
+
+
+def run_dev(*, port: int) -> int:
+    os.environ.setdefault("MESSAGING_HTTP_PORT", str(port))
+    os.environ.setdefault("MESSAGING_CONNECTIONS_ADDRESS", "127.0.0.1:50052")
+    settings = Settings()
+    configure_logging(settings.log_level, settings.effective_log_format)
+    _, _, connections_port = settings.connections_address.rpartition(":")
+
+    servers = []  # the grpc.aio server stops if it is garbage-collected: keep it referenced
+
+    async def start_connections() -> None:
+        # Started from the service's lifespan, so it shares uvicorn's event loop.
+        server, _ = await start_connections_server(
+            ConnectionGraph.demo(), port=int(connections_port)
+        )
+        servers.append(server)
+
+    url = f"http://{settings.http_host}:{settings.http_port}"
+    grpc_at = f"{settings.grpc_host}:{settings.grpc_port}"
+    print(f"messaging dev: Socket.IO and HTTP on {url}, gRPC on {grpc_at}")
+    print(f"demo connections: {', '.join(f'{a}-{b}' for a, b in DEMO_PAIRS)}")
+    for user in DEMO_USERS:
+        print(f"  token for {user}: {mint_token(settings, user)}")
+    print(
+        f'try: python -c "import socketio; c = socketio.Client(); '
+        f"c.connect('{url}', auth={{'token': '<alice token>'}}); "
+        f"print(c.call('createConversation', {{'participantId': 'bob'}}))\"",
+        flush=True,
+    )
+    run(settings, before_start=start_connections)
+    return 0

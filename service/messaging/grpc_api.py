@@ -1,0 +1,230 @@
+"""The gRPC API (``messaging.v1.MessagingService``), health and reflection, on its own port.
+
+It runs in the same event loop as the Socket.IO server and calls the same ``Chat``. One
+interceptor authenticates every call of the messaging service from ``authorization: Bearer``
+metadata (with the handshake's ``TokenVerifier``), maps the service's typed errors to status
+codes, and records metrics; the servicer methods only translate between protobuf and ``Chat``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from messaging import metrics
+from messaging.auth import TokenVerifier, bearer_token
+from messaging.chat import Chat
+from messaging.errors import INTERNAL_MESSAGE, MessagingError, ValidationFailed
+from messaging.proto.messaging.v1 import messaging_pb2 as pb
+from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
+from messaging.store import ConversationRecord, MessageRecord
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessagingService"].full_name
+_AUTHENTICATED_PREFIX = f"/{SERVICE_NAME}/"
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_caller")
+_STATUS = {
+    "sent": pb.MESSAGE_STATUS_SENT,
+    "delivered": pb.MESSAGE_STATUS_DELIVERED,
+    "read": pb.MESSAGE_STATUS_READ,
+}
+MAX_USER_ID_CHARS = 128
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def caller() -> str:
+    """The authenticated user of the current call (set by the interceptor)."""
+    return _CALLER.get()
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication, error mapping and metrics for every MessagingService method."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self._verifier = verifier
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(_AUTHENTICATED_PREFIX):
+            return handler  # health and reflection are open, as load balancers expect
+        assert handler.unary_unary is not None, "every MessagingService method is unary"
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(
+                method.removeprefix(_AUTHENTICATED_PREFIX),
+                cast(Behavior, handler.unary_unary),
+            ),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, name: str, behavior: Behavior) -> Behavior:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                metadata = dict(context.invocation_metadata() or ())
+                header = metadata.get("authorization")
+                token = bearer_token(header if isinstance(header, str) else None)
+                _CALLER.set(self._verifier.verify(token))
+                return await behavior(request, context)
+            except MessagingError as exc:
+                code = exc.grpc_status
+                await context.abort(code, exc.message)
+            except Exception:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    code = context.code()
+                    raise  # an abort already in progress
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error in gRPC %s", name)
+                await context.abort(code, INTERNAL_MESSAGE)
+            finally:
+                metrics.GRPC_REQUESTS.labels(method=name, code=code.name).inc()
+                metrics.GRPC_SECONDS.labels(method=name).observe(time.perf_counter() - started)
+
+        return call
+
+
+class MessagingServicer(pb_grpc.MessagingServiceServicer):
+    def __init__(self, chat: Chat) -> None:
+        self._chat = chat
+
+    async def GetMessageHistory(
+        self, request: pb.GetMessageHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetMessageHistoryResponse:
+        page = await self._chat.history(
+            caller(),
+            conversation_id=_uuid(request.conversation_id, "conversation_id"),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.GetMessageHistoryResponse(
+            messages=[message_pb(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListConversationsResponse:
+        page = await self._chat.list_conversations(
+            caller(), page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListConversationsResponse(
+            conversations=[
+                pb.ConversationSummary(
+                    conversation=conversation_pb(s.conversation),
+                    last_message=message_pb(s.last_message) if s.last_message else None,
+                    unread_count=s.unread_count,
+                )
+                for s in page.items
+            ],
+            next_page_token=page.next_page_token,
+        )
+
+    async def CreateConversation(
+        self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Conversation:
+        other = request.participant_id
+        if not 1 <= len(other) <= MAX_USER_ID_CHARS:
+            raise ValidationFailed("participant_id must be 1..128 characters")
+        return conversation_pb(await self._chat.create_conversation(caller(), other))
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValidationFailed(f"{field} must be a UUID") from None
+
+
+def _timestamp(record_time: Any) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(record_time)
+    return stamp
+
+
+def message_pb(message: MessageRecord) -> pb.Message:
+    return pb.Message(
+        id=str(message.id),
+        conversation_id=str(message.conversation_id),
+        author_id=message.author_id,
+        content=message.content,
+        status=_STATUS[message.status],
+        created_at=_timestamp(message.created_at),
+        client_message_id=message.client_message_id or "",
+    )
+
+
+def conversation_pb(conversation: ConversationRecord) -> pb.Conversation:
+    return pb.Conversation(
+        id=str(conversation.id),
+        participant_ids=list(conversation.participant_ids),
+        created_at=_timestamp(conversation.created_at),
+    )
+
+
+class GrpcServer:
+    """The aio server with the messaging, health and reflection services.
+
+    Built in the app factory, but the grpc.aio server itself is created in ``start``: it binds
+    to the event loop that creates it, which must be the one uvicorn runs.
+    """
+
+    def __init__(self, *, chat: Chat, verifier: TokenVerifier, host: str, port: int) -> None:
+        self._chat = chat
+        self._verifier = verifier
+        self._address = f"{host}:{port}"
+        self.port = port
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._serving: bool | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server(interceptors=[CallInterceptor(self._verifier)])
+        self._health = health.aio.HealthServicer()
+        pb_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(self._chat), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(self._address)
+        await server.start()
+        self._server = server
+
+    async def set_serving(self, serving: bool) -> None:
+        """Follow readiness: health answers SERVING only while the process is ready."""
+        if serving == self._serving:
+            return
+        if self._health is None:
+            return
+        self._serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop taking calls; in-flight calls get ``grace_seconds`` to finish."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace_seconds)

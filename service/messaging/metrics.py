@@ -1,0 +1,113 @@
+"""Prometheus metrics of the service; ``/metrics`` on the HTTP port exports them.
+
+Label values are always from small fixed sets (event names, error codes, gRPC methods): never a
+user id or conversation id, which would make a series per user.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+CONNECTED_SOCKETS = Gauge(
+    "messaging_connected_sockets",
+    "Socket.IO connections open on this process (the operator scales on it).",
+)
+CONNECTED_USERS = Gauge(
+    "messaging_connected_users", "Distinct users with at least one socket on this process."
+)
+MESSAGES_SENT = Counter(
+    "messaging_messages_sent_total",
+    "sendMessage requests by outcome: stored, duplicate (clientMessageId repeat) or an error code.",
+    ["outcome"],
+)
+SEND_TO_COMMIT = Histogram(
+    "messaging_send_to_commit_seconds",
+    "From a sendMessage arriving to its message being committed.",
+    buckets=LATENCY_BUCKETS,
+)
+COMMIT_TO_DELIVER = Histogram(
+    "messaging_commit_to_deliver_seconds",
+    "From a message's commit to its newMessage being handed to a local socket.",
+    ["path"],
+    buckets=LATENCY_BUCKETS,
+)
+SOCKET_EVENTS = Counter(
+    "messaging_socket_events_total",
+    "Client-to-server Socket.IO events by name and outcome (ok or an error code).",
+    ["event", "outcome"],
+)
+SOCKET_EVENT_SECONDS = Histogram(
+    "messaging_socket_event_seconds",
+    "Time to answer a client-to-server Socket.IO event.",
+    ["event"],
+    buckets=LATENCY_BUCKETS,
+)
+CONNECTS = Counter(
+    "messaging_socket_connects_total",
+    "Socket.IO handshakes by outcome (accepted, or the refusal's error code).",
+    ["outcome"],
+)
+GRPC_REQUESTS = Counter(
+    "messaging_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
+)
+GRPC_SECONDS = Histogram(
+    "messaging_grpc_request_seconds",
+    "gRPC request latency by method.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+CONNECTIONS_CHECKS = Counter(
+    "messaging_connections_checks_total",
+    "First-degree-connection checks by result and source (cache, rpc, error).",
+    ["result", "source"],
+)
+CONNECTIONS_LATENCY = Histogram(
+    "messaging_connections_rpc_seconds",
+    "Latency of calls to the Connections service.",
+    buckets=LATENCY_BUCKETS,
+)
+BACKPLANE_PUBLISHED = Counter(
+    "messaging_backplane_published_total",
+    "Events published to the Redis backplane, by outcome.",
+    ["outcome"],
+)
+BACKPLANE_RECEIVED = Counter(
+    "messaging_backplane_received_total", "Events received from the Redis backplane."
+)
+BACKPLANE_LAG = Histogram(
+    "messaging_backplane_lag_seconds",
+    "From publishing an event on one replica to receiving it on another.",
+    buckets=LATENCY_BUCKETS,
+)
+BACKPLANE_LISTENER_UP = Gauge(
+    "messaging_backplane_listener_up",
+    "1 while the Redis backplane listener is subscribed and healthy, else 0.",
+)
+BACKPLANE_LISTENER_RESTARTS = Counter(
+    "messaging_backplane_listener_restarts_total",
+    "Times the backplane listener lost its subscription and resubscribed.",
+)
+BACKPLANE_LAST_HEARTBEAT = Gauge(
+    "messaging_backplane_last_heartbeat_timestamp_seconds",
+    "Unix time the backplane listener last heard from Redis (messages or its own ping).",
+)
+REGISTRY_ERRORS = Counter(
+    "messaging_presence_registry_errors_total",
+    "Failed writes to the Redis connection registry (presence may lag until resync).",
+)
+DB_POOL_CONNECTIONS = Gauge(
+    "messaging_db_pool_connections",
+    "Database connections of this process's pool by state.",
+    ["state"],
+)
+GROUP_COMMIT_SIZE = Histogram(
+    "messaging_group_commit_messages",
+    "Messages committed together in one transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+READY = Gauge("messaging_ready", "1 when this process reports ready (/readyz), else 0.")
+DRAINING = Gauge("messaging_draining", "1 while this process drains its connections on shutdown.")

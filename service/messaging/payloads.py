@@ -1,0 +1,123 @@
+"""What clients send (validated request models) and what they get back (JSON shapes).
+
+Requests are pydantic models with the contract's camelCase names and bounds; unknown fields are
+refused so a typo in a client shows up as ``VALIDATION_FAILED`` instead of being ignored. Replies
+are built as plain dicts by the two shape functions, the only place the wire format of a Message
+or a Conversation is written.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from messaging.errors import ValidationFailed
+from messaging.store import ConversationRecord, MessageRecord
+
+MAX_CONTENT_CHARS = 2000
+MAX_IDS = 100
+MAX_SYNC_LIMIT = 500
+DEFAULT_SYNC_LIMIT = 100
+
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ClientMessageId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+Content = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS), AfterValidator(_not_blank)
+]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class CreateConversation(Request):
+    participant_id: UserId = Field(alias="participantId")
+
+
+class SendMessage(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    content: Content
+    client_message_id: ClientMessageId | None = Field(None, alias="clientMessageId")
+
+
+class MarkDelivered(Request):
+    message_ids: list[uuid.UUID] = Field(alias="messageIds", min_length=1, max_length=MAX_IDS)
+
+
+class MarkRead(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    up_to_message_id: uuid.UUID = Field(alias="upToMessageId")
+
+
+class Typing(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    is_typing: bool = Field(alias="isTyping", strict=True)
+
+
+class GetPresence(Request):
+    user_ids: list[UserId] = Field(alias="userIds", min_length=1, max_length=MAX_IDS)
+
+
+class SyncMessages(Request):
+    after: uuid.UUID | None = None
+    limit: int = Field(DEFAULT_SYNC_LIMIT, ge=1, le=MAX_SYNC_LIMIT, strict=True)
+
+
+RequestT = TypeVar("RequestT", bound=Request)
+
+
+def parse(model: type[RequestT], payload: Any) -> RequestT:
+    """Validate an event payload, turning pydantic's errors into the contract's error."""
+    if not isinstance(payload, dict):
+        raise ValidationFailed("payload must be a JSON object")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        raise ValidationFailed("payload failed validation", details=details) from None
+
+
+def iso(at: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z``, millisecond precision (what JavaScript's Date prints)."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def message_json(message: MessageRecord) -> dict[str, Any]:
+    return {
+        "id": str(message.id),
+        "conversationId": str(message.conversation_id),
+        "authorId": message.author_id,
+        "content": message.content,
+        "status": message.status,
+        "createdAt": iso(message.created_at),
+        "clientMessageId": message.client_message_id,
+    }
+
+
+def conversation_json(conversation: ConversationRecord) -> dict[str, Any]:
+    return {
+        "id": str(conversation.id),
+        "participantIds": list(conversation.participant_ids),
+        "createdAt": iso(conversation.created_at),
+    }

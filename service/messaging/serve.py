@@ -1,0 +1,101 @@
+"""Running the service as a process: uvicorn, and what SIGTERM means.
+
+uvicorn's own SIGTERM handling closes the listening socket at once, so a pod would vanish from
+under its clients and its readiness probe at the same moment. Here SIGTERM starts the service's
+drain first (readiness false, new sockets refused, open ones closed gradually, in-flight requests
+answered) and only then lets uvicorn stop. A watchdog ends the process at the shutdown deadline
+whatever happens, so it always exits before Kubernetes' terminationGracePeriodSeconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from types import FrameType
+
+import uvicorn
+
+from messaging.app import Service, build_service, create_app
+from messaging.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM/SIGINT drains before stopping."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self._service = service
+        self._drain: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)  # type: ignore[arg-type]
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain is not None or self._loop is None:
+            # A second signal, or one before start-up finished: stop now.
+            self.should_exit = True
+            if sig == signal.SIGINT and self._drain is not None:
+                self.force_exit = True
+            return
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        deadline = self._service.settings.shutdown_deadline_seconds
+        started = time.monotonic()
+        assert self._loop is not None
+        # Past the deadline, stop waiting for connections; a moment later, leave regardless.
+        self._loop.call_later(max(0.0, deadline - 1.0), self._force)
+        self._loop.call_later(deadline, _hard_exit)
+        self._drain = asyncio.ensure_future(self._drain_then_exit(started))
+
+    async def _drain_then_exit(self, started: float) -> None:
+        try:
+            await self._service.drain()
+        except Exception:
+            log.exception("drain failed; stopping anyway")
+        log.info("stopping", extra={"after_seconds": round(time.monotonic() - started, 3)})
+        self.should_exit = True
+
+    def _force(self) -> None:
+        log.warning("shutdown deadline near; forcing exit")
+        self.should_exit = True
+        self.force_exit = True
+
+
+def _hard_exit() -> None:
+    logging.getLogger(__name__).error("shutdown deadline reached; exiting")
+    logging.shutdown()
+    os._exit(0)
+
+
+def _loop_kind() -> str:
+    try:
+        import uvloop  # noqa: F401, PLC0415 - only probing whether it is installed
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | None = None) -> None:
+    service = build_service(settings)
+    config = uvicorn.Config(
+        create_app(settings, service, before_start=before_start),
+        host=settings.http_host,
+        port=settings.http_port,
+        loop=_loop_kind(),
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        ws_max_size=settings.max_payload_bytes,
+        ws_ping_interval=None,  # Engine.IO runs its own heartbeat
+        timeout_graceful_shutdown=2,
+    )
+    _DrainingServer(config, service).run()

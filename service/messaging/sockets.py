@@ -1,0 +1,259 @@
+"""The Socket.IO side: the handshake, the seven client events, and the ack envelope.
+
+Every event handler has the same shape: validate the payload, call ``Chat``, answer
+``{"ok": true, "data": ...}``; any error becomes ``{"ok": false, "error": {...}}`` with the
+contract's code. Nothing a client sends can disconnect its socket or crash a handler: a wrong
+number of arguments, a non-object payload or an unknown event all get a ``VALIDATION_FAILED`` ack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import socketio
+
+from messaging import metrics
+from messaging.auth import TokenVerifier, bearer_token
+from messaging.chat import Chat
+from messaging.delivery import Delivery, user_room
+from messaging.errors import (
+    MessagingError,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+    as_messaging_error,
+)
+from messaging.payloads import (
+    CreateConversation,
+    GetPresence,
+    MarkDelivered,
+    MarkRead,
+    SendMessage,
+    SyncMessages,
+    Typing,
+    conversation_json,
+    iso,
+    message_json,
+    parse,
+)
+from messaging.presence import Presence
+from messaging.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, str, Any], Awaitable[Any]]
+
+
+class _OrjsonCodec:
+    """python-socketio's JSON hook: orjson is several times faster than the standard module."""
+
+    @staticmethod
+    def dumps(obj: Any, **_: Any) -> str:
+        return orjson.dumps(obj).decode()
+
+    @staticmethod
+    def loads(data: str | bytes, **_: Any) -> Any:
+        return orjson.loads(data)
+
+
+def user_hash(user_id: str) -> str:
+    """A short stable digest of a user id for logs, so logs carry no raw identifiers."""
+    return hashlib.blake2s(user_id.encode(), digest_size=6).hexdigest()
+
+
+class SocketEvents:
+    """Owns the AsyncServer and routes its events to ``Chat``."""
+
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        chat: Chat,
+        presence: Presence,
+        delivery: Delivery,
+        server: socketio.AsyncServer,
+    ) -> None:
+        self._verifier = verifier
+        self._chat = chat
+        self._presence = presence
+        self._delivery = delivery
+        self.server = server
+        self.accepting = True
+        handlers: dict[str, Handler] = {
+            "createConversation": self._create_conversation,
+            "sendMessage": self._send_message,
+            "markDelivered": self._mark_delivered,
+            "markRead": self._mark_read,
+            "typing": self._typing,
+            "getPresence": self._get_presence,
+            "syncMessages": self._sync_messages,
+        }
+        for event, handler in handlers.items():
+            server.on(event, self._endpoint(event, handler))
+        server.on("connect", self._connect)
+        server.on("disconnect", self._disconnect)
+        server.on("*", self._unknown_event)
+
+    # --- connection lifecycle ------------------------------------------------------------------
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            if not self.accepting:
+                raise Unavailable("this replica is shutting down; connect to another one")
+            token = auth.get("token") if isinstance(auth, dict) else None
+            if token is None:
+                token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
+            user_id = self._verifier.verify(token)
+        except MessagingError as exc:
+            metrics.CONNECTS.labels(outcome=exc.code).inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                exc.message, {"code": exc.code, "message": exc.message}
+            ) from None
+        await self.server.enter_room(sid, user_room(user_id))
+        first = await self._presence.register(user_id, sid)
+        if first:
+            await self._delivery.watch(user_id)
+        metrics.CONNECTS.labels(outcome="accepted").inc()
+        log.debug("socket connected", extra={"sid": sid, "user": user_hash(user_id)})
+
+    async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        user_id, last = await self._presence.unregister(sid)
+        if user_id is not None and last:
+            await self._delivery.unwatch(user_id)
+        log.debug("socket disconnected", extra={"sid": sid, "reason": str(reason)})
+
+    async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        metrics.SOCKET_EVENTS.labels(event="unknown", outcome=ValidationFailed.code).inc()
+        return ValidationFailed(f"unknown event {str(event)[:64]!r}").to_ack()
+
+    # --- the envelope --------------------------------------------------------------------------
+
+    def _endpoint(self, event: str, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def endpoint(sid: str, *args: Any) -> dict[str, Any]:
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                async with self._chat.tracked():
+                    user_id = self._presence.user_of(sid)
+                    if user_id is None:
+                        raise Unauthorized("socket is not authenticated")
+                    if len(args) != 1:
+                        raise ValidationFailed("expected exactly one payload argument")
+                    data = await handler(user_id, sid, args[0])
+                return {"ok": True, "data": data}
+            except Exception as exc:
+                error = as_messaging_error(exc)
+                outcome = error.code
+                if error is not exc:
+                    log.exception("unexpected error in %s", event, extra={"sid": sid})
+                return error.to_ack()
+            finally:
+                metrics.SOCKET_EVENTS.labels(event=event, outcome=outcome).inc()
+                metrics.SOCKET_EVENT_SECONDS.labels(event=event).observe(
+                    time.perf_counter() - started
+                )
+
+        return endpoint
+
+    # --- the events ----------------------------------------------------------------------------
+
+    async def _create_conversation(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(CreateConversation, payload)
+        conversation = await self._chat.create_conversation(user_id, request.participant_id)
+        return conversation_json(conversation)
+
+    async def _send_message(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(SendMessage, payload)
+        message = await self._chat.send_message(
+            user_id,
+            conversation_id=request.conversation_id,
+            content=request.content,
+            client_message_id=request.client_message_id,
+            origin_sid=sid,
+        )
+        return message_json(message)
+
+    async def _mark_delivered(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(MarkDelivered, payload)
+        updated = await self._chat.mark_delivered(user_id, request.message_ids, origin_sid=sid)
+        return {"updated": updated}
+
+    async def _mark_read(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(MarkRead, payload)
+        updated = await self._chat.mark_read(
+            user_id,
+            conversation_id=request.conversation_id,
+            up_to_message_id=request.up_to_message_id,
+            origin_sid=sid,
+        )
+        return {"updated": updated}
+
+    async def _typing(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(Typing, payload)
+        await self._chat.typing(
+            user_id,
+            conversation_id=request.conversation_id,
+            is_typing=request.is_typing,
+            origin_sid=sid,
+        )
+        return {}
+
+    async def _get_presence(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(GetPresence, payload)
+        found = await self._chat.presence(user_id, request.user_ids)
+        return {
+            "presence": {
+                uid: {
+                    "online": info.online,
+                    "lastSeenAt": None if info.last_seen_at is None else iso(info.last_seen_at),
+                }
+                for uid, info in found.items()
+            }
+        }
+
+    async def _sync_messages(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(SyncMessages, payload if payload is not None else {})
+        messages, has_more = await self._chat.sync(
+            user_id, after=request.after, limit=request.limit
+        )
+        return {"messages": [message_json(m) for m in messages], "hasMore": has_more}
+
+    # --- draining ------------------------------------------------------------------------------
+
+    def connected_sids(self) -> list[str]:
+        return [
+            sid for user in self._presence.local_users() for sid in self._presence.sids_of(user)
+        ]
+
+    async def close_transport(self, sid: str) -> None:
+        """Close a socket's connection without a Socket.IO disconnect packet.
+
+        To the client this looks like a lost connection, which the official clients answer by
+        reconnecting (through the load balancer, to another replica); a namespace disconnect
+        would tell them to stay away.
+        """
+        try:
+            eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
+        except KeyError:
+            return
+        if eio_sid is not None:
+            await self.server.eio.disconnect(eio_sid)
+
+
+def build_socket_server(settings: Settings) -> socketio.AsyncServer:
+    return socketio.AsyncServer(
+        async_mode="asgi",
+        cors_allowed_origins=settings.cors_allowed_origins,
+        transports=list(settings.socketio_transports),
+        ping_interval=settings.socketio_ping_interval_seconds,
+        ping_timeout=settings.socketio_ping_timeout_seconds,
+        max_http_buffer_size=settings.max_payload_bytes,
+        json=_OrjsonCodec,
+        logger=False,
+        engineio_logger=False,
+    )

@@ -1,0 +1,125 @@
+"""The database schema (SQLAlchemy Core), shared by the store and the Alembic migrations.
+
+Core rather than the ORM: every statement on the hot path is written out in ``store.py``, and the
+same tables run on PostgreSQL (production) and SQLite (the embedded default).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite has no timestamptz)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+USER_ID = String(128)
+MESSAGE_STATUSES = ("sent", "delivered", "read")
+
+# A pair of users has exactly one conversation: the pair is stored in sorted order and unique,
+# so two racing createConversation calls collide on the constraint instead of making two rows.
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("user_low", USER_ID, nullable=False),
+    Column("user_high", USER_ID, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("user_low", "user_high"),
+    CheckConstraint("user_low < user_high", name="sorted_pair"),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_id", USER_ID, primary_key=True),
+    Index(None, "user_id", "conversation_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("author_id", USER_ID, nullable=False),
+    Column("content", Text(), nullable=False),
+    Column("status", String(16), nullable=False, server_default="sent"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("client_message_id", String(64), nullable=True),
+    # Position in the commit-ordered message stream that syncMessages walks (see store.py).
+    Column("stream_pos", BigInteger(), nullable=False, unique=True),
+    UniqueConstraint("author_id", "client_message_id"),
+    CheckConstraint("status IN ('sent', 'delivered', 'read')", name="known_status"),
+    # History pages: newest first within a conversation, keyset on (created_at, id).
+    Index("ix_messages_conversation_id_created_at", "conversation_id", "created_at", "id"),
+    Index(None, "conversation_id", "stream_pos"),
+)
+
+# One row: the last stream position handed out. Taking its row lock serialises message commits,
+# so stream positions are in commit order and a reader never sees a later position before an
+# earlier one has committed.
+message_stream = Table(
+    "message_stream",
+    metadata,
+    Column("id", BigInteger(), primary_key=True),
+    Column("position", BigInteger(), nullable=False),
+)
