@@ -1,0 +1,401 @@
+"""The benchmark: the project and the Node.js reference side by side, in one run.
+
+Starts a private PostgreSQL and Redis, two replicas of each system in turn, runs the same loads
+against both with ``messaging bench`` (window 1 and 4 cross-replica, a sweep of offered rates,
+idle sockets), and writes BENCHMARKS.md, a plot and the raw JSON under bench/results/.
+
+    .venv/bin/python -m bench.run [--quick] [--only reference|project]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report, servers
+from bench.servers import REPO, Postgres, Proc, Redis, ServerError
+
+PYTHON = REPO / ".venv" / "bin" / "python"
+MESSAGING = REPO / ".venv" / "bin" / "messaging"
+JWT_SECRET = "benchmark-only-secret-0123456789abcdef0123456789"  # noqa: S105 - private servers
+EXIT_CODES_WITH_RESULT = (0, 3)  # 3: the run finished but found lost/duplicated deliveries
+
+
+@dataclass(frozen=True)
+class Load:
+    key: str
+    name: str
+    kind: str  # "window" or "rate"
+    window: int
+    rate: float | None
+    duration: float
+    warmup: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "kind": self.kind,
+            "window": self.window,
+            "rate": self.rate,
+            "duration": self.duration,
+            "warmup": self.warmup,
+        }
+
+
+@dataclass
+class System:
+    key: str
+    name: str
+    urls: list[str] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
+    replicas: list[Proc] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+def plan_loads(args: argparse.Namespace) -> list[Load]:
+    duration, warmup = (5.0, 1.0) if args.quick else (args.duration, args.warmup)
+    loads = [
+        Load(f"w{w}", f"window {w}", "window", w, None, duration, warmup) for w in args.windows
+    ]
+    rates = args.rates or ([1000.0, 3000.0, 6000.0] if args.quick else None)
+    if rates is None:
+        rates = [1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 7000.0, 8000.0, 10000.0]
+    sweep_duration, sweep_warmup = (3.0, 1.0) if args.quick else (args.sweep_duration, 2.0)
+    loads += [
+        Load(
+            f"rate-{int(r)}",
+            f"offered {int(r):,}/s",
+            "rate",
+            args.sweep_window,
+            r,
+            sweep_duration,
+            sweep_warmup,
+        )
+        for r in rates
+    ]
+    return loads
+
+
+# --- systems -----------------------------------------------------------------------------
+
+
+def start_reference(pg: Postgres, redis: Redis, log_dir: Path) -> System:
+    servers.npm_ci()
+    database = pg.create_database("reference")
+    system = System("reference", "reference (Node.js)")
+    for i in (1, 2):
+        port = servers.free_port()
+        proc = servers.start_reference(
+            f"reference-{i}",
+            port=port,
+            database_url=database,
+            redis_url=redis.url,
+            jwt_secret=JWT_SECRET,
+            log_dir=log_dir,
+        )
+        system.procs.append(proc)
+        system.replicas.append(proc)
+        system.urls.append(f"http://127.0.0.1:{port}")
+    return system
+
+
+def project_available() -> str | None:
+    """None when ``messaging serve`` can run here, else why not."""
+    if not MESSAGING.exists():
+        return f"{MESSAGING} does not exist"
+    for command in (["serve", "--help"], ["migrate", "--help"], ["dev-connections", "--help"]):
+        done = subprocess.run(
+            [str(MESSAGING), *command], capture_output=True, text=True, check=False, timeout=60
+        )
+        if done.returncode != 0:
+            return f"`messaging {' '.join(command)}` failed: {done.stderr.strip()[-300:]}"
+    return None
+
+
+def start_project(pg: Postgres, redis: Redis, log_dir: Path) -> System:
+    database = pg.create_database("messaging")
+    system = System("project", "project (Python)")
+    connections_port = servers.free_port()
+    base_env = {
+        "MESSAGING_DATABASE_URL": database,
+        "MESSAGING_REDIS_URL": redis.url,
+        "MESSAGING_JWT_SECRET": JWT_SECRET,
+        "MESSAGING_CONNECTIONS_ADDRESS": f"127.0.0.1:{connections_port}",
+        # Node logs nothing per message; per-request INFO logs would be a different contest.
+        "MESSAGING_LOG_LEVEL": "WARNING",
+    }
+    migrate = subprocess.run(
+        [str(MESSAGING), "migrate"],
+        env={**os.environ, **base_env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if migrate.returncode != 0:
+        raise ServerError(f"messaging migrate failed:\n{migrate.stdout}\n{migrate.stderr}")
+    connections = servers.spawn(
+        "dev-connections",
+        [str(MESSAGING), "dev-connections", "--all-connected", "--port", str(connections_port)],
+        log_dir,
+        env=base_env,
+    )
+    system.procs.append(connections)
+    servers.wait_until(
+        lambda: servers.port_open(connections_port), "dev-connections to listen", connections
+    )
+    for i in (1, 2):
+        http_port, grpc_port = servers.free_port(), servers.free_port()
+        proc = servers.spawn(
+            f"project-{i}",
+            [str(MESSAGING), "serve"],
+            log_dir,
+            env={
+                **base_env,
+                "MESSAGING_HTTP_PORT": str(http_port),
+                "MESSAGING_GRPC_PORT": str(grpc_port),
+                "MESSAGING_REPLICA_ID": f"bench-{i}",
+            },
+        )
+        system.procs.append(proc)
+        system.replicas.append(proc)
+        url = f"http://127.0.0.1:{http_port}"
+        servers.wait_until(
+            functools.partial(servers.http_ok, f"{url}/readyz"), f"{proc.name} to be ready", proc
+        )
+        system.urls.append(url)
+    return system
+
+
+# --- runs --------------------------------------------------------------------------------
+
+
+def run_bench(argv: Sequence[str], out: Path) -> dict[str, Any]:
+    command = [str(PYTHON), "-m", "messaging.bench", *argv, "--out", str(out)]
+    print("  $ " + shlex.join(command[1:]), flush=True)
+    done = subprocess.run(
+        command, env={**os.environ, "MESSAGING_JWT_SECRET": JWT_SECRET}, check=False, cwd=REPO
+    )
+    if done.returncode not in EXIT_CODES_WITH_RESULT or not out.exists():
+        raise RuntimeError(f"messaging bench exited with {done.returncode}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def run_system(
+    system: System, loads: Sequence[Load], args: argparse.Namespace, results_dir: Path
+) -> dict[str, Any]:
+    pids = [arg for proc in system.replicas for arg in ("--pid", str(proc.pid))]
+    entry: dict[str, Any] = {"key": system.key, "name": system.name, "loads": {}, "idle": None}
+    if args.idle_sockets:
+        # First, on fresh processes: after load runs a garbage-collected heap hides new sockets.
+        print(f"[{system.name}] idle: {args.idle_sockets:,} sockets on one replica", flush=True)
+        entry["idle"] = run_bench(
+            [
+                system.urls[0],
+                "--pid",
+                str(system.replicas[0].pid),
+                "--mode",
+                "idle",
+                "--users",
+                str(args.idle_sockets),
+                "--hold",
+                str(5 if args.quick else 15),
+                "--settle",
+                str(3 if args.quick else 8),
+                "--label",
+                f"{system.key} idle",
+            ],
+            results_dir / f"{system.key}-idle.json",
+        )
+        _check_alive(system)
+    for load in loads:
+        print(f"[{system.name}] {load.name}", flush=True)
+        argv = [
+            *system.urls,
+            *pids,
+            "--users",
+            str(args.users),
+            "--devices",
+            "1",
+            "--window",
+            str(load.window),
+            "--duration",
+            str(load.duration),
+            "--warmup",
+            str(load.warmup),
+            "--procs",
+            str(args.procs),
+            "--label",
+            f"{system.key} {load.name}",
+        ]
+        if load.rate is not None:
+            argv += ["--rate", str(load.rate)]
+        result = run_bench(argv, results_dir / f"{system.key}-{load.key}.json")
+        entry["loads"][load.key] = result
+        _check_alive(system)
+        time.sleep(1.0)  # let the servers settle between runs
+    return entry
+
+
+def _check_alive(system: System) -> None:
+    for proc in system.procs:
+        if not proc.alive():
+            raise ServerError(f"{proc.name} died during the benchmark:\n{proc.log_tail()}")
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+    except OSError:
+        return "?"
+    return (
+        (done.stdout or done.stderr).strip().splitlines()[0] if done.stdout or done.stderr else "?"
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    pg_bin = servers.pg_bin_dir()
+    lock = json.loads((servers.REFERENCE_DIR / "package-lock.json").read_text())["packages"]
+    versions = ", ".join(
+        [
+            f"Python {platform.python_version()}",
+            f"Node.js {_first_line(['node', '--version'])}",
+            f"socket.io {lock['node_modules/socket.io']['version']}",
+            _first_line([str(pg_bin / "postgres"), "--version"]) if pg_bin else "PostgreSQL ?",
+            _first_line(["redis-server", "--version"]).split(" sha=")[0],
+        ]
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "versions": versions,
+    }
+
+
+def write_report(summary: dict[str, Any], results_dir: Path, markdown: Path) -> None:
+    (results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_path = results_dir / "throughput-latency.png"
+    has_plot = report.plot(summary, plot_path)
+    plot_name = os.path.relpath(plot_path, markdown.parent) if has_plot else None
+    markdown.write_text(report.render_markdown(summary, plot_name))
+    print(
+        f"wrote {markdown}, {results_dir / 'summary.json'}" + (f", {plot_path}" if has_plot else "")
+    )
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=("reference", "project"), default=None)
+    parser.add_argument("--quick", action="store_true", help="short runs, a 3-point sweep")
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--windows", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rates", type=float, nargs="*", default=None, help="sweep (msgs/s)")
+    parser.add_argument("--sweep-window", type=int, default=16)
+    parser.add_argument("--sweep-duration", type=float, default=10.0)
+    parser.add_argument("--idle-sockets", type=int, default=None, help="0 to skip the idle run")
+    parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument(
+        "--require-project",
+        action="store_true",
+        help="fail instead of skipping when `messaging serve` is not available",
+    )
+    args = parser.parse_args(argv)
+    if args.idle_sockets is None:
+        args.idle_sockets = 2000 if args.quick else 10000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    servers.ensure_packages()
+    loads = plan_loads(args)
+    notes: list[str] = []
+    wanted = ["reference", "project"] if args.only is None else [args.only]
+    if "project" in wanted and (why := project_available()) is not None:
+        if args.require_project or args.only == "project":
+            print(f"the project cannot run: {why}", file=sys.stderr)
+            return 1
+        notes.append(f"The project was not measured: {why}.")
+        wanted.remove("project")
+    results_dir = args.results
+    log_dir = results_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*results_dir.glob("*.json"), *log_dir.glob("*.log")]:
+        stale.unlink()  # only what an earlier run of this script wrote
+    systems: list[dict[str, Any]] = []
+    with servers.workspace() as work:
+        pg, redis = Postgres(work), Redis(work)
+        try:
+            pg.start()
+            redis.start()
+            for key in wanted:
+                system = (start_reference if key == "reference" else start_project)(
+                    pg, redis, log_dir
+                )
+                try:
+                    systems.append(run_system(system, loads, args, results_dir))
+                finally:
+                    system.stop()
+        finally:
+            redis.stop()
+            pg.stop()
+    summary = {
+        "schema": "messaging-benchmark/1",
+        "command": "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "settings": {
+            "users": args.users,
+            "devices": 1,
+            "duration": 5.0 if args.quick else args.duration,
+            "warmup": 1.0 if args.quick else args.warmup,
+            "procs": args.procs,
+            "sweep_window": args.sweep_window,
+        },
+        "loads": [load.as_json() for load in loads],
+        "systems": systems,
+        "notes": notes,
+    }
+    write_report(summary, results_dir, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
