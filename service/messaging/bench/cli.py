@@ -304,10 +304,6 @@ def _setup_timeout(plan: WorkerPlan) -> float:
     return 60.0 + sockets * plan.connect_timeout_s / max(plan.connect_concurrency, 1)
 
 
-def _server_names(args: argparse.Namespace) -> list[str]:
-    return list(args.urls)
-
-
 def _cpu_readings(pids: Sequence[int]) -> list[float | None]:
     return [probes.cpu_seconds(pid) for pid in pids]
 
@@ -341,7 +337,7 @@ def _run_load(plan: WorkerPlan, args: argparse.Namespace, stream: TextIO | None)
             acked=tally.acked,
         )
         for name, pid, before, after in zip(
-            _server_names(args), args.pid, cpu_before, cpu_after, strict=True
+            args.urls if args.pid else [], args.pid, cpu_before, cpu_after, strict=True
         )
     ]
     config = {
