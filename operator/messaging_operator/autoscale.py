@@ -1,0 +1,196 @@
+"""The autoscaler: a kopf timer that reads the pods' sockets and lets a reconcile pass scale.
+
+It is the only owner of the messaging Deployment's replica count while `autoscaling.enabled` is
+true. Its verdict (the count, the stabilization window's history, the ScalingActive condition)
+goes into the MessagingCluster's status through the ordinary reconcile pass, so a restarted
+operator resumes with the same window, and no second writer touches the Deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from messaging_operator import builders, scaling, scraping, status
+from messaging_operator.errors import InvalidSpecError, KubeError
+from messaging_operator.kube import CLUSTER, DEPLOYMENT, POD, KubeClient
+from messaging_operator.reconcile import (
+    OperatorConfig,
+    Runtime,
+    ScalingVerdict,
+    post_event,
+    run_reconcile,
+)
+from messaging_operator.spec import GROUP, PLURAL, VERSION, ClusterSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+_INT32_MAX = 2**31 - 1
+
+
+def pod_sample(pod: Mapping[str, Any]) -> tuple[scaling.PodSample, str | None]:
+    """How the autoscaler classifies a pod (as the HPA does), and the IP to read it at."""
+    meta = pod.get("metadata") or {}
+    st = pod.get("status") or {}
+    phase = st.get("phase")
+    gone = bool(meta.get("deletionTimestamp")) or phase in ("Failed", "Succeeded")
+    ready = phase == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or []
+    )
+    return scaling.PodSample(name=meta.get("name", ""), ready=ready, gone=gone), st.get("podIP")
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def history_from_status(record: Mapping[str, Any]) -> list[scaling.Recommendation]:
+    history = []
+    for item in record.get("recommendations") or []:
+        at = _epoch(item.get("time", ""))
+        if at is not None and isinstance(item.get("replicas"), int):
+            history.append(scaling.Recommendation(at=at, replicas=item["replicas"]))
+    return history
+
+
+def history_to_status(history: Iterable[scaling.Recommendation]) -> list[dict[str, Any]]:
+    return [{"time": _iso(rec.at), "replicas": rec.replicas} for rec in history]
+
+
+def policy_for(spec: ClusterSpec) -> scaling.Policy:
+    return scaling.Policy(
+        min_replicas=spec.replicas.min,
+        max_replicas=spec.replicas.max,
+        target_per_pod=float(spec.autoscaling.target_connections_per_pod),
+        tolerance=spec.autoscaling.tolerance,
+        stabilization_seconds=float(spec.autoscaling.scale_down_stabilization_seconds),
+    )
+
+
+def deletion_costs(
+    samples: Sequence[scaling.PodSample], current: Mapping[str, str]
+) -> dict[str, str]:
+    """The pod-deletion-cost each pod should carry before a scale-down (KEP-2255).
+
+    The cost is the pod's socket count, so the ReplicaSet removes the least-connected pods first
+    and the fewest clients have to reconnect. Only changed values are returned.
+    """
+    wanted = {}
+    for sample in samples:
+        if sample.gone or not sample.ready or sample.sockets is None:
+            continue
+        cost = str(min(_INT32_MAX, int(sample.sockets)))
+        if current.get(sample.name) != cost:
+            wanted[sample.name] = cost
+    return wanted
+
+
+async def mark_deletion_costs(
+    api: KubeClient,
+    namespace: str,
+    pods: Sequence[Mapping[str, Any]],
+    samples: Sequence[scaling.PodSample],
+) -> None:
+    current = {
+        p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(DELETION_COST, "")
+        for p in pods
+    }
+    for name, cost in deletion_costs(samples, current).items():
+        await api.merge_patch(
+            POD, namespace, name, {"metadata": {"annotations": {DELETION_COST: cost}}}
+        )
+
+
+async def autoscale_once(memo: Runtime, namespace: str, name: str) -> scaling.Decision | None:
+    """One autoscaler pass; the caller holds the cluster's gate."""
+    api = memo.api
+    body = await api.find(CLUSTER, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except InvalidSpecError:
+        return None  # the reconcile pass reports it
+    if spec.paused or not spec.autoscaling.enabled:
+        return None
+    deployment = await api.find(DEPLOYMENT, namespace, name)
+    if deployment is None:
+        return None
+    current = int((deployment.get("spec") or {}).get("replicas") or 0)
+    selector = builders.label_selector(builders.selector_labels(name, builders.SERVER))
+    pods = await api.list(POD, namespace, selector)
+    classified = [pod_sample(pod) for pod in pods]
+    readable = [(s.name, ip) for s, ip in classified if s.ready and not s.gone and ip]
+    values = await scraping.read_pods(memo.http, readable, memo.config.pod_metrics_port)
+    samples = [replace(s, sockets=values.get(s.name)) for s, _ in classified]
+
+    previous = (body.get("status") or {}).get("scaling") or {}
+    now = time.time()
+    decision = scaling.decide(
+        current, samples, policy_for(spec), history_from_status(previous), now=now
+    )
+    if decision.desired < current:
+        await mark_deletion_costs(api, namespace, pods, samples)
+    record: dict[str, Any] = {"recommendations": history_to_status(decision.recommendations)}
+    if decision.desired != current:
+        record["lastScaleTime"] = _iso(now)
+    elif previous.get("lastScaleTime"):
+        record["lastScaleTime"] = previous["lastScaleTime"]
+    condition = status.Condition(
+        status.SCALING_ACTIVE,
+        "True" if decision.able else "False",
+        decision.reason,
+        decision.message,
+    )
+    verdict = ScalingVerdict(
+        desired=decision.desired, condition=condition, record=record, sockets=int(decision.sockets)
+    )
+    direction = (
+        "up" if decision.desired > current else "down" if decision.desired < current else "none"
+    )
+    memo.metrics.scale_decisions.labels(direction).inc()
+    memo.metrics.desired_replicas.labels(namespace, name).set(decision.desired)
+    memo.metrics.connected_sockets.labels(namespace, name).set(decision.sockets)
+    if direction != "none":
+        reason = "ScaledUp" if direction == "up" else "ScaledDown"
+        post_event(body, status.Event("Normal", reason, decision.message))
+        log.info("%s/%s %s: %s", namespace, name, reason, decision.message)
+    await run_reconcile(memo, namespace, name, verdict)
+    return decision
+
+
+async def on_autoscale(name: str, namespace: str | None, memo: Runtime, **_: Any) -> None:
+    assert namespace is not None  # the CRD is namespaced
+
+    async def once() -> None:
+        try:
+            await autoscale_once(memo, namespace, name)
+        except KubeError as e:
+            raise kopf.TemporaryError(str(e), delay=memo.config.retry_seconds) from e
+
+    await memo.gate(namespace, name).run(once)
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    kopf.timer(
+        GROUP,
+        VERSION,
+        PLURAL,
+        registry=registry,
+        id="autoscale",
+        interval=config.autoscale_seconds,
+    )(on_autoscale)

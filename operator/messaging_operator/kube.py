@@ -1,0 +1,226 @@
+"""A small asyncio client for the Kubernetes API, speaking plain dicts.
+
+Why not the `kubernetes` package's typed client: the builders produce plain dicts and server-side
+apply takes them as they are, the operator runs on kopf's event loop (no thread pool needed), and
+aiohttp is already kopf's own transport. Credentials come from `kopf.login_via_client`, so the
+operator authenticates exactly as kopf does (kubeconfig in development, the service account in a
+pod). Every aiohttp error is turned into the operator's KubeError family here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import aiohttp
+import kopf
+
+from messaging_operator.errors import (
+    KubeConflictError,
+    KubeError,
+    KubeForbiddenError,
+    KubeInvalidError,
+    KubeNotFoundError,
+    KubeUnavailableError,
+)
+from messaging_operator.spec import API_VERSION, FIELD_MANAGER, KIND, PLURAL
+
+Body = dict[str, Any]
+Login = Callable[[], Awaitable[kopf.ConnectionInfo]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+
+    def collection(self, namespace: str) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        return f"{prefix}/namespaces/{namespace}/{self.plural}"
+
+    def item(self, namespace: str, name: str, subresource: str | None = None) -> str:
+        path = f"{self.collection(namespace)}/{name}"
+        return f"{path}/{subresource}" if subresource else path
+
+
+CLUSTER = Kind(API_VERSION, KIND, PLURAL)
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+JOB = Kind("batch/v1", "Job", "jobs")
+SERVICE = Kind("v1", "Service", "services")
+SECRET = Kind("v1", "Secret", "secrets")
+POD = Kind("v1", "Pod", "pods")
+PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+
+_KINDS = {(k.api_version, k.kind): k for k in (CLUSTER, DEPLOYMENT, JOB, SERVICE, SECRET, POD, PDB)}
+
+
+def kind_of(body: Mapping[str, Any]) -> Kind:
+    try:
+        return _KINDS[(body["apiVersion"], body["kind"])]
+    except KeyError:
+        raise ValueError(f"unknown kind {body.get('apiVersion')}/{body.get('kind')}") from None
+
+
+_ERRORS: dict[int, type[KubeError]] = {
+    403: KubeForbiddenError,
+    404: KubeNotFoundError,
+    409: KubeConflictError,
+    422: KubeInvalidError,
+}
+
+
+def _session(info: kopf.ConnectionInfo, timeout_s: float) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
+        headers={**info.as_http_headers(), "User-Agent": FIELD_MANAGER},
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    )
+
+
+class KubeClient:
+    """The operator's only way to the API server; one per operator, opened at start-up."""
+
+    def __init__(self, info: kopf.ConnectionInfo, login: Login, *, timeout_s: float = 30.0) -> None:
+        self._server = info.server.rstrip("/")
+        self._login = login
+        self._timeout = timeout_s
+        self._session = _session(info, timeout_s)
+
+    @classmethod
+    async def connect(cls, login: Login, *, timeout_s: float = 30.0) -> KubeClient:
+        return cls(await login(), login, timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: object = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        data = None if body is None else json.dumps(body)
+        for attempt in (1, 2):
+            try:
+                async with self._session.request(
+                    method,
+                    self._server + path,
+                    params=params,
+                    data=data,
+                    headers={"Content-Type": content_type} if data is not None else None,
+                ) as response:
+                    payload = await response.read()
+                    status = response.status
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise KubeUnavailableError(f"{method} {path}: {type(e).__name__}: {e}") from e
+            if status == 401 and attempt == 1:
+                # Projected service-account tokens rotate: log in again once, then retry.
+                await self._relogin()
+                continue
+            break
+        decoded = json.loads(payload) if payload else {}
+        if status >= 400:
+            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
+            reason = decoded.get("reason", "") if isinstance(decoded, dict) else ""
+            error = _ERRORS.get(status, KubeError)
+            raise error(
+                f"{method} {path}: {status} {message}".strip(), status=status, reason=reason
+            )
+        return decoded
+
+    async def _relogin(self) -> None:
+        info = await self._login()
+        old, self._session = self._session, _session(info, self._timeout)
+        await old.close()
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> Body:
+        return cast(Body, await self._request("GET", kind.item(namespace, name)))
+
+    async def find(self, kind: Kind, namespace: str, name: str) -> Body | None:
+        try:
+            return await self.get(kind, namespace, name)
+        except KubeNotFoundError:
+            return None
+
+    async def list(self, kind: Kind, namespace: str, selector: str) -> list[Body]:
+        result = await self._request(
+            "GET", kind.collection(namespace), params={"labelSelector": selector}
+        )
+        return cast(list[Body], result.get("items") or [])
+
+    async def create(self, body: Mapping[str, Any]) -> Body:
+        kind = kind_of(body)
+        namespace = body["metadata"]["namespace"]
+        return cast(
+            Body,
+            await self._request(
+                "POST",
+                kind.collection(namespace),
+                params={"fieldManager": FIELD_MANAGER},
+                body=body,
+            ),
+        )
+
+    async def apply(self, body: Mapping[str, Any]) -> Body:
+        """Server-side apply as the operator's field manager, taking over any field it sets.
+
+        Forcing is what restores drift: a field someone edited is set back, while fields the
+        operator never sets (other controllers' annotations, say) are left alone.
+        """
+        kind = kind_of(body)
+        meta = body["metadata"]
+        return cast(
+            Body,
+            await self._request(
+                "PATCH",
+                kind.item(meta["namespace"], meta["name"]),
+                params={"fieldManager": FIELD_MANAGER, "force": "true"},
+                body=body,
+                content_type="application/apply-patch+yaml",
+            ),
+        )
+
+    async def merge_patch(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> Body:
+        return cast(
+            Body,
+            await self._request(
+                "PATCH",
+                kind.item(namespace, name, subresource),
+                params={"fieldManager": FIELD_MANAGER},
+                body=patch,
+                content_type="application/merge-patch+json",
+            ),
+        )
+
+    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+        """Delete with background propagation; an object already gone is not an error."""
+        with contextlib.suppress(KubeNotFoundError):
+            await self._request(
+                "DELETE",
+                kind.item(namespace, name),
+                body={"propagationPolicy": "Background"},
+            )
+
+
+async def login(logger: kopf.Logger, settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """Credentials the way kopf's default login finds them: in-cluster first, then kubeconfig."""
+    info = await asyncio.to_thread(kopf.login_via_client, logger=logger, settings=settings)
+    if info is None:
+        raise kopf.LoginError("the kubernetes client library found no credentials")
+    return info

@@ -1,0 +1,81 @@
+"""The autoscaler's pure helpers: pod classification, deletion costs, the persisted window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from messaging_operator.autoscale import (
+    deletion_costs,
+    history_from_status,
+    history_to_status,
+    pod_sample,
+    policy_for,
+)
+from messaging_operator.scaling import PodSample, Recommendation
+from messaging_operator.spec import parse_spec
+
+from tests.operator.samples import MINIMAL_SPEC
+
+
+def pod(
+    name: str,
+    phase: str = "Running",
+    ready: bool = True,
+    deleting: bool = False,
+    ip: str | None = "127.0.0.9",
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if deleting:
+        meta["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
+
+
+def test_pods_are_classified_as_the_hpa_does() -> None:
+    assert pod_sample(pod("a")) == (PodSample("a", ready=True), "127.0.0.9")
+    assert pod_sample(pod("b", ready=False))[0] == PodSample("b", ready=False)
+    assert pod_sample(pod("c", phase="Pending", ready=False, ip=None)) == (
+        PodSample("c", ready=False),
+        None,
+    )
+    assert pod_sample(pod("d", deleting=True))[0].gone
+    assert pod_sample(pod("e", phase="Failed", ready=False))[0].gone
+
+
+def test_deletion_costs_follow_the_socket_counts_and_skip_unchanged_pods() -> None:
+    samples = [
+        PodSample("busy", ready=True, sockets=900),
+        PodSample("quiet", ready=True, sockets=3),
+        PodSample("same", ready=True, sockets=50),
+        PodSample("silent", ready=True, sockets=None),
+        PodSample("starting", ready=False),
+        PodSample("huge", ready=True, sockets=1e12),
+    ]
+    costs = deletion_costs(samples, {"same": "50", "busy": "10"})
+    assert costs == {"busy": "900", "quiet": "3", "huge": str(2**31 - 1)}
+
+
+def test_the_stabilization_window_survives_a_round_trip_through_the_status() -> None:
+    history = [Recommendation(at=1_700_000_000.0, replicas=4), Recommendation(1_700_000_015.0, 6)]
+    stored = history_to_status(history)
+    assert stored[0] == {"time": "2023-11-14T22:13:20Z", "replicas": 4}
+    assert history_from_status({"recommendations": stored}) == history
+    assert history_from_status({"recommendations": [{"time": "garbage", "replicas": 1}]}) == []
+
+
+def test_the_policy_comes_from_the_spec() -> None:
+    spec = parse_spec(
+        {
+            **MINIMAL_SPEC,
+            "autoscaling": {"targetConnectionsPerPod": 800, "scaleDownStabilizationSeconds": 60},
+        }
+    )
+    policy = policy_for(spec)
+    assert (policy.min_replicas, policy.max_replicas) == (2, 10)
+    assert policy.target_per_pod == 800 and policy.stabilization_seconds == 60
+    assert policy.tolerance == 0.1
