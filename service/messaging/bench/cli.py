@@ -35,7 +35,7 @@ from messaging.bench.accounting import (
     memory_per_socket,
     server_cpu_entry,
 )
-from messaging.bench.load import Worker, WorkerPlan
+from messaging.bench.load import SetupError, Worker, WorkerPlan
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -192,6 +192,8 @@ def _worker_entry(
         except ImportError:
             result = asyncio.run(body())
         report("done", result)
+    except SetupError as e:
+        report("failed", {"error": str(e)})
     except BaseException:  # report anything, then let the process end
         report("failed", {"error": traceback.format_exc()})
 
@@ -237,7 +239,7 @@ class _Crew:
                     progress.show(self.latest)
                 continue
             if event == "failed":
-                raise RunError(f"worker {index} failed:\n{data['error']}")
+                raise RunError(f"worker {index}: {data['error']}")
             if event == "progress":
                 self.latest[index] = data
                 if progress is not None:

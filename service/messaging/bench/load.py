@@ -68,6 +68,10 @@ def mint_token(secret: str, subject: str, ttl_s: int, algorithm: str = "HS256") 
     return jwt.encode({"sub": subject, "iat": now, "exp": now + ttl_s}, secret, algorithm=algorithm)
 
 
+class SetupError(Exception):
+    """The run could not start: sockets did not connect or conversations were refused."""
+
+
 class _Device:
     __slots__ = ("client", "index", "number", "replica", "user")
 
@@ -103,6 +107,7 @@ class Worker:
         self.foreign = 0
         self.disconnects = 0
         self.connect_failures: dict[str, int] = {}
+        self.first_failure = ""
         self._seq_sender: dict[int, _Sender] = {}
         self._padding = "x" * plan.content_chars
 
@@ -144,6 +149,7 @@ class Worker:
                 except (ConnectRefusedError, OSError, TimeoutError, ConnectionError) as e:
                     kind = type(e).__name__
                     self.connect_failures[kind] = self.connect_failures.get(kind, 0) + 1
+                    self.first_failure = self.first_failure or f"{kind}: {e}"
                     return False
             return True
 
@@ -164,7 +170,7 @@ class Worker:
                     limit_s=plan.ack_timeout_s,
                 )
             if not (isinstance(answer, dict) and answer.get("ok")):
-                raise RuntimeError(f"createConversation failed: {answer!r}")
+                raise SetupError(f"createConversation failed: {answer!r}")
             conversation_id = answer["data"]["id"]
             for author, other in ((first, second), (second, first)):
                 own = self.by_user[author]
@@ -237,9 +243,9 @@ class Worker:
         plan = self.plan
         connected = await self.connect()
         if connected != len(self.devices):
-            raise RuntimeError(
+            raise SetupError(
                 f"{len(self.devices) - connected} of {len(self.devices)} sockets failed to "
-                f"connect: {self.connect_failures}"
+                f"connect: {self.connect_failures}; first: {self.first_failure}"
             )
         await self.make_conversations()
         self.report("ready", {"sockets": connected})
