@@ -130,7 +130,11 @@ async def autoscale_once(memo: Runtime, namespace: str, name: str) -> scaling.De
     deployment = await api.find(DEPLOYMENT, namespace, name)
     if deployment is None:
         return None
-    current = int((deployment.get("spec") or {}).get("replicas") or 0)
+    # The count the operator last chose, not the live field: a hand edit of the Deployment is
+    # drift to undo, not a new starting point.
+    recorded = (body.get("status") or {}).get("desiredReplicas")
+    live = int((deployment.get("spec") or {}).get("replicas") or 0)
+    current = recorded if isinstance(recorded, int) and recorded > 0 else live
     selector = builders.label_selector(builders.selector_labels(name, builders.SERVER))
     pods = await api.list(POD, namespace, selector)
     classified = [pod_sample(pod) for pod in pods]

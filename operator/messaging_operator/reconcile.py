@@ -222,10 +222,11 @@ def deployment_state(dep: Mapping[str, Any] | None) -> status.DeploymentState | 
     )
     want = int(spec.get("replicas", 1))
     updated = int(st.get("updatedReplicas") or 0)
+    # Every pod runs the latest template (a scale-down in progress is still rolled out).
     rolled_out = (
         int(st.get("observedGeneration") or 0) >= int(dep["metadata"].get("generation") or 0)
         and updated >= want
-        and int(st.get("replicas") or 0) <= want
+        and int(st.get("replicas") or 0) <= updated
     )
     return status.DeploymentState(
         image=image,
@@ -621,9 +622,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     kopf.on.create(*cluster, registry=registry, id="reconcile-create")(on_cluster_change)
     kopf.on.update(*cluster, registry=registry, id="reconcile-update")(on_cluster_change)
     kopf.on.delete(*cluster, registry=registry, id="forget", optional=True)(on_cluster_deleted)
-    kopf.timer(*cluster, registry=registry, id="resync", interval=config.resync_seconds, idle=1.0)(
-        on_resync
-    )
+    kopf.timer(*cluster, registry=registry, id="resync", interval=config.resync_seconds)(on_resync)
     for group, version, plural in CHILD_RESOURCES:
         kopf.on.event(
             group,

@@ -22,8 +22,8 @@ SCALED_DOWN = "ScaledDown"
 WITHIN_TOLERANCE = "WithinTolerance"
 STABILIZED = "ScaleDownStabilized"
 NO_METRICS = "FailedGetPodsMetric"
-BELOW_MIN = "BelowMinReplicas"
-ABOVE_MAX = "AboveMaxReplicas"
+TOO_FEW_REPLICAS = "TooFewReplicas"  # the load wants fewer than replicas.min
+TOO_MANY_REPLICAS = "TooManyReplicas"  # the load wants more than replicas.max
 STEADY = "Steady"
 
 
@@ -137,11 +137,18 @@ def stabilize(
     window: float,
 ) -> tuple[int, tuple[Recommendation, ...]]:
     """autoscaling/v2's default behaviour: scale up at once, scale down to the window's maximum."""
-    kept = tuple(rec for rec in history if rec.at > now - window and rec.at <= now)
+    kept = [rec for rec in history if now - window < rec.at <= now]
     ceiling = max([recommended, *(rec.replicas for rec in kept)])
     chosen = max(current, recommended)  # an immediate scale-up (up-window of zero)
     chosen = min(chosen, ceiling)  # a scale-down only as far as the window allows
-    return chosen, (*kept, Recommendation(at=now, replicas=recommended))
+    # A recommendation followed by a later one at least as high can never be the window's
+    # maximum again: dropping it keeps the history as short as max - min + 1 entries.
+    kept.append(Recommendation(at=now, replicas=recommended))
+    needed: list[Recommendation] = []
+    for rec in reversed(kept):
+        if not needed or rec.replicas > needed[-1].replicas:
+            needed.append(rec)
+    return chosen, tuple(reversed(needed))
 
 
 def decide(
@@ -176,10 +183,14 @@ def decide(
         f"{calc.ratio:.2f} of the target {policy.target_per_pod:.0f} per pod"
     )
     if desired > current:
-        reason = BELOW_MIN if chosen < low else SCALED_UP
+        reason = SCALED_UP
     elif desired < current:
-        reason = ABOVE_MAX if chosen > high else SCALED_DOWN
-    elif calc.replicas < current and desired == current:
+        reason = SCALED_DOWN
+    elif calc.replicas < low and desired == low:
+        reason = TOO_FEW_REPLICAS
+    elif calc.replicas > high and desired == high:
+        reason = TOO_MANY_REPLICAS
+    elif chosen > calc.replicas:
         reason = STABILIZED
     elif abs(1.0 - calc.ratio) <= policy.tolerance:
         reason = WITHIN_TOLERANCE

@@ -112,8 +112,8 @@ def compute_conditions(obs: Observation, previous: Mapping[str, Any]) -> list[Co
     )
     return [
         _ready(obs),
-        _redis_ready(obs),
-        _migrations_complete(obs),
+        _redis_ready(obs, previous),
+        _migrations_complete(obs, previous),
         _scaling_active(obs, previous),
         paused,
     ]
@@ -142,18 +142,29 @@ def _ready(obs: Observation) -> Condition:  # noqa: PLR0911 - a ladder of causes
     return Condition(READY, "True", "Ready", f"{dep.ready_replicas}/{dep.spec_replicas} pods ready")
 
 
-def _redis_ready(obs: Observation) -> Condition:
+def _previous(previous: Mapping[str, Any], kind: str) -> Condition | None:
+    for cond in previous.get("conditions") or []:
+        if cond.get("type") == kind:
+            return Condition(
+                kind, cond.get("status", "Unknown"), cond.get("reason", ""), cond.get("message", "")
+            )
+    return None
+
+
+def _redis_ready(obs: Observation, previous: Mapping[str, Any]) -> Condition:
     if obs.redis is None:
-        return Condition(REDIS_READY, "Unknown", "NotObserved", "redis has not been checked")
+        return _previous(previous, REDIS_READY) or Condition(
+            REDIS_READY, "Unknown", "NotObserved", "redis has not been checked"
+        )
     return Condition(
         REDIS_READY, "True" if obs.redis.ready else "False", obs.redis.reason, obs.redis.message
     )
 
 
-def _migrations_complete(obs: Observation) -> Condition:
+def _migrations_complete(obs: Observation, previous: Mapping[str, Any]) -> Condition:
     mig = obs.migration
     if mig is None:
-        return Condition(
+        return _previous(previous, MIGRATIONS_COMPLETE) or Condition(
             MIGRATIONS_COMPLETE, "Unknown", "NotObserved", "migrations have not been checked"
         )
     if mig.state == "succeeded":
@@ -195,14 +206,9 @@ def _scaling_active(obs: Observation, previous: Mapping[str, Any]) -> Condition:
         return Condition(SCALING_ACTIVE, "False", "Paused", "spec.paused is true")
     if obs.scaling is not None:
         return obs.scaling
-    for cond in previous.get("conditions") or []:
-        if cond.get("type") == SCALING_ACTIVE and cond.get("reason") not in (
-            "ScalingDisabled",
-            "Paused",
-        ):
-            return Condition(
-                SCALING_ACTIVE, cond["status"], cond.get("reason", ""), cond.get("message", "")
-            )
+    last = _previous(previous, SCALING_ACTIVE)
+    if last is not None and last.reason not in ("ScalingDisabled", "Paused"):
+        return last
     return Condition(SCALING_ACTIVE, "Unknown", "Waiting", "the autoscaler has not run yet")
 
 

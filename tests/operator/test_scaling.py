@@ -55,10 +55,17 @@ def test_scale_down_waits_for_the_highest_recommendation_in_the_window() -> None
 
 
 def test_the_window_only_keeps_recommendations_it_still_needs() -> None:
-    history = [Recommendation(at=NOW - 400, replicas=9), Recommendation(at=NOW - 10, replicas=3)]
+    history = [
+        Recommendation(at=NOW - 400, replicas=9),  # outside the window
+        Recommendation(at=NOW - 20, replicas=2),  # outlived by the later, higher 3s
+        Recommendation(at=NOW - 10, replicas=5),
+        Recommendation(at=NOW - 5, replicas=3),
+    ]
     decision = run(3, ready(1000, 1000, 1000), history)
-    assert [r.replicas for r in decision.recommendations] == [3, 3]
-    assert decision.recommendations[-1].at == NOW
+    assert decision.recommendations == (
+        Recommendation(at=NOW - 10, replicas=5),
+        Recommendation(at=NOW, replicas=3),
+    )
 
 
 def test_no_metrics_keeps_the_count_within_bounds_and_reports_it() -> None:
@@ -213,3 +220,41 @@ def test_a_steady_load_settles_and_stays_settled(policy: Policy, loads: list[int
         current, history, now = decision.desired, list(decision.recommendations), now + 15
         seen.append(current)
     assert len(set(seen[-3:])) == 1
+
+
+def test_the_reason_says_what_held_the_count() -> None:
+    assert run(2, ready(0, 0)).reason == scaling.TOO_FEW_REPLICAS
+    assert run(20, ready(*[50_000] * 20)).reason == scaling.TOO_MANY_REPLICAS
+    assert run(4, ready(1000, 1000, 1000, 1000)).reason == scaling.WITHIN_TOLERANCE
+    held = run(4, ready(500, 500, 500, 500), [Recommendation(at=NOW - 1, replicas=4)])
+    assert (held.desired, held.reason) == (4, scaling.STABILIZED)
+    assert run(4, ready(500, 500, 500, 500)).reason == scaling.SCALED_DOWN
+
+
+@settings(max_examples=300)
+@given(
+    policy=policies,
+    steps=st.lists(st.tuples(st.integers(1, 60), st.integers(0, 20_000)), min_size=1, max_size=60),
+)
+def test_the_shortened_history_decides_exactly_as_the_full_one(
+    policy: Policy, steps: list[tuple[int, int]]
+) -> None:
+    """Dropping outlived recommendations never changes a decision, and bounds the history."""
+    now, current_short, current_full = NOW, policy.min_replicas, policy.min_replicas
+    short: tuple[Recommendation, ...] = ()
+    full: list[Recommendation] = []
+    for gap, load in steps:
+        now += gap
+        pods = ready(*[load / current_short] * current_short)
+        decision = decide(current_short, pods, policy, short, now=now)
+        calc = scaling.calculate(current_full, ready(*[load / current_full] * current_full), policy)
+        assert calc is not None
+        chosen, _ = scaling.stabilize(
+            current_full, calc.replicas, full, now=now, window=policy.stabilization_seconds
+        )
+        full.append(Recommendation(at=now, replicas=calc.replicas))
+        expected = max(policy.min_replicas, min(policy.max_replicas, chosen))
+        assert decision.desired == expected
+        short, current_short = decision.recommendations, decision.desired
+        current_full = expected
+        assert len(short) <= len({r.replicas for r in short})

@@ -177,3 +177,14 @@ def test_a_new_reason_while_unhealthy_is_an_event_but_keeps_the_transition_time(
     cond = next(c for c in second["conditions"] if c["type"] == status.MIGRATIONS_COMPLETE)
     assert cond["lastTransitionTime"] == T0
     assert any(e.reason == "MigrationFailed" for e in events)
+
+
+def test_an_invalid_spec_keeps_what_was_last_observed_of_redis_and_migrations() -> None:
+    healthy, _ = compute_status(observe(), {}, now=T0)
+    broken, _ = compute_status(
+        observe(spec_error="bad", redis=None, migration=None, deployment=None), healthy, now=T1
+    )
+    conds = conditions(broken)
+    assert conds[status.REDIS_READY] == ("True", "RedisReady")
+    assert conds[status.MIGRATIONS_COMPLETE] == ("True", "MigrationSucceeded")
+    assert conds[status.READY] == ("False", "InvalidSpec")
