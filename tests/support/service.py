@@ -143,6 +143,14 @@ async def svc(database_url: str, backend: str) -> AsyncIterator[RunningService]:
         yield running
 
 
+@pytest_asyncio.fixture(scope="session")
+async def pg_svc(postgres_database: str) -> AsyncIterator[RunningService]:
+    """The service on PostgreSQL only, for tests of what only PostgreSQL does (row locks, plans)."""
+    graph = ConnectionGraph()
+    async with running_service(service_settings(postgres_database), graph, "postgres") as running:
+        yield running
+
+
 @dataclass
 class Device:
     """One connected client device (a python-socketio AsyncClient) that records what it hears."""
