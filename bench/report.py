@@ -46,6 +46,15 @@ LOAD_HEADER = (
 )
 
 
+def _rows(system: dict[str, Any], load: dict[str, Any]) -> list[str]:
+    if load["key"] in system["loads"]:
+        return [load_row(system["name"], load["name"], system["loads"][load["key"]])]
+    failure = system.get("failures", {}).get(load["key"])
+    if failure:
+        return [f"| {system['name']} | {load['name']} | failed: {failure} |||||||| "]
+    return []
+
+
 def _ratio(summary: dict[str, Any], load_key: str) -> str | None:
     systems = {s["key"]: s for s in summary["systems"]}
     if "reference" not in systems or "project" not in systems:
@@ -93,8 +102,8 @@ def render_markdown(summary: dict[str, Any], plot_name: str | None) -> str:
     ]
     for system in summary["systems"]:
         for load in summary["loads"]:
-            if load["kind"] == "window" and load["key"] in system["loads"]:
-                out.append(load_row(system["name"], load["name"], system["loads"][load["key"]]))
+            if load["kind"] == "window":
+                out.extend(_rows(system, load))
     ratios = [
         f"{load['name']}: {ratio}"
         for load in summary["loads"]
@@ -114,12 +123,16 @@ def render_markdown(summary: dict[str, Any], plot_name: str | None) -> str:
         ]
         for system in summary["systems"]:
             for load in sweep:
-                if load["key"] in system["loads"]:
-                    out.append(load_row(system["name"], load["name"], system["loads"][load["key"]]))
+                out.extend(_rows(system, load))
         if plot_name:
             out += ["", f"![throughput and p99 against offered load]({plot_name})"]
     idle = [(s["name"], s["idle"]) for s in summary["systems"] if s.get("idle")]
-    if idle:
+    idle_failures = [
+        (s["name"], s["failures"]["idle"])
+        for s in summary["systems"]
+        if s.get("failures", {}).get("idle")
+    ]
+    if idle or idle_failures:
         out += [
             "",
             "## Idle memory per websocket",
@@ -133,6 +146,7 @@ def render_markdown(summary: dict[str, Any], plot_name: str | None) -> str:
             out.append(
                 f"| {name} | {result['sockets']:,} | {result['alive_at_end']:,} | {per_text} |"
             )
+        out.extend(f"| {name} | failed: {why} ||| " for name, why in idle_failures)
         out += [
             "",
             "Resident memory of the replica process after the sockets connected and settled, "

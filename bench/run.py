@@ -18,7 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import report, servers
 from bench.servers import REPO, Postgres, Proc, Redis, ServerError
+from messaging.bench import probes
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 MESSAGING = REPO / ".venv" / "bin" / "messaging"
@@ -189,11 +190,20 @@ def start_project(pg: Postgres, redis: Redis, log_dir: Path) -> System:
 def run_bench(argv: Sequence[str], out: Path) -> dict[str, Any]:
     command = [str(PYTHON), "-m", "messaging.bench", *argv, "--out", str(out)]
     print("  $ " + shlex.join(command[1:]), flush=True)
-    done = subprocess.run(
-        command, env={**os.environ, "MESSAGING_JWT_SECRET": JWT_SECRET}, check=False, cwd=REPO
-    )
-    if done.returncode not in EXIT_CODES_WITH_RESULT or not out.exists():
-        raise RuntimeError(f"messaging bench exited with {done.returncode}")
+    with subprocess.Popen(
+        command,
+        env={**os.environ, "MESSAGING_JWT_SECRET": JWT_SECRET},
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        last = ""
+        for line in proc.stderr:  # pass the progress through, keep the last word
+            sys.stderr.write(line)
+            last = line.strip() or last
+    if proc.returncode not in EXIT_CODES_WITH_RESULT or not out.exists():
+        raise RuntimeError(f"messaging bench exited with {proc.returncode}: {last[-300:]}")
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -202,27 +212,38 @@ def run_system(
     system: System, loads: Sequence[Load], args: argparse.Namespace, results_dir: Path
 ) -> dict[str, Any]:
     pids = [arg for proc in system.replicas for arg in ("--pid", str(proc.pid))]
-    entry: dict[str, Any] = {"key": system.key, "name": system.name, "loads": {}, "idle": None}
+    entry: dict[str, Any] = {
+        "key": system.key,
+        "name": system.name,
+        "loads": {},
+        "failures": {},
+        "idle": None,
+    }
     if args.idle_sockets:
         # First, on fresh processes: after load runs a garbage-collected heap hides new sockets.
         print(f"[{system.name}] idle: {args.idle_sockets:,} sockets on one replica", flush=True)
-        entry["idle"] = run_bench(
-            [
-                system.urls[0],
-                "--pid",
-                str(system.replicas[0].pid),
-                "--mode",
-                "idle",
-                "--users",
-                str(args.idle_sockets),
-                "--hold",
-                str(5 if args.quick else 15),
-                "--settle",
-                str(3 if args.quick else 8),
-                "--label",
-                f"{system.key} idle",
-            ],
-            results_dir / f"{system.key}-idle.json",
+        wait_quiet(system)
+        entry["idle"] = _attempt(
+            entry,
+            "idle",
+            lambda: run_bench(
+                [
+                    system.urls[0],
+                    "--pid",
+                    str(system.replicas[0].pid),
+                    "--mode",
+                    "idle",
+                    "--users",
+                    str(args.idle_sockets),
+                    "--hold",
+                    str(5 if args.quick else 15),
+                    "--settle",
+                    str(3 if args.quick else 8),
+                    "--label",
+                    f"{system.key} idle",
+                ],
+                results_dir / f"{system.key}-idle.json",
+            ),
         )
         _check_alive(system)
     for load in loads:
@@ -247,11 +268,44 @@ def run_system(
         ]
         if load.rate is not None:
             argv += ["--rate", str(load.rate)]
-        result = run_bench(argv, results_dir / f"{system.key}-{load.key}.json")
-        entry["loads"][load.key] = result
+        waited = wait_quiet(system)
+        if waited > 5:
+            print(f"  (waited {waited:.0f}s for the replicas to go idle)", flush=True)
+        out = results_dir / f"{system.key}-{load.key}.json"
+        result = _attempt(entry, load.key, lambda: run_bench(argv, out))  # noqa: B023 - called now
+        if result is not None:
+            entry["loads"][load.key] = result
         _check_alive(system)
-        time.sleep(1.0)  # let the servers settle between runs
     return entry
+
+
+def _attempt(
+    entry: dict[str, Any], key: str, run: Callable[[], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """One failed run is recorded and reported, and the benchmark goes on with the next."""
+    try:
+        return run()
+    except RuntimeError as e:
+        print(f"  FAILED: {e}", flush=True)
+        entry["failures"][key] = str(e)
+        return None
+
+
+def wait_quiet(system: System, limit_s: float = 180.0, busy_cpu_s: float = 0.05) -> float:
+    """Wait until every replica is idle (under 5% CPU over a second); returns seconds waited.
+
+    A run must not start while a replica still works off the previous one (say, 10,000
+    disconnects): its sockets would time out and its figures would carry the last run's cost.
+    """
+    started = time.monotonic()
+    pids = [proc.pid for proc in system.replicas]
+    while time.monotonic() - started < limit_s:
+        before = [probes.cpu_seconds(pid) or 0.0 for pid in pids]
+        time.sleep(1.0)
+        after = [probes.cpu_seconds(pid) or 0.0 for pid in pids]
+        if all(a - b < busy_cpu_s for a, b in zip(after, before, strict=True)):
+            break
+    return time.monotonic() - started
 
 
 def _check_alive(system: System) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from messaging.bench import main
 
 from bench import servers
+from messaging.bench import main
 from tests.support.servers import PostgresServer, RedisControl
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

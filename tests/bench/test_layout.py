@@ -5,6 +5,7 @@ from __future__ import annotations
 import jwt
 from hypothesis import given
 from hypothesis import strategies as st
+
 from messaging.bench.load import mint_token, owned_pairs, replica_of
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from messaging.bench.accounting import Ledger, load_result, server_cpu_entry
 from messaging.bench.cli import render_summary
-
-from bench import report
 
 MS = 1_000_000
 
@@ -62,7 +61,8 @@ def summary() -> dict[str, Any]:
             {
                 "key": "project",
                 "name": "project (Python)",
-                "loads": {"w1": fake_result(300), "rate-100": fake_result(100, 100.0)},
+                "loads": {"w1": fake_result(300)},
+                "failures": {"rate-100": "messaging bench exited with 1: refused", "idle": "x"},
                 "idle": None,
             },
         ],
@@ -76,7 +76,8 @@ def test_markdown_has_a_row_per_system_and_load_and_the_throughput_ratio() -> No
         "| reference (Node.js) | window 1 | 200 | 200 | 3.0 / 3.0 / 3.0 / 3.0 | 0 | 0 | 0 " in text
     )
     assert "| project (Python) | window 1 | 300 |" in text
-    assert "| project (Python) | offered 100/s | 100 |" in text
+    assert "| project (Python) | offered 100/s | failed: messaging bench exited with 1" in text
+    assert "| project (Python) | failed: x |" in text
     assert "window 1: 1.50x" in text
     assert "| reference (Node.js) | 1,000 | 1,000 | 10.0 KiB |" in text
     assert "![throughput and p99 against offered load](results/plot.png)" in text
