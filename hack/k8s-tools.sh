@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# Builds the Kubernetes control plane the tests run against (tests/support/k8s.py), from Go
+# modules, because this machine has no Docker engine and no download site but the package
+# registries: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl of one pinned
+# Kubernetes release, etcd 3.5, kwok (simulated nodes) and helm 3.
+#
+# The binaries are cached outside the repo, in a directory keyed by every pinned version, so only
+# the first run on a machine pays for the build; later runs return at once.
+#
+# Usage:
+#   hack/k8s-tools.sh                  build if needed; the last line of stdout is the bin dir
+#   hack/k8s-tools.sh --print-bin-dir  print the bin dir without building (it may not exist yet)
+#   hack/k8s-tools.sh --rebuild        build again even if the cache is complete
+#
+# Environment:
+#   MESSAGING_K8S_TOOLS_DIR  cache root (default: $HOME/.cache/messaging-platform/k8s-tools)
+#   GOMODCACHE, GOCACHE      honoured as usual (the build needs ~0.6 GiB and ~4 GiB there)
+#
+# Why it builds the way it does:
+# - `go install` refuses k8s.io/kubernetes because its go.mod carries `replace` directives that
+#   point the k8s.io/* staging modules at its own tree. So a small module is generated in a
+#   scratch directory that requires the release and maps each staging module to its published
+#   v0.X.Y twin, the list being read from the release's own go.mod.
+# - Without -X ldflags the servers report v0.0.0; the stamps are those of upstream's
+#   hack/lib/version.sh. CGO_ENABLED=0 as upstream builds them.
+# - The four Kubernetes binaries come from ONE `go build` so their shared packages compile once.
+#   The Kubernetes build and the etcd/kwok/helm builds run side by side: each is mostly one long
+#   compile, and the overlap fills the idle time of downloads and single-threaded links.
+set -euo pipefail
+
+# Bump when the way the tools are built changes, so old caches are not reused.
+readonly SCRIPT_VERSION=1
+readonly K8S_VERSION=v1.34.12
+readonly ETCD_VERSION=v3.5.35
+readonly KWOK_VERSION=v0.8.0
+readonly HELM_VERSION=v3.22.0
+
+readonly K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+readonly ALL_BINARIES=("${K8S_BINARIES[@]}" etcd kwok helm)
+
+readonly KEY="k8s-${K8S_VERSION#v}_etcd-${ETCD_VERSION#v}_kwok-${KWOK_VERSION#v}_helm-${HELM_VERSION#v}_s${SCRIPT_VERSION}"
+readonly ROOT="${MESSAGING_K8S_TOOLS_DIR:-${HOME}/.cache/messaging-platform/k8s-tools}"
+readonly DEST="${ROOT}/${KEY}"
+readonly BIN_DIR="${DEST}/bin"
+readonly STAMP="${DEST}/.complete"
+
+log() { printf 'k8s-tools: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+is_complete() {
+  [[ -f "${STAMP}" ]] || return 1
+  local name
+  for name in "${ALL_BINARIES[@]}"; do
+    [[ -x "${BIN_DIR}/${name}" ]] || return 1
+  done
+  [[ -f "${DEST}/share/kwok/stages.yaml" ]]
+}
+
+rebuild=0
+case "${1:-}" in
+  "") ;;
+  --print-bin-dir) printf '%s\n' "${BIN_DIR}"; exit 0 ;;
+  --rebuild) rebuild=1 ;;
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown argument: $1 (try --help)" ;;
+esac
+
+if [[ "${rebuild}" == 0 ]] && is_complete; then
+  printf '%s\n' "${BIN_DIR}"
+  exit 0
+fi
+
+command -v go >/dev/null || die "go is not on PATH; the tools are built from Go modules"
+mkdir -p "${ROOT}"
+
+# Two test runs starting together must not build twice into the same place.
+exec 9>"${ROOT}/.${KEY}.lock"
+if ! flock -n 9; then
+  log "another build of ${KEY} is running; waiting for it"
+  flock 9
+fi
+if [[ "${rebuild}" == 0 ]] && is_complete; then
+  printf '%s\n' "${BIN_DIR}"
+  exit 0
+fi
+
+started=${SECONDS}
+WORK="$(mktemp -d "${ROOT}/.build-XXXXXX")"
+readonly WORK
+on_exit() {
+  local rc=$?
+  rm -rf "${WORK}"
+  if [[ "${rc}" != 0 ]]; then
+    log "FAILED (exit ${rc}) after $((SECONDS - started))s; nothing was cached"
+  fi
+}
+trap on_exit EXIT
+OUT="${WORK}/out"
+mkdir -p "${OUT}/bin" "${OUT}/share/kwok" "${WORK}/logs"
+
+# The module proxy is the only way out; toolchains too come through it when a go.mod asks for a
+# newer Go than the local one (GOTOOLCHAIN=auto).
+export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN="${GOTOOLCHAIN_OVERRIDE:-auto}" GOFLAGS=-buildvcs=false
+log "building ${KEY} with $(go env GOVERSION) into ${DEST}"
+log "GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
+
+# Prints one path field (GoMod, Dir, Info) of `go mod download -json MODULE@VERSION`; exits
+# non-zero when the module cannot be had or the path does not exist.
+module_field() {
+  local json value
+  json="$(cd "${WORK}" && go mod download -json "$1")" || { log "cannot download $1: ${json}"; return 1; }
+  value="$(sed -n "s/^[[:space:]]*\"$2\": \"\(.*\)\",\{0,1\}\$/\1/p" <<<"${json}")"
+  [[ -e "${value}" ]] || { log "go mod download $1 gave no $2"; return 1; }
+  printf '%s' "${value}"
+}
+
+# Prints the `go` directive of a go.mod file.
+go_directive() { sed -n 's/^go \([0-9.]*\)$/\1/p' "$1"; }
+
+# Writes WORK/src/NAME/go.mod requiring MODULE@VERSION, with GO as its go directive and the
+# remaining arguments as extra lines (replace blocks, godebug).
+write_module() {
+  local name=$1 module=$2 version=$3 go_version=$4
+  shift 4
+  mkdir -p "${WORK}/src/${name}"
+  {
+    printf 'module k8s-tools.local/%s\n\ngo %s\n\n' "${name}" "${go_version}"
+    printf '%s\n' "$@"
+    printf '\nrequire %s %s\n' "${module}" "${version}"
+  } >"${WORK}/src/${name}/go.mod"
+}
+
+k8s_ldflags() {
+  local release_time=$1 minor
+  minor="$(cut -d. -f2 <<<"${K8S_VERSION}")"
+  local flags="-s -w" pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X ${pkg}.gitVersion=${K8S_VERSION}"
+    flags+=" -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
+    flags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${release_time}"
+  done
+  printf '%s' "${flags}"
+}
+
+prepare_kubernetes() {
+  local gomod info release_time staging_version
+  gomod="$(module_field "k8s.io/kubernetes@${K8S_VERSION}" GoMod)"
+  info="$(module_field "k8s.io/kubernetes@${K8S_VERSION}" Info)"
+  [[ -f "${gomod}" && -f "${info}" ]] || die "no go.mod for k8s.io/kubernetes@${K8S_VERSION}"
+  release_time="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "${info}")"
+  staging_version="v0.${K8S_VERSION#v1.}"
+  # Each `k8s.io/x => ./staging/src/k8s.io/x` of the release becomes `k8s.io/x => k8s.io/x v0.Y.Z`.
+  local replaces
+  replaces="$(awk -v v="${staging_version}" '
+    /^replace \(/ { inside = 1; next }
+    inside && /^\)/ { inside = 0 }
+    inside && $2 == "=>" && $3 ~ /^\.\/staging\// { printf "\t%s => %s %s\n", $1, $1, v }
+  ' "${gomod}")"
+  [[ -n "${replaces}" ]] || die "found no staging replace directives in ${gomod}"
+  write_module kubernetes k8s.io/kubernetes "${K8S_VERSION}" "$(go_directive "${gomod}")" \
+    "$(grep '^godebug' "${gomod}" || true)" "" "replace (" "${replaces}" ")"
+  printf '%s' "${release_time}" >"${WORK}/src/kubernetes/release-time"
+}
+
+build_kubernetes() {
+  local pkgs=() name
+  for name in "${K8S_BINARIES[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${name}"); done
+  (cd "${WORK}/src/kubernetes" &&
+    go build -mod=mod -trimpath \
+      -ldflags "$(k8s_ldflags "$(cat release-time)")" -o "${OUT}/bin/" "${pkgs[@]}")
+}
+
+prepare_etcd() {
+  local gomod
+  gomod="$(module_field "go.etcd.io/etcd/server/v3@${ETCD_VERSION}" GoMod)"
+  # The server module pins the exact api/client/pkg/raft versions of its release, so nothing
+  # needs replacing here; its root package is the etcd main.
+  write_module etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" "$(go_directive "${gomod}")"
+}
+
+build_etcd() {
+  (cd "${WORK}/src/etcd" &&
+    go build -mod=mod -trimpath -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=module-${ETCD_VERSION}" \
+      -o "${OUT}/bin/etcd" go.etcd.io/etcd/server/v3)
+}
+
+prepare_kwok() {
+  local gomod
+  gomod="$(module_field "sigs.k8s.io/kwok@${KWOK_VERSION}" GoMod)"
+  write_module kwok sigs.k8s.io/kwok "${KWOK_VERSION}" "$(go_directive "${gomod}")"
+}
+
+build_kwok() {
+  (cd "${WORK}/src/kwok" &&
+    go build -mod=mod -trimpath -ldflags "-s -w" -o "${OUT}/bin/kwok" sigs.k8s.io/kwok/cmd/kwok)
+  # kwok only moves nodes and pods through their lives when given Stage objects; these are the
+  # defaults kwokctl feeds it, taken from the same release so they match the binary.
+  local dir stage
+  dir="$(module_field "sigs.k8s.io/kwok@${KWOK_VERSION}" Dir)"
+  for stage in node/fast/node-initialize.yaml \
+    node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    [[ -f "${dir}/kustomize/stage/${stage}" ]] || die "kwok ${KWOK_VERSION} has no stage ${stage}"
+    printf -- '---\n' >>"${OUT}/share/kwok/stages.yaml"
+    cat "${dir}/kustomize/stage/${stage}" >>"${OUT}/share/kwok/stages.yaml"
+  done
+}
+
+prepare_helm() {
+  local gomod
+  gomod="$(module_field "helm.sh/helm/v3@${HELM_VERSION}" GoMod)"
+  write_module helm helm.sh/helm/v3 "${HELM_VERSION}" "$(go_directive "${gomod}")"
+  # Helm's Makefile stamps the Kubernetes minor of its client-go as the default kube version.
+  sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "${gomod}" >"${WORK}/src/helm/k8s-minor"
+  [[ -s "${WORK}/src/helm/k8s-minor" ]] || die "no k8s.io/client-go in helm's go.mod"
+}
+
+build_helm() {
+  local minor flags
+  minor="$(cat "${WORK}/src/helm/k8s-minor")"
+  flags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  flags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  flags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1"
+  flags+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${minor}"
+  flags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1"
+  flags+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${minor}"
+  (cd "${WORK}/src/helm" &&
+    go build -mod=mod -trimpath -ldflags "${flags}" -o "${OUT}/bin/helm" helm.sh/helm/v3/cmd/helm)
+}
+
+# Runs the named build steps one after the other, logging to WORK/logs/GROUP.log.
+run_group() {
+  local group=$1 step t rc
+  shift
+  for step in "$@"; do
+    t=${SECONDS}
+    log "${group}: ${step} ..."
+    # A subshell outside any `||`, so that `set -e` holds inside the step.
+    set +e
+    (set -e; "${step}") >>"${WORK}/logs/${group}.log" 2>&1
+    rc=$?
+    set -e
+    if [[ "${rc}" != 0 ]]; then
+      log "${group}: ${step} FAILED; last lines of its log:"
+      tail -n 40 "${WORK}/logs/${group}.log" >&2
+      return 1
+    fi
+    log "${group}: ${step} done in $((SECONDS - t))s"
+  done
+}
+
+prepare_kubernetes
+prepare_etcd
+prepare_kwok
+prepare_helm
+
+run_group kubernetes build_kubernetes &
+k8s_pid=$!
+run_group others build_etcd build_kwok build_helm &
+others_pid=$!
+failed=0
+wait "${k8s_pid}" || failed=1
+wait "${others_pid}" || failed=1
+[[ "${failed}" == 0 ]] || die "the build failed (see the log lines above)"
+
+# Prove each binary runs and carries the pinned version before the cache is marked complete.
+expect() {
+  local binary=$1 needle=$2 output
+  shift 2
+  output="$("${OUT}/bin/${binary}" "$@" 2>&1)" || die "${binary} $* failed: ${output}"
+  grep -qF -- "${needle}" <<<"${output}" || die "${binary} $* printed '${output}', expected '${needle}'"
+}
+expect kube-apiserver "Kubernetes ${K8S_VERSION}" --version
+expect kube-controller-manager "Kubernetes ${K8S_VERSION}" --version
+expect kube-scheduler "Kubernetes ${K8S_VERSION}" --version
+expect kubectl "Client Version: ${K8S_VERSION}" version --client
+expect etcd "etcd Version: ${ETCD_VERSION#v}" --version
+expect kwok "${KWOK_VERSION#v}" --version
+expect helm "${HELM_VERSION}" version --short
+
+{
+  printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nscript %s\n' \
+    "${K8S_VERSION}" "${ETCD_VERSION}" "${KWOK_VERSION}" "${HELM_VERSION}" "${SCRIPT_VERSION}"
+  printf 'go %s\nbuilt %s in %ss\n' "$(go env GOVERSION)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$((SECONDS - started))"
+} >"${OUT}/BUILD-INFO"
+touch "${OUT}/.complete"
+
+rm -rf "${DEST}"
+mv "${OUT}" "${DEST}"
+log "built ${KEY} in $((SECONDS - started))s ($(du -sh "${BIN_DIR}" | cut -f1) in ${BIN_DIR})"
+printf '%s\n' "${BIN_DIR}"
