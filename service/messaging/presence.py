@@ -27,10 +27,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from messaging import metrics
+from messaging.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
 LAST_SEEN_TTL_SECONDS = 90 * 24 * 3600
+WRITE_QUEUE_LIMIT = 100_000
+WRITE_BATCH = 1000
 
 
 def user_sockets_key(user_id: str) -> str:
@@ -84,6 +87,7 @@ class Presence:
         self._owner: dict[str, str] = {}  # sid -> user id
         self._last_seen: dict[str, datetime] = {}  # without Redis only
         self._dirty = redis is not None
+        self._writes: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue(WRITE_QUEUE_LIMIT)
 
     # --- local state -------------------------------------------------------------------------
 
@@ -99,25 +103,21 @@ class Presence:
     def sids_of(self, user_id: str) -> set[str]:
         return set(self._sockets.get(user_id, ()))
 
-    async def register(self, user_id: str, sid: str) -> bool:
-        """Record a new socket; True when it is the user's first socket on this process."""
+    def register(self, user_id: str, sid: str) -> bool:
+        """Record a new socket; True when it is the user's first socket on this process.
+
+        Local state changes at once; the Redis registry is written by a background task, so a
+        slow or absent Redis never delays a handshake.
+        """
         sids = self._sockets.setdefault(user_id, set())
         first = not sids
         sids.add(sid)
         self._owner[sid] = user_id
         self._update_gauges()
-        if self._redis is not None:
-            try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.sadd(user_sockets_key(user_id), sid)
-                    pipe.set(socket_user_key(sid), user_id)
-                    pipe.sadd(replica_sockets_key(self.replica_id), sid)
-                    await pipe.execute()
-            except (RedisError, OSError) as exc:
-                self._registry_failed("register", exc)
+        self._enqueue(("add", user_id, sid, ""))
         return first
 
-    async def unregister(self, sid: str) -> tuple[str | None, bool]:
+    def unregister(self, sid: str) -> tuple[str | None, bool]:
         """Forget a socket; returns its user and whether it was their last one on this process."""
         user_id = self._owner.pop(sid, None)
         if user_id is None:
@@ -132,17 +132,40 @@ class Presence:
         if self._redis is None:
             if last:
                 self._last_seen[user_id] = now
-            return user_id, last
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.srem(user_sockets_key(user_id), sid)
-                pipe.delete(socket_user_key(sid))
-                pipe.srem(replica_sockets_key(self.replica_id), sid)
-                pipe.set(last_seen_key(user_id), now.isoformat(), ex=LAST_SEEN_TTL_SECONDS)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._registry_failed("unregister", exc)
+        else:
+            self._enqueue(("remove", user_id, sid, now.isoformat()))
         return user_id, last
+
+    def _enqueue(self, op: tuple[str, str, str, str]) -> None:
+        if self._redis is None:
+            return
+        try:
+            self._writes.put_nowait(op)
+        except asyncio.QueueFull:
+            self._dirty = True  # the next heartbeat rewrites everything from local state
+
+    async def _run_writer(self) -> None:
+        """Apply registry changes in order, pipelined; on failure, leave it to the resync."""
+        assert self._redis is not None
+        while True:
+            batch = [await self._writes.get()]
+            while not self._writes.empty() and len(batch) < WRITE_BATCH:
+                batch.append(self._writes.get_nowait())
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for kind, user_id, sid, seen in batch:
+                        if kind == "add":
+                            pipe.sadd(user_sockets_key(user_id), sid)
+                            pipe.set(socket_user_key(sid), user_id)
+                            pipe.sadd(replica_sockets_key(self.replica_id), sid)
+                        else:
+                            pipe.srem(user_sockets_key(user_id), sid)
+                            pipe.delete(socket_user_key(sid))
+                            pipe.srem(replica_sockets_key(self.replica_id), sid)
+                            pipe.set(last_seen_key(user_id), seen, ex=LAST_SEEN_TTL_SECONDS)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._registry_failed("write", exc)
 
     async def lookup(self, user_ids: Iterable[str]) -> dict[str, PresenceInfo]:
         users = list(dict.fromkeys(user_ids))
@@ -153,11 +176,14 @@ class Presence:
                 else PresenceInfo(online=False, last_seen_at=self._last_seen.get(u))
                 for u in users
             }
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id in users:
-                pipe.scard(user_sockets_key(user_id))
-                pipe.get(last_seen_key(user_id))
-            replies = await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id in users:
+                    pipe.scard(user_sockets_key(user_id))
+                    pipe.get(last_seen_key(user_id))
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise Unavailable("presence is unavailable while Redis is unreachable") from exc
         result = {}
         for index, user_id in enumerate(users):
             count, seen = replies[2 * index], replies[2 * index + 1]
@@ -180,9 +206,16 @@ class Presence:
     # --- heartbeat and sweep (Redis only) -----------------------------------------------------
 
     async def run(self) -> None:
-        """Heartbeat, resync and sweep forever; a no-op without Redis."""
+        """Write the registry, heartbeat, resync and sweep, forever; a no-op without Redis."""
         if self._redis is None:
             return
+        writer = asyncio.create_task(self._run_writer(), name="presence-writer")
+        try:
+            await self._heartbeat_forever()
+        finally:
+            writer.cancel()
+
+    async def _heartbeat_forever(self) -> None:
         while True:
             try:
                 await self.heartbeat_once()

@@ -115,14 +115,14 @@ class SocketEvents:
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
         await self.server.enter_room(sid, user_room(user_id))
-        first = await self._presence.register(user_id, sid)
+        first = self._presence.register(user_id, sid)
         if first:
             await self._delivery.watch(user_id)
         metrics.CONNECTS.labels(outcome="accepted").inc()
         log.debug("socket connected", extra={"sid": sid, "user": user_hash(user_id)})
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
-        user_id, last = await self._presence.unregister(sid)
+        user_id, last = self._presence.unregister(sid)
         if user_id is not None and last:
             await self._delivery.unwatch(user_id)
         log.debug("socket disconnected", extra={"sid": sid, "reason": str(reason)})

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh machine, then runs every check and test.
+#
+#   hack/test.sh                 # everything (what CI runs: .ci/run calls exactly this)
+#   hack/test.sh tests/service   # pytest arguments narrow the run; the checks always run
+#
+# Installs (only what is missing): PostgreSQL, Redis and promtool from Debian packages, the
+# pinned Python dependencies into .venv, the Node.js test clients into tests/node, and the
+# Kubernetes control-plane binaries built from source (cached outside the repo, keyed by
+# version: only the first run on a machine pays). Test servers run on private ports and
+# temporary directories and are stopped when the run ends.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+started=$SECONDS
+step() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
+
+step "system packages"
+missing=()
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v node >/dev/null || missing+=(nodejs npm)
+if ((${#missing[@]})); then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  # Keep the packages' own services from starting: the tests start private instances.
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+  $sudo chmod +x /usr/sbin/policy-rc.d
+  trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $sudo rm -f /usr/sbin/policy-rc.d
+fi
+
+step "python dependencies (.venv, pinned by constraints.txt)"
+[[ -x .venv/bin/python ]] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
+
+step "node test clients (tests/node)"
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+
+step "kubernetes control plane binaries"
+hack/k8s-tools.sh
+
+step "static checks"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+hack/gen-protos.sh --check
+
+step "tests"
+.venv/bin/pytest "$@"
+step "done"
