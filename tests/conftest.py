@@ -1,7 +1,13 @@
 """Fixtures shared by every test module live in tests/support; they are registered here."""
 
+import pytest
+
+# The support modules import each other; rewrite their asserts whichever is imported first.
+pytest.register_assert_rewrite("tests.support")
+
 pytest_plugins: list[str] = [
     "tests.support.k8s",
+    "tests.support.replicas",
     "tests.support.servers",
     "tests.support.service",
 ]

@@ -1,0 +1,222 @@
+"""Several real service processes (`messaging serve`) sharing PostgreSQL and Redis.
+
+Each replica is a subprocess on its own loopback ports with its own log file; tests can stop it
+gracefully (SIGTERM), kill it (SIGKILL) or read its metrics. The Connections stand-in runs in the
+test's event loop and the replicas reach it over real gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from messaging.auth import mint_token
+from messaging.db import migrate
+from messaging.dev_connections import ConnectionGraph, start_connections_server
+from messaging.settings import Settings
+from tests.support.servers import PostgresServer, RedisControl, free_port
+from tests.support.service import JWT_SECRET
+
+
+@dataclass
+class Replica:
+    name: str
+    env: dict[str, str]
+    log_path: Path
+    http_port: int
+    grpc_port: int
+    process: subprocess.Popen[bytes] | None = None
+    _log: Any = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "messaging.cli", "serve"],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as http:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited:\n{self.log()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{self.url}/readyz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            reply = await http.get(f"{self.url}/readyz")
+            return reply.status_code, reply.json()
+
+    async def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics, keyed like ``name{label="v"}`` (labels sorted)."""
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            text = (await http.get(f"{self.url}/metrics")).text
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return samples
+
+    async def metric(self, key: str) -> float:
+        return (await self.metrics()).get(key, 0.0)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    async def wait_exit(self, timeout: float) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} still running after {timeout}s")
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self._log is not None:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+@dataclass
+class Cluster:
+    """Replicas of one deployment: same database, same Redis, same secret."""
+
+    database_url: str
+    redis: RedisControl | None
+    connections_address: str
+    graph: ConnectionGraph
+    workdir: Path
+    replicas: list[Replica] = field(default_factory=list)
+
+    def token(self, user: str) -> str:
+        return mint_token(Settings(jwt_secret=JWT_SECRET), user)
+
+    def add(self, **settings: str) -> Replica:
+        name = f"replica-{len(self.replicas)}-{uuid.uuid4().hex[:4]}"
+        http_port, grpc_port = free_port(), free_port()
+        env = dict(os.environ)
+        env.update(
+            {
+                "MESSAGING_MODE": "production",
+                "MESSAGING_REPLICA_ID": name,
+                "MESSAGING_HTTP_PORT": str(http_port),
+                "MESSAGING_GRPC_PORT": str(grpc_port),
+                "MESSAGING_DATABASE_URL": self.database_url,
+                "MESSAGING_JWT_SECRET": JWT_SECRET,
+                "MESSAGING_CONNECTIONS_ADDRESS": self.connections_address,
+                "MESSAGING_CONNECTIONS_CACHE_TTL_SECONDS": "0",
+                "MESSAGING_REDIS_HEARTBEAT_SECONDS": "0.5",
+                "MESSAGING_REDIS_REPLICA_TTL_SECONDS": "2",
+                "MESSAGING_DRAIN_WINDOW_SECONDS": "1",
+                "MESSAGING_SHUTDOWN_DEADLINE_SECONDS": "8",
+                "MESSAGING_LOG_LEVEL": "INFO",
+                "MESSAGING_LOG_FORMAT": "json",
+            }
+        )
+        if self.redis is not None:
+            env["MESSAGING_REDIS_URL"] = self.redis.url
+        env.update({f"MESSAGING_{k.upper()}": v for k, v in settings.items()})
+        replica = Replica(name, env, self.workdir / f"{name}.log", http_port, grpc_port)
+        self.replicas.append(replica)
+        return replica
+
+    async def start(self, count: int, **settings: str) -> list[Replica]:
+        started = [self.add(**settings) for _ in range(count)]
+        for replica in started:
+            replica.start()
+        await asyncio.gather(*(r.wait_ready() for r in started))
+        return started
+
+    def stop(self) -> None:
+        for replica in self.replicas:  # all at once: each drains in parallel
+            if replica.process is not None and replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGTERM)
+        for replica in self.replicas:
+            replica.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_database(postgres_server: PostgresServer) -> str:
+    url = postgres_server.create_database(f"cluster_{uuid.uuid4().hex[:8]}")
+    migrate(Settings(database_url=url, jwt_secret=JWT_SECRET))
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest_asyncio.fixture
+async def cluster(cluster_database: str, redis_server: RedisControl) -> AsyncIterator[Cluster]:
+    """A deployment with no replicas yet: tests start as many as they need."""
+    redis_server.start()
+    redis_server.cli("FLUSHALL")
+    graph = ConnectionGraph(all_connected=True)
+    server, port = await start_connections_server(graph)
+    workdir = Path(tempfile.mkdtemp(prefix="messaging-cluster-"))
+    deployment = Cluster(
+        database_url=cluster_database,
+        redis=redis_server,
+        connections_address=f"127.0.0.1:{port}",
+        graph=graph,
+        workdir=workdir,
+    )
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+        await server.stop(0)
+        redis_server.start()
+
+
+@contextlib.contextmanager
+def logs_on_failure(cluster: Cluster) -> Iterator[None]:
+    """Print every replica's log tail when the block fails, to see what the processes saw."""
+    try:
+        yield
+    except BaseException:
+        for replica in cluster.replicas:
+            print(f"----- {replica.name} -----\n{replica.log()}")
+        raise
