@@ -208,75 +208,101 @@ def run_bench(argv: Sequence[str], out: Path) -> dict[str, Any]:
     return result
 
 
-def run_system(
-    system: System, loads: Sequence[Load], args: argparse.Namespace, results_dir: Path
+def new_entry(system: System) -> dict[str, Any]:
+    return {"key": system.key, "name": system.name, "loads": {}, "failures": {}, "idle": None}
+
+
+def run_idle(
+    system: System, everyone: Sequence[System], args: argparse.Namespace, results_dir: Path
 ) -> dict[str, Any]:
-    pids = [arg for proc in system.replicas for arg in ("--pid", str(proc.pid))]
-    entry: dict[str, Any] = {
-        "key": system.key,
-        "name": system.name,
-        "loads": {},
-        "failures": {},
-        "idle": None,
-    }
-    if args.idle_sockets:
-        # First, on fresh processes: after load runs a garbage-collected heap hides new sockets.
-        print(f"[{system.name}] idle: {args.idle_sockets:,} sockets on one replica", flush=True)
-        wait_quiet(system)
-        entry["idle"] = _attempt(
-            entry,
+    """Idle sockets on one replica; run first, on fresh processes, whose heaps are still small."""
+    print(f"[{system.name}] idle: {args.idle_sockets:,} sockets on one replica", flush=True)
+    wait_quiet(everyone)
+    return run_bench(
+        [
+            system.urls[0],
+            "--pid",
+            str(system.replicas[0].pid),
+            "--mode",
             "idle",
-            lambda: run_bench(
-                [
-                    system.urls[0],
-                    "--pid",
-                    str(system.replicas[0].pid),
-                    "--mode",
-                    "idle",
-                    "--users",
-                    str(args.idle_sockets),
-                    "--hold",
-                    str(5 if args.quick else 15),
-                    "--settle",
-                    str(3 if args.quick else 8),
-                    "--label",
-                    f"{system.key} idle",
-                ],
-                results_dir / f"{system.key}-idle.json",
-            ),
-        )
-        _check_alive(system)
-    for load in loads:
-        print(f"[{system.name}] {load.name}", flush=True)
-        argv = [
-            *system.urls,
-            *pids,
             "--users",
-            str(args.users),
-            "--devices",
-            "1",
-            "--window",
-            str(load.window),
-            "--duration",
-            str(load.duration),
-            "--warmup",
-            str(load.warmup),
-            "--procs",
-            str(args.procs),
+            str(args.idle_sockets),
+            "--hold",
+            str(5 if args.quick else 15),
+            "--settle",
+            str(3 if args.quick else 8),
             "--label",
-            f"{system.key} {load.name}",
-        ]
-        if load.rate is not None:
-            argv += ["--rate", str(load.rate)]
-        waited = wait_quiet(system)
-        if waited > 5:
-            print(f"  (waited {waited:.0f}s for the replicas to go idle)", flush=True)
-        out = results_dir / f"{system.key}-{load.key}.json"
-        result = _attempt(entry, load.key, lambda: run_bench(argv, out))  # noqa: B023 - called now
-        if result is not None:
-            entry["loads"][load.key] = result
-        _check_alive(system)
-    return entry
+            f"{system.key} idle",
+        ],
+        results_dir / f"{system.key}-idle.json",
+    )
+
+
+def run_load(
+    system: System,
+    load: Load,
+    everyone: Sequence[System],
+    args: argparse.Namespace,
+    results_dir: Path,
+) -> dict[str, Any]:
+    print(f"[{system.name}] {load.name}", flush=True)
+    argv = [
+        *system.urls,
+        *(arg for proc in system.replicas for arg in ("--pid", str(proc.pid))),
+        "--users",
+        str(args.users),
+        "--devices",
+        "1",
+        "--window",
+        str(load.window),
+        "--duration",
+        str(load.duration),
+        "--warmup",
+        str(load.warmup),
+        "--procs",
+        str(args.procs),
+        "--label",
+        f"{system.key} {load.name}",
+    ]
+    if load.rate is not None:
+        argv += ["--rate", str(load.rate)]
+    waited = wait_quiet(everyone)
+    if waited > 5:
+        print(f"  (waited {waited:.0f}s for the replicas to go idle)", flush=True)
+    return run_bench(argv, results_dir / f"{system.key}-{load.key}.json")
+
+
+def run_all(
+    systems: Sequence[System], loads: Sequence[Load], args: argparse.Namespace, results_dir: Path
+) -> list[dict[str, Any]]:
+    """Every load on every system, interleaved.
+
+    Both systems stay up (an idle one costs nothing) and take turns load by load, so a slow
+    drift of the machine (the disk's fsync latency on a shared host above all) lands on both
+    alike instead of on whichever ran second.
+    """
+    entries = {system.key: new_entry(system) for system in systems}
+    if args.idle_sockets:
+        for system in systems:
+            entry = entries[system.key]
+            entry["idle"] = _attempt(
+                entry,
+                "idle",
+                lambda: run_idle(system, systems, args, results_dir),  # noqa: B023
+            )
+            _check_alive(system)
+    for load in loads:
+        for system in systems:
+            entry = entries[system.key]
+            result = _attempt(
+                entry,
+                load.key,
+                lambda: run_load(system, load, systems, args, results_dir),  # noqa: B023
+            )
+            if result is not None:
+                entry["loads"][load.key] = result
+            _check_alive(system)
+    return [entries[system.key] for system in systems]
 
 
 def _attempt(
@@ -291,14 +317,16 @@ def _attempt(
         return None
 
 
-def wait_quiet(system: System, limit_s: float = 180.0, busy_cpu_s: float = 0.05) -> float:
+def wait_quiet(
+    systems: Sequence[System], limit_s: float = 180.0, busy_cpu_s: float = 0.05
+) -> float:
     """Wait until every replica is idle (under 5% CPU over a second); returns seconds waited.
 
     A run must not start while a replica still works off the previous one (say, 10,000
     disconnects): its sockets would time out and its figures would carry the last run's cost.
     """
     started = time.monotonic()
-    pids = [proc.pid for proc in system.replicas]
+    pids = [proc.pid for system in systems for proc in system.replicas]
     while time.monotonic() - started < limit_s:
         before = [probes.cpu_seconds(pid) or 0.0 for pid in pids]
         time.sleep(1.0)
@@ -419,13 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pg.start()
             redis.start()
-            for key in wanted:
-                system = (start_reference if key == "reference" else start_project)(
-                    pg, redis, log_dir
-                )
-                try:
-                    systems.append(run_system(system, loads, args, results_dir))
-                finally:
+            started: list[System] = []
+            try:
+                for key in wanted:
+                    start = start_reference if key == "reference" else start_project
+                    started.append(start(pg, redis, log_dir))
+                systems = run_all(started, loads, args, results_dir)
+            finally:
+                for system in started:
                     system.stop()
         finally:
             redis.stop()
