@@ -35,7 +35,7 @@ from messaging.chat import Chat
 from messaging.connections import ConnectionsChecker
 from messaging.delivery import Delivery
 from messaging.errors import MessagingError
-from messaging.grpc_api import GrpcServer
+from messaging.grpc_api import GRPC_METHODS, GrpcServer
 from messaging.presence import Presence
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
@@ -87,6 +87,10 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        metrics.prime(
+            socket_events=self.sockets.events,
+            grpc_methods=GRPC_METHODS if self.grpc is not None else [],
+        )
         if self.settings.migrates_at_startup:
             await asyncio.to_thread(db.migrate, self.settings)
         db.observe_pool(self._engine)
@@ -180,8 +184,11 @@ class Service:
         random.shuffle(sids)
         window = self.settings.drain_window_seconds
         log.info("draining", extra={"sockets": len(sids), "window_seconds": window})
+        # The first tenth of the window lets load balancers see the pod unready before its
+        # clients start reconnecting; the rest spreads the reconnections evenly.
+        quiet = window / 10
         for index, sid in enumerate(sids):
-            due = started + window * index / max(1, len(sids))
+            due = started + quiet + (window - quiet) * index / max(1, len(sids))
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

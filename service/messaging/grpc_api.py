@@ -24,6 +24,7 @@ from messaging import metrics
 from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.errors import INTERNAL_MESSAGE, MessagingError, ValidationFailed
+from messaging.logs import log_context, new_request_id, user_hash
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.store import ConversationRecord, MessageRecord
@@ -31,6 +32,7 @@ from messaging.store import ConversationRecord, MessageRecord
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessagingService"].full_name
+GRPC_METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["MessagingService"].methods]
 _AUTHENTICATED_PREFIX = f"/{SERVICE_NAME}/"
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("grpc_caller")
 _STATUS = {
@@ -79,21 +81,30 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            metadata = dict(context.invocation_metadata() or ())
+            request_id = str(metadata.get("x-request-id") or new_request_id())[:64]
+            context.set_trailing_metadata((("x-request-id", request_id),))
             try:
-                metadata = dict(context.invocation_metadata() or ())
-                header = metadata.get("authorization")
-                token = bearer_token(header if isinstance(header, str) else None)
-                _CALLER.set(self._verifier.verify(token))
-                return await behavior(request, context)
+                with log_context(request_id=request_id, method=name):
+                    header = metadata.get("authorization")
+                    token = bearer_token(header if isinstance(header, str) else None)
+                    user = self._verifier.verify(token)
+                    _CALLER.set(user)
+                    with log_context(user=user_hash(user)):
+                        return await behavior(request, context)
             except MessagingError as exc:
                 code = exc.grpc_status
+                if exc.code in ("UNAVAILABLE", "INTERNAL"):
+                    with log_context(request_id=request_id, method=name):
+                        log.warning("gRPC %s failed: %s", name, exc.message)
                 await context.abort(code, exc.message)
             except Exception:
                 if context.code() not in (None, grpc.StatusCode.OK):
                     code = context.code()
                     raise  # an abort already in progress
                 code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error in gRPC %s", name)
+                with log_context(request_id=request_id, method=name):
+                    log.exception("unexpected error in gRPC %s", name)
                 await context.abort(code, INTERNAL_MESSAGE)
             finally:
                 metrics.GRPC_REQUESTS.labels(method=name, code=code.name).inc()

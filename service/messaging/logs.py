@@ -1,13 +1,19 @@
 """Logging: one JSON object per line in production, readable lines in development.
 
-Fields passed with ``extra={...}`` become keys of the JSON object, so a log line can be filtered
-by socket id, hashed user id or request id without parsing its message.
+Fields passed with ``extra={...}`` become keys of the JSON object, and so do the fields of the
+request being handled (``log_context``: request id, socket id, hashed user id, event or method),
+so every line a request causes can be found by its request id without parsing messages.
 """
 
 from __future__ import annotations
 
+import contextvars
+import hashlib
 import logging
+import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -22,8 +28,35 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
 }
 
 
+_CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "log_context", default=None
+)
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+def user_hash(user_id: str) -> str:
+    """A short stable digest of a user id: logs can follow a user without naming them."""
+    return hashlib.blake2s(user_id.encode(), digest_size=6).hexdigest()
+
+
+@contextmanager
+def log_context(**fields: str) -> Iterator[None]:
+    """Add ``fields`` to every log line written inside the block (and its awaited calls)."""
+    merged = {**(_CONTEXT.get() or {}), **fields}
+    token = _CONTEXT.set(merged)
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    fields: dict[str, Any] = dict(_CONTEXT.get() or {})
+    fields.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
+    return fields
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,9 +91,11 @@ def configure_logging(level: str, fmt: Literal["json", "console"]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Access logs of every polling request and websocket frame would drown the service's own.
-    for noisy in ("uvicorn.access", "engineio.server", "socketio.server"):
+    # Access logs of every polling request and websocket frame would drown the service's own;
+    # engineio warns for every ack whose socket closed meanwhile (routine while draining).
+    for noisy in ("uvicorn.access", "socketio.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("engineio.server").setLevel(logging.ERROR)
     for framework in ("uvicorn", "uvicorn.error", "kopf"):
         logging.getLogger(framework).handlers[:] = []
         logging.getLogger(framework).propagate = True

@@ -111,3 +111,47 @@ GROUP_COMMIT_SIZE = Histogram(
 )
 READY = Gauge("messaging_ready", "1 when this process reports ready (/readyz), else 0.")
 DRAINING = Gauge("messaging_draining", "1 while this process drains its connections on shutdown.")
+
+
+OUTCOME_CODES = (
+    "ok",
+    "VALIDATION_FAILED",
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "NOT_FOUND",
+    "RATE_LIMITED",
+    "UNAVAILABLE",
+    "INTERNAL",
+)
+
+
+def prime(*, socket_events: list[str], grpc_methods: list[str]) -> None:
+    """Create every labelled series at zero, so rates and alerts have data from the first scrape.
+
+    (Prometheus' advice for metrics whose label values are known in advance.)
+    """
+    for outcome in ("stored", "duplicate", *OUTCOME_CODES[1:]):
+        MESSAGES_SENT.labels(outcome=outcome)
+    for event in socket_events:
+        SOCKET_EVENT_SECONDS.labels(event=event)
+        for outcome in OUTCOME_CODES:
+            SOCKET_EVENTS.labels(event=event, outcome=outcome)
+    for outcome in ("accepted", "UNAUTHORIZED", "UNAVAILABLE"):
+        CONNECTS.labels(outcome=outcome)
+    for method in grpc_methods:
+        GRPC_SECONDS.labels(method=method)
+        for code in ("OK", "INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED",
+                     "NOT_FOUND", "UNAVAILABLE", "INTERNAL"):  # fmt: skip
+            GRPC_REQUESTS.labels(method=method, code=code)
+    for result, source in (
+        ("connected", "cache"),
+        ("connected", "rpc"),
+        ("not_connected", "cache"),
+        ("not_connected", "rpc"),
+        ("error", "error"),
+    ):
+        CONNECTIONS_CHECKS.labels(result=result, source=source)
+    for path in ("local", "backplane"):
+        COMMIT_TO_DELIVER.labels(path=path)
+    for outcome in ("published", "failed", "dropped"):
+        BACKPLANE_PUBLISHED.labels(outcome=outcome)

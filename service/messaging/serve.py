@@ -10,6 +10,7 @@ whatever happens, so it always exits before Kubernetes' terminationGracePeriodSe
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -45,7 +46,9 @@ class _DrainingServer(uvicorn.Server):
             if sig == signal.SIGINT and self._drain is not None:
                 self.force_exit = True
             return
-        self._loop.call_soon_threadsafe(self._start_drain)
+        # A fresh context: the signal interrupts whatever request was running, and the drain
+        # must not inherit (and log under) that request's context.
+        self._loop.call_soon_threadsafe(self._start_drain, context=contextvars.Context())
 
     def _start_drain(self) -> None:
         deadline = self._service.settings.shutdown_deadline_seconds

@@ -8,7 +8,6 @@ number of arguments, a non-object payload or an unknown event all get a ``VALIDA
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from messaging.errors import (
     ValidationFailed,
     as_messaging_error,
 )
+from messaging.logs import log_context, new_request_id, user_hash
 from messaging.payloads import (
     CreateConversation,
     GetPresence,
@@ -61,11 +61,6 @@ class _OrjsonCodec:
         return orjson.loads(data)
 
 
-def user_hash(user_id: str) -> str:
-    """A short stable digest of a user id for logs, so logs carry no raw identifiers."""
-    return hashlib.blake2s(user_id.encode(), digest_size=6).hexdigest()
-
-
 class SocketEvents:
     """Owns the AsyncServer and routes its events to ``Chat``."""
 
@@ -93,6 +88,7 @@ class SocketEvents:
             "getPresence": self._get_presence,
             "syncMessages": self._sync_messages,
         }
+        self.events = list(handlers)
         for event, handler in handlers.items():
             server.on(event, self._endpoint(event, handler))
         server.on("connect", self._connect)
@@ -111,6 +107,7 @@ class SocketEvents:
             user_id = self._verifier.verify(token)
         except MessagingError as exc:
             metrics.CONNECTS.labels(outcome=exc.code).inc()
+            log.info("handshake refused: %s", exc.message, extra={"sid": sid, "code": exc.code})
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
@@ -119,13 +116,20 @@ class SocketEvents:
         if first:
             await self._delivery.watch(user_id)
         metrics.CONNECTS.labels(outcome="accepted").inc()
-        log.debug("socket connected", extra={"sid": sid, "user": user_hash(user_id)})
+        log.info("socket connected", extra={"sid": sid, "user": user_hash(user_id)})
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
         user_id, last = self._presence.unregister(sid)
         if user_id is not None and last:
             await self._delivery.unwatch(user_id)
-        log.debug("socket disconnected", extra={"sid": sid, "reason": str(reason)})
+        log.info(
+            "socket disconnected",
+            extra={
+                "sid": sid,
+                "user": user_hash(user_id) if user_id else None,
+                "reason": str(reason),
+            },
+        )
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
         metrics.SOCKET_EVENTS.labels(event="unknown", outcome=ValidationFailed.code).inc()
@@ -137,20 +141,27 @@ class SocketEvents:
         async def endpoint(sid: str, *args: Any) -> dict[str, Any]:
             started = time.perf_counter()
             outcome = "ok"
+            user_id = self._presence.user_of(sid)
+            context = {"request_id": new_request_id(), "sid": sid, "event": event}
+            if user_id is not None:
+                context["user"] = user_hash(user_id)
             try:
-                async with self._chat.tracked():
-                    user_id = self._presence.user_of(sid)
-                    if user_id is None:
-                        raise Unauthorized("socket is not authenticated")
-                    if len(args) != 1:
-                        raise ValidationFailed("expected exactly one payload argument")
-                    data = await handler(user_id, sid, args[0])
+                with log_context(**context):
+                    async with self._chat.tracked():
+                        if user_id is None:
+                            raise Unauthorized("socket is not authenticated")
+                        if len(args) != 1:
+                            raise ValidationFailed("expected exactly one payload argument")
+                        data = await handler(user_id, sid, args[0])
                 return {"ok": True, "data": data}
             except Exception as exc:
                 error = as_messaging_error(exc)
                 outcome = error.code
-                if error is not exc:
-                    log.exception("unexpected error in %s", event, extra={"sid": sid})
+                with log_context(**context):
+                    if error is not exc:
+                        log.exception("unexpected error answering %s", event)
+                    elif error.code in ("UNAVAILABLE", "INTERNAL"):
+                        log.warning("%s failed: %s", event, error.message)
                 return error.to_ack()
             finally:
                 metrics.SOCKET_EVENTS.labels(event=event, outcome=outcome).inc()
@@ -231,18 +242,21 @@ class SocketEvents:
         ]
 
     async def close_transport(self, sid: str) -> None:
-        """Close a socket's connection without a Socket.IO disconnect packet.
+        """Drop a socket's connection the way a dying server would: no goodbye packet.
 
-        To the client this looks like a lost connection, which the official clients answer by
-        reconnecting (through the load balancer, to another replica); a namespace disconnect
-        would tell them to stay away.
+        Both official clients answer a lost connection by reconnecting (through the load
+        balancer, to another replica); an Engine.IO CLOSE packet or a Socket.IO disconnect
+        would tell python-socketio's client to stay away. python-engineio has no public call
+        for this, so it is done with its socket object: releasing the writer closes the
+        websocket (or ends a pending poll), and closing with ``abort`` runs the disconnect
+        handlers without sending anything.
         """
-        try:
-            eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
-        except KeyError:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
+        socket = self.server.eio.sockets.get(eio_sid) if eio_sid else None
+        if socket is None:
             return
-        if eio_sid is not None:
-            await self.server.eio.disconnect(eio_sid)
+        socket.queue.put_nowait(None)
+        await socket.close(wait=False, abort=True, reason=self.server.eio.reason.SERVER_DISCONNECT)
 
 
 def build_socket_server(settings: Settings) -> socketio.AsyncServer:

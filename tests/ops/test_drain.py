@@ -1,0 +1,146 @@
+"""SIGTERM drains a replica: unready first, clients moved gradually, nothing acknowledged lost."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import socketio
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from messaging.tables import messages
+from tests.support.balancer import balancing
+from tests.support.replicas import Cluster, logs_on_failure
+from tests.support.service import unique
+
+CLIENTS = 200
+WINDOW = 3.0
+DEADLINE = 10.0
+
+
+@dataclass
+class Client:
+    user: str
+    token: str
+    sio: socketio.AsyncClient = field(
+        default_factory=lambda: socketio.AsyncClient(
+            reconnection=True,
+            reconnection_delay=0.2,
+            reconnection_delay_max=1.0,
+            randomization_factor=0.5,
+        )
+    )
+    conversation: str = ""
+    acked: list[str] = field(default_factory=list)
+    disconnects: list[float] = field(default_factory=list)
+    connects: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sio.on("connect", lambda: self.connects.append(time.monotonic()))
+        self.sio.on("disconnect", lambda *_: self.disconnects.append(time.monotonic()))
+
+    async def keep_sending(self, stop: asyncio.Event) -> None:
+        """Send until stopped; a send interrupted by the drain is retried with the same key."""
+        n = 0
+        while not stop.is_set():
+            key = f"{self.user}-{n}"
+            while not stop.is_set():
+                try:
+                    reply = await self.sio.call(
+                        "sendMessage",
+                        {
+                            "conversationId": self.conversation,
+                            "content": key,
+                            "clientMessageId": key,
+                        },
+                        timeout=3,
+                    )
+                except (TimeoutError, socketio.exceptions.SocketIOError):
+                    await asyncio.sleep(0.1)
+                    continue
+                assert reply["ok"], reply
+                self.acked.append(reply["data"]["id"])
+                break
+            n += 1
+            await asyncio.sleep(random.uniform(0.05, 0.15))
+
+
+async def test_sigterm_with_200_clients_sending_drains_without_losing_an_acked_message(
+    cluster: Cluster,
+) -> None:
+    a, b = await cluster.start(
+        2,
+        drain_window_seconds=str(WINDOW),
+        shutdown_deadline_seconds=str(DEADLINE),
+        log_level="INFO",
+    )
+    clients = [Client(user, cluster.token(user)) for user in (unique("u") for _ in range(CLIENTS))]
+    with logs_on_failure(cluster):
+        async with balancing([a]) as balancer:
+            await asyncio.gather(
+                *(
+                    c.sio.connect(balancer.url, auth={"token": c.token}, transports=["websocket"])
+                    for c in clients
+                )
+            )
+            for left, right in zip(clients[::2], clients[1::2], strict=True):
+                reply = await left.sio.call("createConversation", {"participantId": right.user})
+                left.conversation = right.conversation = reply["data"]["id"]
+            assert await a.metric("messaging_connected_sockets") == CLIENTS
+            balancer.backends.append(b)  # the other replica joins the Service
+
+            stop = asyncio.Event()
+            senders = [asyncio.create_task(c.keep_sending(stop)) for c in clients]
+            await asyncio.sleep(1.0)
+
+            terminated = time.monotonic()
+            a.signal(signal.SIGTERM)
+            unready_at = None
+            while unready_at is None:
+                status, _ = await a.readyz()
+                if status == 503:
+                    unready_at = time.monotonic()
+                await asyncio.sleep(0.01)
+            exit_code = await a.wait_exit(timeout=DEADLINE + 2)
+            exited = time.monotonic()
+
+            reconnect_deadline = time.monotonic() + 15
+            while not all(c.sio.connected for c in clients):
+                assert time.monotonic() < reconnect_deadline, "some clients never came back"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # a few sends on the new replica
+            stop.set()
+            await asyncio.gather(*senders)
+            assert await b.metric("messaging_connected_sockets") == CLIENTS
+            await asyncio.gather(*(c.sio.disconnect() for c in clients))
+
+    first_disconnect = min(c.disconnects[0] for c in clients)
+    last_disconnect = max(c.disconnects[0] for c in clients)
+    assert exit_code == 0
+    assert exited - terminated < DEADLINE, "the process outlived its shutdown deadline"
+    assert unready_at < first_disconnect, "readiness must turn false before clients are moved"
+    assert last_disconnect - terminated < DEADLINE
+    assert last_disconnect - first_disconnect > WINDOW / 2, "disconnects must be spread out"
+    assert all(len(c.connects) >= 2 for c in clients), "every client reconnected"
+    assert balancer.routed[b.name] >= CLIENTS, "the reconnections went to the other replica"
+
+    acked = {uuid.UUID(i) for c in clients for i in c.acked}
+    engine = create_async_engine(
+        cluster.database_url.replace("postgresql://", "postgresql+asyncpg://")
+    )
+    async with engine.connect() as conn:
+        stored = set(
+            (await conn.execute(select(messages.c.id).where(messages.c.id.in_(acked)))).scalars()
+        )
+    await engine.dispose()
+    missing = acked - stored
+    assert not missing, f"{len(missing)} acknowledged messages are not in the database"
+    print(
+        f"drain: {len(acked)} acked, unready after {unready_at - terminated:.3f}s, disconnects "
+        f"over {last_disconnect - first_disconnect:.2f}s, exit after {exited - terminated:.2f}s"
+    )
