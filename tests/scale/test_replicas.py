@@ -179,3 +179,28 @@ async def test_local_delivery_keeps_working_while_redis_is_down(cluster: Cluster
                 assert presence["error"]["code"] == "UNAVAILABLE"
             finally:
                 cluster.redis.start()
+
+
+async def test_the_listener_resubscribes_when_redis_drops_it_as_a_slow_subscriber(
+    cluster: Cluster,
+) -> None:
+    """Redis disconnects pub/sub clients whose output buffer overflows (client-output-buffer-
+    limit pubsub); python-socketio's listener was known to die silently then. Ours must notice,
+    resubscribe, and say so in its metrics."""
+    assert cluster.redis is not None
+    a, b = await cluster.start(2)
+    alice, bob = unique("alice"), unique("bob")
+    with logs_on_failure(cluster):
+        async with on(cluster, (alice, a), (bob, b)) as [a1, b1]:
+            conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
+            restarts = await b.metric("messaging_backplane_listener_restarts_total")
+            cluster.redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+            deadline = time.monotonic() + 10
+            while await b.metric("messaging_backplane_listener_restarts_total") == restarts:
+                assert time.monotonic() < deadline, "the listener never noticed"
+                await asyncio.sleep(0.1)
+            while await b.metric("messaging_backplane_listener_up") != 1:
+                assert time.monotonic() < deadline, "the listener never came back"
+                await asyncio.sleep(0.1)
+            sent = await a1.ok("sendMessage", {"conversationId": conversation, "content": "again"})
+            assert await b1.next("newMessage") == sent
