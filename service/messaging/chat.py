@@ -20,9 +20,11 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from messaging import metrics, store
+from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
 from messaging.cursor import decode_page_token, encode_page_token
 from messaging.delivery import Delivery
@@ -67,6 +69,7 @@ class Chat:
         self._cursor_key = cursor_key
         # Conversations never change once created (a pair, a creation time), so they are cached.
         self._conversations: OrderedDict[uuid.UUID, ConversationRecord] = OrderedDict()
+        self._committer = GroupCommitter(self._transaction)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -83,7 +86,7 @@ class Chat:
         try:
             async with self._engine.begin() as conn:
                 yield conn
-        except (OperationalError, DBAPIError, OSError, TimeoutError) as exc:
+        except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
             if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
                 raise
             log.warning("database unavailable", extra={"error": repr(exc)})
@@ -103,6 +106,7 @@ class Chat:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+        await self._committer.wait_idle()
 
     # --- conversations -------------------------------------------------------------------------
 
@@ -194,14 +198,12 @@ class Chat:
                 created_at=created_at,
                 client_message_id=client_message_id,
             )
-            async with self._transaction() as conn:
-                [(message, stored)] = await store.insert_messages(conn, [new])
+            message, stored = await self._committer.commit(new)
         except Exception as exc:
             metrics.MESSAGES_SENT.labels(outcome=getattr(exc, "code", "INTERNAL")).inc()
             raise
         committed_at = time.time()
         metrics.SEND_TO_COMMIT.observe(time.perf_counter() - received)
-        metrics.GROUP_COMMIT_SIZE.observe(1)
         metrics.MESSAGES_SENT.labels(outcome="stored" if stored else "duplicate").inc()
         if stored:
             await self._deliver(

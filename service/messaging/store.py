@@ -336,9 +336,12 @@ async def insert_messages(
     for item in batch:
         if item.id in stored:
             results.append((stored[item.id], True))
-        else:
-            assert item.client_message_id is not None  # only keyed messages can conflict
-            results.append((originals[(item.author_id, item.client_message_id)], False))
+            continue
+        assert item.client_message_id is not None  # only keyed messages can be repeats
+        key = (item.author_id, item.client_message_id)
+        first = unique[first_of_key[key]]
+        # A repeat of an earlier message of this batch, or of one stored before it.
+        results.append((stored.get(first.id) or originals[key], False))
     return results
 
 

@@ -1,0 +1,90 @@
+"""Concurrent sends share transactions, each is answered after its own commit, and overload
+is refused early with RATE_LIMITED instead of queueing without bound."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from sqlalchemy import func, select
+
+from messaging.commits import GroupCommitter
+from messaging.errors import RateLimited
+from messaging.ids import new_message_id
+from messaging.store import NewMessage
+from messaging.tables import messages
+from tests.support.service import RunningService, devices, open_conversation, unique
+
+
+def _message(conversation: str, author: str, key: str | None = None) -> NewMessage:
+    message_id, created_at = new_message_id()
+    return NewMessage(message_id, uuid.UUID(conversation), author, "x", created_at, key)
+
+
+async def _conversation(svc: RunningService) -> tuple[str, str]:
+    alice, bob = unique("alice"), unique("bob")
+    svc.connect_users((alice, bob))
+    async with devices(svc, alice) as [a]:
+        return await open_conversation(svc, a, bob), alice
+
+
+async def test_sends_arriving_together_commit_in_few_transactions(svc: RunningService) -> None:
+    conversation, alice = await _conversation(svc)
+    batches: list[int] = []
+    chat = svc.service.chat
+
+    class Counting(GroupCommitter):
+        async def _drain(self) -> None:
+            batches.append(len(self._pending))
+            await super()._drain()
+
+    committer = Counting(chat._transaction)
+    results = await asyncio.gather(
+        *(committer.commit(_message(conversation, alice)) for _ in range(50))
+    )
+    assert all(stored for _, stored in results)
+    assert len(batches) == 1 and batches[0] == 50  # one transaction for fifty senders
+    async with chat.engine.connect() as conn:
+        count = await conn.scalar(
+            select(func.count()).where(messages.c.conversation_id == uuid.UUID(conversation))
+        )
+    assert count == 50
+
+
+async def test_duplicates_inside_one_batch_are_stored_once(svc: RunningService) -> None:
+    conversation, alice = await _conversation(svc)
+    committer = GroupCommitter(svc.service.chat._transaction)
+    results = await asyncio.gather(
+        *(committer.commit(_message(conversation, alice, key="same")) for _ in range(5))
+    )
+    assert len({record.id for record, _ in results}) == 1
+    assert [stored for _, stored in results].count(True) == 1
+
+
+async def test_a_saturated_queue_refuses_with_rate_limited(svc: RunningService) -> None:
+    conversation, alice = await _conversation(svc)
+    committer = GroupCommitter(svc.service.chat._transaction, max_pending=5)
+    outcomes = await asyncio.gather(
+        *(committer.commit(_message(conversation, alice)) for _ in range(8)),
+        return_exceptions=True,
+    )
+    refused = [o for o in outcomes if isinstance(o, RateLimited)]
+    assert len(refused) == 3
+    assert refused[0].to_ack()["error"]["code"] == "RATE_LIMITED"
+    assert sum(1 for o in outcomes if isinstance(o, tuple)) == 5
+
+
+async def test_a_failed_transaction_fails_every_sender_in_it_and_the_next_batch_works(
+    svc: RunningService,
+) -> None:
+    conversation, alice = await _conversation(svc)
+    committer = GroupCommitter(svc.service.chat._transaction)
+    missing_conversation = _message(str(uuid.uuid4()), alice)  # violates the foreign key
+    outcomes = await asyncio.gather(
+        committer.commit(_message(conversation, alice)),
+        committer.commit(missing_conversation),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, Exception) for o in outcomes)
+    record, stored = await committer.commit(_message(conversation, alice))
+    assert stored and record.conversation_id == uuid.UUID(conversation)
