@@ -96,6 +96,12 @@ def render_markdown(summary: dict[str, Any], plot_name: str | None) -> str:
         "measured (rates count events inside the measured window; latencies count messages "
         "sent inside it). Load generator: "
         f"{settings['procs']} process(es) of the lean client.",
+        "- PostgreSQL: "
+        + (
+            ", ".join(f"{k}={v}" for k, v in settings.get("postgres", {}).items())
+            or "default settings (fsync on, synchronous_commit on), max_connections=200"
+        )
+        + "; Redis: no persistence. Both systems share them.",
         "- CPU per message: user+system time of each replica process (and its children) "
         "across the run, from /proc/<pid>/stat, divided by the messages acked.",
         "",

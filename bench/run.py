@@ -274,35 +274,52 @@ def run_load(
 
 def run_all(
     systems: Sequence[System], loads: Sequence[Load], args: argparse.Namespace, results_dir: Path
-) -> list[dict[str, Any]]:
-    """Every load on every system, interleaved.
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every load on every system, interleaved; returns the entries and notes on failures.
 
     Both systems stay up (an idle one costs nothing) and take turns load by load, so a slow
     drift of the machine (the disk's fsync latency on a shared host above all) lands on both
-    alike instead of on whichever ran second.
+    alike instead of on whichever ran second. A system whose replica dies is dropped from
+    the rest of the run (noted), and the other goes on.
     """
     entries = {system.key: new_entry(system) for system in systems}
-    if args.idle_sockets:
-        for system in systems:
+    notes: list[str] = []
+    live = list(systems)
+
+    def still_alive(system: System) -> bool:
+        dead = [proc for proc in system.procs if not proc.alive()]
+        if not dead:
+            return True
+        for proc in dead:
+            note = f"{proc.name} exited with {proc.popen.returncode} during the run; "
+            note += f"{system.name} was not measured further. Last log lines: "
+            note += " / ".join(proc.log_tail(3).splitlines())
+            print(f"  {note}", flush=True)
+            notes.append(note)
+        live.remove(system)
+        return False
+
+    steps: list[tuple[str, Load | None]] = [("idle", None)] if args.idle_sockets else []
+    steps += [(load.key, load) for load in loads]
+    for key, load in steps:
+        for system in list(live):
             entry = entries[system.key]
-            entry["idle"] = _attempt(
-                entry,
-                "idle",
-                lambda: run_idle(system, systems, args, results_dir),  # noqa: B023
-            )
-            _check_alive(system)
-    for load in loads:
-        for system in systems:
-            entry = entries[system.key]
-            result = _attempt(
-                entry,
-                load.key,
-                lambda: run_load(system, load, systems, args, results_dir),  # noqa: B023
-            )
-            if result is not None:
-                entry["loads"][load.key] = result
-            _check_alive(system)
-    return [entries[system.key] for system in systems]
+            if load is None:
+                entry["idle"] = _attempt(
+                    entry,
+                    key,
+                    lambda: run_idle(system, live, args, results_dir),  # noqa: B023
+                )
+            else:
+                result = _attempt(
+                    entry,
+                    key,
+                    lambda: run_load(system, load, live, args, results_dir),  # noqa: B023
+                )
+                if result is not None:
+                    entry["loads"][key] = result
+            still_alive(system)
+    return [entries[system.key] for system in systems], notes
 
 
 def _attempt(
@@ -334,12 +351,6 @@ def wait_quiet(
         if all(a - b < busy_cpu_s for a, b in zip(after, before, strict=True)):
             break
     return time.monotonic() - started
-
-
-def _check_alive(system: System) -> None:
-    for proc in system.procs:
-        if not proc.alive():
-            raise ServerError(f"{proc.name} died during the benchmark:\n{proc.log_tail()}")
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -398,6 +409,13 @@ def write_report(summary: dict[str, Any], results_dir: Path, markdown: Path) -> 
 # --- main ----------------------------------------------------------------------------------
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError("expected NAME=VALUE")
+    return name, value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("reference", "project"), default=None)
@@ -411,6 +429,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep-duration", type=float, default=10.0)
     parser.add_argument("--idle-sockets", type=int, default=None, help="0 to skip the idle run")
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    parser.add_argument(
+        "--pg-setting",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra PostgreSQL setting for both systems (repeat), e.g. synchronous_commit=off",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument(
@@ -443,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         stale.unlink()  # only what an earlier run of this script wrote
     systems: list[dict[str, Any]] = []
     with servers.workspace() as work:
-        pg, redis = Postgres(work), Redis(work)
+        pg, redis = Postgres(work, settings=dict(args.pg_setting)), Redis(work)
         try:
             pg.start()
             redis.start()
@@ -452,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                 for key in wanted:
                     start = start_reference if key == "reference" else start_project
                     started.append(start(pg, redis, log_dir))
-                systems = run_all(started, loads, args, results_dir)
+                systems, failures = run_all(started, loads, args, results_dir)
+                notes += failures
             finally:
                 for system in started:
                     system.stop()
@@ -471,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": 1.0 if args.quick else args.warmup,
             "procs": args.procs,
             "sweep_window": args.sweep_window,
+            "postgres": dict(args.pg_setting),
         },
         "loads": [load.as_json() for load in loads],
         "systems": systems,

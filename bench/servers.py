@@ -158,6 +158,7 @@ class Postgres:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: Proc | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)  # extra `-c name=value`
 
     def url(self, database: str) -> str:
         return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
@@ -208,6 +209,7 @@ class Postgres:
                     "listen_addresses=127.0.0.1",
                     "-c",
                     "max_connections=200",
+                    *(arg for k, v in self.settings.items() for arg in ("-c", f"{k}={v}")),
                 ]
             ),
             self.workdir,
