@@ -18,10 +18,13 @@ class InvalidSpecError(OperatorError):
 class KubeError(OperatorError):
     """A Kubernetes API call failed; ``status`` is the HTTP status (0 when none was received)."""
 
-    def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int = 0, reason: str = "", causes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.causes = causes  # details.causes[].reason, e.g. NamespaceTerminating
 
     @property
     def retryable(self) -> bool:

@@ -128,11 +128,16 @@ class KubeClient:
             break
         decoded = json.loads(payload) if payload else {}
         if status >= 400:
-            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
-            reason = decoded.get("reason", "") if isinstance(decoded, dict) else ""
+            body = decoded if isinstance(decoded, dict) else {}
+            causes = tuple(
+                str(c.get("reason", "")) for c in (body.get("details") or {}).get("causes") or []
+            )
             error = _ERRORS.get(status, KubeError)
             raise error(
-                f"{method} {path}: {status} {message}".strip(), status=status, reason=reason
+                f"{method} {path}: {status} {body.get('message', '')}".strip(),
+                status=status,
+                reason=str(body.get("reason", "")),
+                causes=causes,
             )
         return decoded
 

@@ -447,6 +447,8 @@ async def reconcile(
         await _report_invalid(run, reason, str(e))
         raise InvalidSpecError(str(e)) from e
     except KubeForbiddenError as e:
+        if "NamespaceTerminating" in e.causes:
+            return None  # the namespace and everything in it are on their way out
         # RBAC is fixed by an administrator, not by waiting; say so where users look.
         run.events.append(status.Event("Warning", "Forbidden", str(e)))
         run.post_events()

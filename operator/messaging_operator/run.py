@@ -119,6 +119,10 @@ def build_settings(args: argparse.Namespace) -> kopf.OperatorSettings:
     settings.scanning.disabled = True
     settings.posting.reporting_component = MANAGED_BY
     settings.posting.level = logging.WARNING  # our own Events tell the story; no log echo
+    settings.posting.default_backoffs = (0.5, 1, 2)  # Events are auxiliary: never queue up
+    # Timers finish their pass and exit on their own: look again soon, so deleting a cluster
+    # is not held for kopf's default minute.
+    settings.background.cancellation_polling = 2.0
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     if args.peering:

@@ -179,7 +179,7 @@ def decide(
     )
     desired = max(low, min(high, chosen))
     load = (
-        f"{calc.sockets:.0f} sockets on {current} pods, "
+        f"{calc.sockets:.0f} sockets on {current} pod{'' if current == 1 else 's'}, "
         f"{calc.ratio:.2f} of the target {policy.target_per_pod:.0f} per pod"
     )
     if desired > current:

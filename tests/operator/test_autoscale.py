@@ -13,7 +13,6 @@ from messaging_operator.autoscale import (
 )
 from messaging_operator.scaling import PodSample, Recommendation
 from messaging_operator.spec import parse_spec
-
 from tests.operator.samples import MINIMAL_SPEC
 
 

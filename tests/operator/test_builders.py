@@ -8,7 +8,6 @@ from typing import Any
 from messaging_operator import builders
 from messaging_operator.builders import Owner
 from messaging_operator.spec import parse_spec
-
 from tests.operator.samples import MINIMAL_SPEC, PRODUCTION_SPEC, cluster_body
 
 OWNER = Owner.from_body(cluster_body(MINIMAL_SPEC))

@@ -14,6 +14,7 @@ import kopf
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
 from messaging_operator.errors import (
     KubeConflictError,
     KubeError,
@@ -190,4 +191,23 @@ async def test_a_slow_server_is_unavailable(fake: tuple[FakeApiServer, str]) -> 
     api.answers.append((-1, 2.0))
     with pytest.raises(KubeUnavailableError):
         await kube.get(DEPLOYMENT, "apps", "chat")
+    await kube.close()
+
+
+async def test_the_causes_of_a_refusal_are_kept(fake: tuple[FakeApiServer, str]) -> None:
+    api, server = fake
+    kube = await client(server)
+    api.answers.append(
+        (
+            403,
+            {
+                "message": "unable to create new content in namespace x",
+                "reason": "Forbidden",
+                "details": {"causes": [{"reason": "NamespaceTerminating"}]},
+            },
+        )
+    )
+    with pytest.raises(KubeForbiddenError) as caught:
+        await kube.get(DEPLOYMENT, "apps", "chat")
+    assert caught.value.causes == ("NamespaceTerminating",)
     await kube.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from messaging_operator.errors import InvalidSpecError
 from messaging_operator.overrides import strategic_merge
 

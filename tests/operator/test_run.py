@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from messaging_operator import run
 from messaging_operator.reconcile import OperatorConfig
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from messaging_operator import scaling
 from messaging_operator.scaling import Decision, PodSample, Policy, Recommendation, decide
 
@@ -167,7 +168,7 @@ def test_never_outside_min_and_max(
 @settings(max_examples=400)
 @given(
     policy=policies,
-    per_pod=st.lists(st.floats(-1.0, 1.0), min_size=1, max_size=30),
+    per_pod=st.lists(st.floats(-0.99, 0.99), min_size=1, max_size=30),
     history=histories,
 )
 def test_no_change_while_the_load_stays_inside_the_tolerance(
@@ -175,7 +176,7 @@ def test_no_change_while_the_load_stays_inside_the_tolerance(
 ) -> None:
     current = max(policy.min_replicas, min(policy.max_replicas, len(per_pod)))
     per_pod = (per_pod * current)[:current]
-    # Every pod within +-tolerance of the target, so the mean ratio is too.
+    # Every pod strictly within +-tolerance of the target (the boundary is a float coin toss).
     pods = ready(*[policy.target_per_pod * (1 + policy.tolerance * f) for f in per_pod])
     decision = decide(current, pods, policy, history, now=NOW)
     assert decision.desired == current

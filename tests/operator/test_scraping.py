@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
 from messaging_operator.scraping import metrics_url, parse_connected_sockets, read_pods
 
 PAGE = """# HELP messaging_connected_sockets Sockets connected to this process.

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from messaging_operator.errors import InvalidSpecError
-from messaging_operator.spec import ClusterSpec, check_name, parse_spec
 from pydantic import BaseModel
 
+from messaging_operator.errors import InvalidSpecError
+from messaging_operator.spec import ClusterSpec, check_name, parse_spec
 from tests.operator.samples import MINIMAL_SPEC, PRODUCTION_SPEC
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,3 +157,14 @@ def test_every_example_is_a_valid_spec() -> None:
                 check_name(doc["metadata"]["name"])
                 found += 1
     assert found >= 3
+
+
+def test_object_defaults_are_complete_where_a_cel_rule_reads_them() -> None:
+    """The API server checks a default against the rules without filling nested defaults."""
+    spec = crd_schema()["properties"]["spec"]["properties"]
+    assert spec["replicas"]["default"] == {"min": 2, "max": 10}
+    assert spec["drain"]["default"] == {
+        "windowSeconds": 10,
+        "shutdownDeadlineSeconds": 25,
+        "preStopSleepSeconds": 5,
+    }

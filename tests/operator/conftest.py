@@ -1,0 +1,220 @@
+"""The operator running against the test control plane, with the permissions it ships with.
+
+The operator under test is a real process (`python -m messaging_operator`), authenticated as the
+ServiceAccount of deploy/operator/ with the ClusterRole from there, not as cluster admin: every
+integration test therefore also proves that the shipped RBAC is enough.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.operator.kubeapi import Kube
+from tests.support.k8s import K8sCluster, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "messagingclusters.messaging.platform.io.yaml"
+RBAC = ROOT / "deploy" / "operator"
+OPERATOR_NAMESPACE = "messaging-system"
+OPERATOR_ACCOUNT = "messaging-operator"
+RESYNC_SECONDS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningOperator:
+    process: subprocess.Popen[bytes]
+    log: Path
+    metrics_port: int
+    kubeconfig: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+
+def _apply(cluster: K8sCluster, *paths: Path) -> None:
+    for path in paths:
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+
+
+@pytest.fixture(scope="session")
+def messaging_crd(k8s_cluster: K8sCluster) -> Path:
+    _apply(k8s_cluster, CRD)
+    k8s_cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/messagingclusters.messaging.platform.io",
+    )
+    return CRD
+
+
+def operator_kubeconfig(cluster: K8sCluster, directory: Path) -> Path:
+    """A kubeconfig holding the operator ServiceAccount's token (a TokenRequest)."""
+    token = cluster.kubectl(
+        "create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=4h"
+    ).stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "test",
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority": str(cluster.ca_cert),
+                },
+            }
+        ],
+        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": OPERATOR_ACCOUNT}}],
+        "current-context": "test",
+    }
+    path = directory / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_operator(
+    cluster: K8sCluster, workdir: Path, *args: str, kubeconfig: Path
+) -> RunningOperator:
+    metrics_port, liveness_port = free_port(), free_port()
+    log = workdir / f"operator-{metrics_port}.log"
+    env = {**cluster.env(), "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "messaging_operator",
+                "--metrics-port",
+                str(metrics_port),
+                "--liveness",
+                f"http://127.0.0.1:{liveness_port}/healthz",
+                "--resync-seconds",
+                str(RESYNC_SECONDS),
+                "--autoscale-seconds",
+                "1",
+                "--verbose",
+                *args,
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    running = RunningOperator(process, log, metrics_port, kubeconfig)
+
+    def alive() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the operator exited ({process.returncode}):\n{running.log_tail()}"
+            )
+        try:
+            url = f"http://127.0.0.1:{liveness_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_until(alive, timeout=60, what="the operator's liveness endpoint")
+    return running
+
+
+def stop_operator(running: RunningOperator) -> None:
+    if running.process.poll() is None:
+        os.killpg(running.process.pid, signal.SIGTERM)
+        try:
+            running.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(running.process.pid, signal.SIGKILL)
+            running.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def operator_identity(k8s_cluster: K8sCluster, messaging_crd: Path) -> str:
+    """The ServiceAccount, ClusterRole and binding exactly as deploy/operator/ ships them."""
+    k8s_cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    _apply(
+        k8s_cluster,
+        RBAC / "service-account.yaml",
+        RBAC / "cluster-role.yaml",
+        RBAC / "cluster-role-binding.yaml",
+    )
+    return f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+
+
+@pytest.fixture(scope="session")
+def operator(
+    k8s_cluster: K8sCluster, operator_identity: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningOperator]:
+    """One operator for the session, watching every namespace (each test has its own)."""
+    workdir = tmp_path_factory.mktemp("operator")
+    kubeconfig = operator_kubeconfig(k8s_cluster, workdir)
+    running = start_operator(k8s_cluster, workdir, "--all-namespaces", kubeconfig=kubeconfig)
+    try:
+        yield running
+    finally:
+        stop_operator(running)
+        print(f"\noperator log: {running.log}")
+
+
+@pytest.fixture
+def kube(k8s_cluster: K8sCluster, k8s_namespace: str) -> Iterator[Kube]:
+    api = Kube(k8s_cluster, k8s_namespace)
+    try:
+        yield api
+    finally:
+        api.session.close()
+
+
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_example(
+    kube: Kube, example: str = "minimal.yaml", spec: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Create an example's Secrets and its MessagingCluster (spec changes merged in)."""
+    cluster: dict[str, Any] | None = None
+    for doc in yaml.safe_load_all((ROOT / "examples" / example).read_text()):
+        if not doc:
+            continue
+        doc["metadata"]["namespace"] = kube.namespace
+        if doc["kind"] == "MessagingCluster":
+            doc["spec"] = deep_merge(doc["spec"], spec or {})
+            cluster = kube.create(doc)
+        else:
+            kube.create(doc)
+    assert cluster is not None, f"{example} has no MessagingCluster"
+    return cluster
