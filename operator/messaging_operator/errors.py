@@ -45,7 +45,11 @@ class KubeForbiddenError(KubeError):
 
 
 class KubeInvalidError(KubeError):
-    """422: the API server rejected the object we built; retrying the same object cannot help."""
+    """422 (or an undecodable object): the API server rejected the object we built."""
+
+    @property
+    def retryable(self) -> bool:
+        return False  # the same object is refused again: only a spec change helps
 
 
 class KubeUnavailableError(KubeError):

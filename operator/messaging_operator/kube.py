@@ -74,6 +74,9 @@ _ERRORS: dict[int, type[KubeError]] = {
 }
 
 
+_UNDECODABLE = "failed to convert new object"
+
+
 def _session(info: kopf.ConnectionInfo, timeout_s: float) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
@@ -133,6 +136,10 @@ class KubeClient:
                 str(c.get("reason", "")) for c in (body.get("details") or {}).get("causes") or []
             )
             error = _ERRORS.get(status, KubeError)
+            if status == 500 and str(body.get("message", "")).startswith(_UNDECODABLE):
+                # Server-side apply reports a field it cannot decode (a malformed quantity, say)
+                # as an internal error; it is our request that is wrong, so retrying cannot help.
+                error = KubeInvalidError
             raise error(
                 f"{method} {path}: {status} {body.get('message', '')}".strip(),
                 status=status,

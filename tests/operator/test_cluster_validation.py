@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.operator.conftest import RESYNC_SECONDS, RunningOperator, apply_example
 from tests.operator.kubeapi import ApiError, Kube
 from tests.operator.samples import MINIMAL_SPEC
+from tests.support.k8s import wait_until
 
 pytestmark = pytest.mark.usefixtures("messaging_crd")
 
@@ -91,3 +94,69 @@ def test_the_api_server_fills_in_the_documented_defaults(kube: Kube) -> None:
 def test_kubectl_server_side_dry_run_accepts_every_example(kube: Kube) -> None:
     for example in sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")):
         kube.cluster.kubectl("apply", "--dry-run=server", "-n", kube.namespace, "-f", str(example))
+
+
+def invalid_spec_events(kube: Kube, reason: str) -> int:
+    return sum(
+        int(e.get("count") or 1)
+        for e in kube.events_for("chat")
+        if e["type"] == "Warning" and e["reason"] == reason
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        # The API server accepts the MessagingCluster (podTemplate is free-form) but refuses the
+        # Deployment built from it: a quantity that is not one.
+        (
+            {
+                "spec": {
+                    "containers": [
+                        {"name": "messaging", "resources": {"requests": {"cpu": "lots"}}}
+                    ]
+                }
+            },
+            "ChildRejected",
+        ),
+        # The operator itself cannot merge it: containers must be a list.
+        ({"spec": {"containers": {"name": "messaging"}}}, "InvalidSpec"),
+    ],
+)
+def test_a_spec_only_the_operator_can_judge_becomes_a_condition_and_one_event_not_a_loop(
+    operator: RunningOperator, kube: Kube, override: dict[str, Any], reason: str
+) -> None:
+    apply_example(kube, spec={"override": {"podTemplate": override}})
+
+    def failed() -> dict[str, Any] | None:
+        cond = kube.condition("chat", "Ready") or {}
+        return cond if cond.get("reason") == reason else None
+
+    cond = wait_until(failed, timeout=60, what=f"Ready=False/{reason}")
+    assert cond["status"] == "False" and cond["message"]
+    st = (kube.get("MessagingCluster", "chat") or {})["status"]
+    assert st["phase"] == "Failed"
+    wait_until(lambda: invalid_spec_events(kube, reason) >= 1, timeout=30, what="the Warning")
+    # Several resync periods later: still one Warning, and no retry storm.
+    before = reconciles(operator, "invalid_spec")
+    time.sleep(4 * RESYNC_SECONDS)
+    assert invalid_spec_events(kube, reason) == 1
+    assert reconciles(operator, "invalid_spec") - before <= 4 * 2 + 2  # resync + autoscale pace
+    assert kube.get("Deployment", "chat") is None
+    # Fixing the spec brings the cluster up.
+    kube.merge_patch("MessagingCluster", "chat", {"spec": {"override": {"podTemplate": None}}})
+    wait_until(
+        lambda: (
+            ((kube.get("MessagingCluster", "chat") or {}).get("status") or {}).get("phase")
+            == "Running"
+        ),
+        timeout=90,
+        what="phase Running after the fix",
+    )
+
+
+def reconciles(operator: RunningOperator, outcome: str) -> float:
+    for line in operator.metrics().splitlines():
+        if line.startswith(f'messaging_operator_reconciles_total{{outcome="{outcome}"}}'):
+            return float(line.split()[-1])
+    return 0.0

@@ -211,3 +211,29 @@ async def test_the_causes_of_a_refusal_are_kept(fake: tuple[FakeApiServer, str])
         await kube.get(DEPLOYMENT, "apps", "chat")
     assert caught.value.causes == ("NamespaceTerminating",)
     await kube.close()
+
+
+async def test_an_object_the_server_cannot_decode_is_invalid_not_retryable(
+    fake: tuple[FakeApiServer, str],
+) -> None:
+    api, server = fake
+    kube = await client(server)
+    api.answers.append(
+        (
+            500,
+            {
+                "message": "failed to convert new object (ns/chat; apps/v1, Kind=Deployment) to "
+                "proper version: quantities must match the regular expression",
+                "reason": "InternalError",
+            },
+        )
+    )
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "c", "namespace": "n"},
+    }
+    with pytest.raises(KubeInvalidError) as caught:
+        await kube.apply(body)
+    assert not caught.value.retryable
+    await kube.close()
