@@ -98,6 +98,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=_env("LOG_FORMAT", "full"),
     )
     parser.add_argument("-v", "--verbose", action="store_true", default=bool(_env("VERBOSE")))
+    argv = list(argv) if argv is not None else None
+    if argv and argv[0] == "--":
+        argv = argv[1:]  # `messaging operator -- --all-namespaces` passes the separator on
     args = parser.parse_args(argv)
     if not args.all_namespaces and not args.namespaces:
         args.namespaces = _namespaces_from_env()

@@ -52,3 +52,8 @@ def test_the_registry_holds_every_handler() -> None:
         "child-services",
         "child-poddisruptionbudgets",
     }
+
+
+def test_a_leading_separator_from_the_messaging_command_is_ignored() -> None:
+    args = run.parse_args(["--", "--namespace", "apps", "--metrics-port", "0"])
+    assert args.namespaces == ["apps"] and args.metrics_port == 0
