@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import kopf
 import pytest
 
 from messaging_operator.reconcile import (
+    Gate,
     deployment_state,
     desired_replicas,
     job_state,
@@ -118,3 +121,37 @@ def test_the_secrets_the_pods_read_are_all_checked() -> None:
     refs = secret_refs(parse_spec(PRODUCTION_SPEC))
     assert set(refs) == {"dsn", "publicKey", "redisUrl"}
     assert refs["redisUrl"].name == "chat-redis"
+
+
+async def test_child_events_during_a_pass_coalesce_into_one_more_pass() -> None:
+    gate = Gate()
+    started = asyncio.Event()
+    release = asyncio.Event()
+    passes: list[int] = []
+
+    async def reconcile() -> None:
+        passes.append(len(passes))
+        if len(passes) == 1:
+            started.set()
+            await release.wait()
+
+    running = asyncio.create_task(gate.run(reconcile))
+    await started.wait()
+    for _ in range(5):  # a burst of child events while the first pass runs
+        await gate.kick(reconcile)
+    release.set()
+    await running
+    assert passes == [0, 1]
+    await gate.kick(reconcile)  # idle gate: runs at once
+    assert passes == [0, 1, 2]
+
+
+async def test_a_failing_pass_after_a_child_event_does_not_escape_the_watcher() -> None:
+    gate = Gate()
+
+    async def failing() -> None:
+        raise kopf.TemporaryError("api down", delay=1)
+
+    await gate.kick(failing)  # logged, not raised: the resync timer retries
+    with pytest.raises(kopf.TemporaryError):
+        await gate.run(failing)  # a change handler does get the error, for kopf's retries
