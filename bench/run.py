@@ -396,7 +396,9 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_report(summary: dict[str, Any], results_dir: Path, markdown: Path) -> None:
-    (results_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = results_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     plot_path = results_dir / "throughput-latency.png"
     has_plot = report.plot(summary, plot_path)
     plot_name = os.path.relpath(plot_path, markdown.parent) if has_plot else None
@@ -437,6 +439,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="extra PostgreSQL setting for both systems (repeat), e.g. synchronous_commit=off",
     )
+    parser.add_argument(
+        "--from-summary",
+        type=Path,
+        default=None,
+        metavar="SUMMARY_JSON",
+        help="run nothing: write BENCHMARKS.md and the plot again from a summary.json",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument(
@@ -450,8 +459,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def revision() -> str:
+    """The commit measured, and whether the service's working tree differed from it."""
+    head = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "service"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{head} (with uncommitted changes under service/)" if dirty else head
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average: other work competing for the cores shows here."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_summary is not None:
+        write_report(json.loads(args.from_summary.read_text()), args.results, args.markdown)
+        return 0
+    load_at_start = load_average()
+    measured_revision = revision()
     servers.ensure_packages()
     loads = plan_loads(args)
     notes: list[str] = []
@@ -488,9 +519,12 @@ def main(argv: list[str] | None = None) -> int:
             pg.stop()
     summary = {
         "schema": "messaging-benchmark/1",
-        "command": "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(
+            ["python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "load_average": [load_at_start, load_average()]},
+        "revision": measured_revision,
         "settings": {
             "users": args.users,
             "devices": 1,
