@@ -13,8 +13,8 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -69,7 +69,7 @@ class Chat:
         self._cursor_key = cursor_key
         # Conversations never change once created (a pair, a creation time), so they are cached.
         self._conversations: OrderedDict[uuid.UUID, ConversationRecord] = OrderedDict()
-        self._committer = GroupCommitter(self._transaction)
+        self._committer = GroupCommitter(self._commit_connection)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -83,14 +83,24 @@ class Chat:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """A transaction whose database failures surface as ``UNAVAILABLE``."""
-        try:
+        with _database_errors():
             async with self._engine.begin() as conn:
                 yield conn
-        except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
-            if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
-                raise
-            log.warning("database unavailable", extra={"error": repr(exc)})
-            raise Unavailable("the database is unavailable; try again") from exc
+
+    @asynccontextmanager
+    async def _commit_connection(self) -> AsyncIterator[AsyncConnection]:
+        """Where batches of new messages are written.
+
+        On PostgreSQL a batch is one statement, so an autocommit connection makes it one round
+        trip instead of three (BEGIN, the statement, COMMIT); SQLite needs the transaction.
+        """
+        if self._engine.dialect.name != "postgresql":
+            async with self._transaction() as conn:
+                yield conn
+            return
+        with _database_errors():
+            async with self._engine.connect() as conn:
+                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @asynccontextmanager
     async def tracked(self) -> AsyncIterator[None]:
@@ -380,6 +390,18 @@ def _page_size(requested: int) -> int:
     if not 1 <= requested <= MAX_PAGE_SIZE:
         raise ValidationFailed(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
     return requested
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turn the database being unreachable (or its pool exhausted) into ``UNAVAILABLE``."""
+    try:
+        yield
+    except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
+        if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
+            raise
+        log.warning("database unavailable", extra={"error": repr(exc)})
+        raise Unavailable("the database is unavailable; try again") from exc
 
 
 def _is_connectivity_error(exc: DBAPIError) -> bool:

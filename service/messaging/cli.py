@@ -92,16 +92,20 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return run_dev(port=args.port)
 
 
-def cmd_operator(args: argparse.Namespace) -> int:
+def run_operator(argv: list[str]) -> int:
     from messaging_operator.run import main  # noqa: PLC0415
 
-    return int(main(args.rest))
+    return int(main(argv))
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def run_bench(argv: list[str]) -> int:
     from messaging.bench import main  # noqa: PLC0415
 
-    return int(main(args.rest))
+    return int(main(argv))
+
+
+# Commands with their own argument parsers: everything after the name is theirs.
+PASSTHROUGH = {"operator": run_operator, "bench": run_bench}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,17 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(func=cmd_dev)
 
-    for name, func, what in (
-        ("operator", cmd_operator, "run the Kubernetes operator (see `messaging operator --help`)"),
-        ("bench", cmd_bench, "load-test a deployment (see `messaging bench --help`)"),
-    ):
-        passthrough = sub.add_parser(name, help=what, add_help=False)
-        passthrough.add_argument("rest", nargs=argparse.REMAINDER)
-        passthrough.set_defaults(func=func)
+    # Listed for --help only: main() hands their arguments over before parsing.
+    sub.add_parser("operator", help="run the Kubernetes operator (`messaging operator --help`)")
+    sub.add_parser("bench", help="load-test a deployment (`messaging bench --help`)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        return PASSTHROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -8,9 +8,11 @@ AsyncRedisManager puts every event of the cluster on one channel, which every re
 
 The listener is supervised: it pings Redis, and when its connection breaks or goes quiet it
 resubscribes with doubling back-off, while ``messaging_backplane_listener_up`` says whether it is
-healthy. Publishing never blocks a sender: events go through a bounded queue drained by one task
-that pipelines PUBLISH commands; if Redis is away they are dropped and counted, because
-PostgreSQL holds every message and clients catch up with ``syncMessages``.
+healthy. An event is encoded once, on the replica where it happens: the Socket.IO packet text
+travels through Redis as is and is written to the receiving sockets without being decoded and
+encoded again. Publishing never blocks a sender: events go through a bounded queue drained by
+one task that pipelines PUBLISH commands; if Redis is away they are dropped and counted,
+because PostgreSQL holds every message and clients catch up with ``syncMessages``.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
+import socketio
+from engineio import packet as eio_packet
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -48,24 +52,18 @@ def user_channel(user_id: str) -> str:
     return f"{CHANNEL_PREFIX}{user_id}"
 
 
-class SocketEmitter(Protocol):
-    """The part of python-socketio's AsyncServer that delivery needs."""
-
-    async def emit(
-        self,
-        event: str,
-        data: Any = None,
-        *,
-        room: str | list[str] | None = None,
-        skip_sid: str | list[str] | None = None,
-    ) -> None: ...
+def event_packet(event: str, data: Any) -> eio_packet.Packet:
+    """The Engine.IO message carrying a Socket.IO EVENT for the default namespace."""
+    return eio_packet.Packet(eio_packet.MESSAGE, data="2" + orjson.dumps([event, data]).decode())
 
 
 class Delivery:
     """Sends server-to-client events to users, locally and through the Redis backplane."""
 
-    def __init__(self, emitter: SocketEmitter, *, replica_id: str, redis: Redis | None) -> None:
-        self._emitter = emitter
+    def __init__(
+        self, server: socketio.AsyncServer, *, replica_id: str, redis: Redis | None
+    ) -> None:
+        self._server = server
         self._replica_id = replica_id
         self._redis = redis
         self._queue: asyncio.Queue[tuple[list[str], bytes]] = asyncio.Queue(PUBLISH_QUEUE_LIMIT)
@@ -93,31 +91,29 @@ class Delivery:
     ) -> None:
         """Deliver ``event`` to every socket of ``user_ids`` except ``skip_sid``."""
         users = list(dict.fromkeys(user_ids))
-        await self._emit_local(users, event, data, skip_sid)
+        packet = event_packet(event, data)
+        await self._emit_local(users, packet, skip_sid)
         if committed_at is not None:
             metrics.COMMIT_TO_DELIVER.labels(path="local").observe(time.time() - committed_at)
         if self._redis is None:
             return
-        envelope = orjson.dumps(
-            {
-                "o": self._replica_id,
-                "e": event,
-                "d": data,
-                "s": skip_sid,
-                "t": time.time(),
-                "c": committed_at,
-            }
+        header = orjson.dumps(
+            {"o": self._replica_id, "s": skip_sid, "t": time.time(), "c": committed_at}
         )
+        envelope = header + b"\n" + packet.data.encode()
         try:
             self._queue.put_nowait((users, envelope))
         except asyncio.QueueFull:
             metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc()
 
     async def _emit_local(
-        self, users: list[str], event: str, data: Any, skip_sid: str | None
+        self, users: list[str], packet: eio_packet.Packet, skip_sid: str | None
     ) -> None:
+        """Queue the packet on every local socket of ``users`` (their sockets' writers send it)."""
         rooms = [user_room(u) for u in users]
-        await self._emitter.emit(event, data, room=rooms, skip_sid=skip_sid)
+        for sid, eio_sid in self._server.manager.get_participants("/", rooms):
+            if sid != skip_sid:
+                await self._server.eio.send_packet(eio_sid, packet)
 
     # --- subscriptions -------------------------------------------------------------------------
 
@@ -230,14 +226,16 @@ class Delivery:
             return
         if kind != "message" or channel is None or not channel.startswith(CHANNEL_PREFIX):
             return
-        envelope = orjson.loads(message["data"])
+        header, _, text = message["data"].partition("\n")
+        envelope = orjson.loads(header)
         if envelope["o"] == self._replica_id:
             return  # already delivered locally when it was published
         metrics.BACKPLANE_RECEIVED.inc()
         metrics.BACKPLANE_LAG.observe(max(0.0, time.time() - envelope["t"]))
         user_id = channel.removeprefix(CHANNEL_PREFIX)
-        await self._emit_local([user_id], envelope["e"], envelope["d"], envelope["s"])
-        if envelope.get("c") is not None:
+        packet = eio_packet.Packet(eio_packet.MESSAGE, data=text)
+        await self._emit_local([user_id], packet, envelope["s"])
+        if envelope["c"] is not None:
             metrics.COMMIT_TO_DELIVER.labels(path="backplane").observe(
                 max(0.0, time.time() - envelope["c"])
             )

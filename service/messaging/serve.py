@@ -98,6 +98,9 @@ def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | Non
         log_config=None,
         access_log=False,
         ws_max_size=settings.max_payload_bytes,
+        # Compressing every frame costs more CPU than anything else on the send path and a
+        # compression context per connection; Socket.IO's own servers ship with it off too.
+        ws_per_message_deflate=False,
         ws_ping_interval=None,  # Engine.IO runs its own heartbeat
         timeout_graceful_shutdown=2,
     )

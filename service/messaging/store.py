@@ -276,11 +276,15 @@ async def _unread_counts(
 async def insert_messages(
     conn: AsyncConnection, batch: Sequence[NewMessage]
 ) -> list[tuple[MessageRecord, bool]]:
-    """Store a batch of new messages in the caller's transaction.
+    """Store a batch of new messages.
 
     Returns, for each input in order, the stored message and whether this call stored it; a
     repeated ``(author_id, client_message_id)`` returns the original message instead (also when the
     repeat is inside the same batch).
+
+    On PostgreSQL it is one statement (position and rows together), so on a connection in
+    autocommit mode the whole batch is one round trip and one implicit transaction; elsewhere
+    the caller's transaction holds the two statements.
     """
     first_of_key: dict[tuple[str, str], int] = {}
     unique: list[NewMessage] = []
@@ -292,6 +296,86 @@ async def insert_messages(
             first_of_key[key] = len(unique)
         unique.append(item)
 
+    if conn.dialect.name == "postgresql":
+        start, inserted_ids = await _insert_postgres(conn, unique)
+    else:
+        start, inserted_ids = await _insert_portable(conn, unique)
+    stored: dict[uuid.UUID, MessageRecord] = {}
+    for offset, item in enumerate(unique):
+        if item.id in inserted_ids:
+            stored[item.id] = MessageRecord(
+                id=item.id,
+                conversation_id=item.conversation_id,
+                author_id=item.author_id,
+                content=item.content,
+                status="sent",
+                created_at=item.created_at,
+                client_message_id=item.client_message_id,
+                stream_pos=start + offset,
+            )
+    originals = await _originals(conn, [u for u in unique if u.id not in inserted_ids])
+
+    results: list[tuple[MessageRecord, bool]] = []
+    for item in batch:
+        if item.id in stored:
+            results.append((stored[item.id], True))
+            continue
+        assert item.client_message_id is not None  # only keyed messages can be repeats
+        key = (item.author_id, item.client_message_id)
+        first = unique[first_of_key[key]]
+        # A repeat of an earlier message of this batch, or of one stored before it.
+        results.append((stored.get(first.id) or originals[key], False))
+    return results
+
+
+# Takes the batch's positions and inserts its rows in one statement: the UPDATE's row lock is
+# taken first (the INSERT reads its result) and held until the statement's transaction ends.
+_INSERT_BATCH_POSTGRES = """
+WITH counter AS (
+    UPDATE message_stream SET position = position + $7 WHERE id = 1 RETURNING position
+), incoming AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::text[],
+                         $5::timestamptz[], $6::varchar[]) WITH ORDINALITY
+        AS r(id, conversation_id, author_id, content, created_at, client_message_id, ord)
+)
+INSERT INTO messages (id, conversation_id, author_id, content, status, created_at,
+                      client_message_id, stream_pos)
+SELECT r.id, r.conversation_id, r.author_id, r.content, 'sent', r.created_at,
+       r.client_message_id, counter.position - $7 + r.ord
+FROM incoming r, counter
+ON CONFLICT (author_id, client_message_id) DO NOTHING
+RETURNING id, stream_pos
+"""
+
+
+async def _insert_postgres(
+    conn: AsyncConnection, unique: Sequence[NewMessage]
+) -> tuple[int, set[uuid.UUID]]:
+    result = await conn.exec_driver_sql(
+        _INSERT_BATCH_POSTGRES,
+        (
+            [m.id for m in unique],
+            [m.conversation_id for m in unique],
+            [m.author_id for m in unique],
+            [m.content for m in unique],
+            [m.created_at for m in unique],
+            [m.client_message_id for m in unique],
+            len(unique),
+        ),
+    )
+    positions: dict[uuid.UUID, int] = {row.id: row.stream_pos for row in result}
+    if not positions:
+        # Every row was a repeat; the positions were still taken (gaps are harmless).
+        return 0, set()
+    # Positions follow input order: recover the batch's first one from any inserted row.
+    index = {m.id: i for i, m in enumerate(unique)}
+    some_id, some_pos = next(iter(positions.items()))
+    return some_pos - index[some_id], set(positions)
+
+
+async def _insert_portable(
+    conn: AsyncConnection, unique: Sequence[NewMessage]
+) -> tuple[int, set[uuid.UUID]]:
     end = (
         await conn.execute(
             update(message_stream)
@@ -314,35 +398,13 @@ async def insert_messages(
         }
         for offset, item in enumerate(unique)
     ]
-    inserted_ids = set(
-        (
-            await conn.execute(
-                _insert(conn, messages)
-                .values(rows)
-                .on_conflict_do_nothing(
-                    index_elements=[messages.c.author_id, messages.c.client_message_id]
-                )
-                .returning(messages.c.id)
-            )
-        ).scalars()
+    inserted = await conn.execute(
+        _insert(conn, messages)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[messages.c.author_id, messages.c.client_message_id])
+        .returning(messages.c.id)
     )
-    stored: dict[uuid.UUID, MessageRecord] = {}
-    for row in rows:
-        if row["id"] in inserted_ids:
-            stored[row["id"]] = MessageRecord(**row)
-    originals = await _originals(conn, [u for u in unique if u.id not in inserted_ids])
-
-    results: list[tuple[MessageRecord, bool]] = []
-    for item in batch:
-        if item.id in stored:
-            results.append((stored[item.id], True))
-            continue
-        assert item.client_message_id is not None  # only keyed messages can be repeats
-        key = (item.author_id, item.client_message_id)
-        first = unique[first_of_key[key]]
-        # A repeat of an earlier message of this batch, or of one stored before it.
-        results.append((stored.get(first.id) or originals[key], False))
-    return results
+    return start, set(inserted.scalars())
 
 
 async def _originals(

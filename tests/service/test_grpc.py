@@ -82,7 +82,7 @@ async def test_walking_a_long_history_returns_each_message_once_newest_first_des
                 token = reply.next_page_token
                 if not token:
                     break
-                await asyncio.sleep(0)  # let the concurrent sends land between pages
+                await asyncio.sleep(0.01)  # let concurrent sends land between pages
         finally:
             sending.cancel()
         new_during_walk = walked[: len(walked) - len(old)]

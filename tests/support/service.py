@@ -86,6 +86,7 @@ async def running_service(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=1,
+        ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
