@@ -1,0 +1,324 @@
+"""Processes for bench/history.py and bench/fanout.py: a tuned PostgreSQL, the service, its helpers.
+
+Built on bench/servers.py (spawn, Proc, Redis, wait_until); what differs is a PostgreSQL started
+with benchmark settings (``servers.Postgres`` takes none) and ``Processes``, one owner that stops
+everything it started, in reverse order, however the run ends (error, Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import uvloop
+
+from bench import servers
+from bench.servers import PG_USER, REPO, Postgres, Proc, Redis, ServerError
+from messaging.bench import probes
+
+JWT_SECRET = "benchmark-only-secret-0123456789abcdef0123456789"  # noqa: S105 - private servers
+T = TypeVar("T")
+RESULTS_DIR = REPO / "bench" / "results"
+SERVICE = [sys.executable, "-m", "messaging.cli"]
+
+# Settings for a benchmark database on one machine. fsync/full_page_writes/synchronous_commit off:
+# these benchmarks measure the query path and the fan-out, not this VM's disk flush latency
+# (every send commits through one stream-counter row, so with fsync on the disk sets the pace).
+BENCH_PG_SETTINGS: Mapping[str, str] = {
+    "shared_buffers": "256MB",
+    "effective_cache_size": "4GB",
+    "work_mem": "16MB",
+    "maintenance_work_mem": "512MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "30min",
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "max_connections": "300",
+    "random_page_cost": "1.1",
+}
+
+
+@dataclass
+class TunedPostgres(Postgres):
+    """``servers.Postgres`` started with ``settings`` (its ``start`` lines, plus ``-c`` options)."""
+
+    settings: Mapping[str, str] = field(default_factory=lambda: dict(BENCH_PG_SETTINGS))
+
+    def start(self) -> None:
+        bin_dir = servers.pg_bin_dir()
+        if bin_dir is None:
+            raise ServerError("PostgreSQL is not installed")
+        data = self.workdir / "pgdata"
+        data.mkdir(parents=True)
+        if os.geteuid() == 0:
+            self.workdir.chmod(0o755)
+            shutil.chown(data, "postgres")
+        subprocess.run(
+            self._as_owner(
+                [str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
+                 "-E", "UTF8", "--no-sync"]
+            ),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        options: list[str] = []
+        for name, value in {"listen_addresses": "127.0.0.1", **self.settings}.items():
+            options += ["-c", f"{name}={value}"]
+        self.proc = servers.spawn(
+            "postgres",
+            self._as_owner(
+                [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
+                 "-k", str(data), *options]
+            ),
+            self.workdir,
+        )  # fmt: skip
+        servers.wait_until(lambda: servers.port_open(self.port), "PostgreSQL to listen", self.proc)
+        servers.wait_until(
+            lambda: self.psql("postgres", "SELECT 1", check=False) == "1",
+            "PostgreSQL to accept queries",
+            self.proc,
+        )
+
+
+@dataclass
+class Service:
+    """One service process (``messaging serve`` or a bench launcher) and its ports."""
+
+    proc: Proc
+    http_port: int
+    grpc_port: int
+
+    @property
+    def name(self) -> str:
+        return self.proc.name
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class Interrupted(Exception):
+    """SIGTERM arrived: unwind like Ctrl-C, so every started process is stopped."""
+
+
+class Processes:
+    """Owns every process a benchmark starts; ``close`` (or leaving ``run``) stops them all."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        if os.geteuid() == 0:
+            workdir.chmod(0o755)  # PostgreSQL runs as `postgres` and must reach its directory
+        self.log_dir = workdir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._stack = contextlib.ExitStack()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def keep_logs(self, target: Path) -> None:
+        """Copy the processes' logs next to the results (the workdir is deleted afterwards)."""
+        target.mkdir(parents=True, exist_ok=True)
+        for log in self.log_dir.glob("*.log"):
+            with contextlib.suppress(OSError):
+                shutil.copy(log, target / log.name)
+
+    def postgres(self, settings: Mapping[str, str] | None = None) -> TunedPostgres:
+        pg = TunedPostgres(self.workdir / "pg", settings=dict(settings or BENCH_PG_SETTINGS))
+        self._stack.callback(pg.stop)
+        pg.start()
+        return pg
+
+    def redis(self) -> Redis:
+        redis = Redis(self.workdir / "redis")
+        redis.workdir.mkdir(parents=True, exist_ok=True)
+        self._stack.callback(redis.stop)
+        redis.start()
+        return redis
+
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str]) -> Proc:
+        proc = servers.spawn(name, argv, self.log_dir, env=env, cwd=REPO)
+        self._stack.callback(proc.stop)
+        return proc
+
+    def connections(self) -> str:
+        """A Connections stand-in where everyone is connected; returns its address."""
+        port = servers.free_port()
+        proc = self.spawn(
+            "dev-connections",
+            [*SERVICE, "dev-connections", "--all-connected", "--port", str(port)],
+            {},
+        )
+        servers.wait_until(lambda: servers.port_open(port), "dev-connections to listen", proc)
+        return f"127.0.0.1:{port}"
+
+    def service(
+        self,
+        name: str,
+        env: Mapping[str, str],
+        argv: list[str] | None = None,
+        *,
+        wait: bool = True,
+    ) -> Service:
+        """Start a replica on fresh loopback ports (``messaging serve`` unless ``argv``)."""
+        http_port, grpc_port = servers.free_port(), servers.free_port()
+        proc = self.spawn(
+            name,
+            argv or [*SERVICE, "serve"],
+            {
+                **env,
+                "MESSAGING_REPLICA_ID": name,
+                "MESSAGING_HTTP_PORT": str(http_port),
+                "MESSAGING_GRPC_PORT": str(grpc_port),
+            },
+        )
+        service = Service(proc, http_port, grpc_port)
+        if wait:
+            wait_ready(service)
+        return service
+
+
+def wait_ready(service: Service, timeout: float = 60.0) -> None:
+    servers.wait_until(
+        functools.partial(servers.http_ok, f"{service.url}/readyz"),
+        f"{service.name} to be ready",
+        service.proc,
+        timeout=timeout,
+    )
+
+
+def service_env(
+    *, database_url: str, connections: str, redis_url: str = "", workdir: Path
+) -> dict[str, str]:
+    """The environment every replica of a benchmark shares."""
+    env = {
+        "MESSAGING_MODE": "production",
+        "MESSAGING_DATABASE_URL": database_url,
+        "MESSAGING_JWT_SECRET": JWT_SECRET,
+        "MESSAGING_CONNECTIONS_ADDRESS": connections,
+        # Per-request INFO logs would measure the log handler, not the service.
+        "MESSAGING_LOG_LEVEL": "WARNING",
+        "MESSAGING_LOG_FORMAT": "json",
+        # Stopping a replica between runs need not spread reconnections over ten seconds.
+        "MESSAGING_DRAIN_WINDOW_SECONDS": "0.5",
+        # `messaging migrate` writes the schema version here (default: /dev/termination-log).
+        "MESSAGING_TERMINATION_MESSAGE_PATH": str(workdir / "termination-log"),
+    }
+    if redis_url:
+        env["MESSAGING_REDIS_URL"] = redis_url
+    return env
+
+
+def migrate(env: Mapping[str, str]) -> None:
+    done = subprocess.run(
+        [*SERVICE, "migrate"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"messaging migrate failed:\n{done.stdout}\n{done.stderr}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of ``pid`` and its children so far (0 if it is gone)."""
+    return probes.cpu_seconds(pid) or 0.0
+
+
+def wait_quiet(pids: list[int], limit_s: float = 60.0, busy_cpu_s: float = 0.05) -> float:
+    """Wait until every process uses under 5% CPU over a second; returns seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        before = [cpu_seconds(pid) for pid in pids]
+        time.sleep(1.0)
+        after = [cpu_seconds(pid) for pid in pids]
+        if all(a - b < busy_cpu_s for a, b in zip(after, before, strict=True)):
+            break
+    return time.monotonic() - started
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def revision() -> dict[str, Any]:
+    """The commit measured, and the service files that differed from it (others edit too)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_service_files": git("status", "--porcelain", "--", "service").splitlines(),
+    }
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into ``Interrupted`` while synchronous code runs (``finally`` blocks then
+    stop the processes); ``run_async`` takes over inside an event loop."""
+
+    def handler(signum: int, frame: FrameType | None) -> Any:
+        raise Interrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_async(main: Coroutine[Any, Any, T], *, fast_loop: bool = False) -> T:
+    """Run ``main`` in a fresh event loop (uvloop when ``fast_loop``); SIGTERM cancels it.
+
+    An exception raised from a signal handler inside an event loop lands in whatever callback
+    was running (a socket's ``data_received``, say) and is swallowed there, so in the loop
+    SIGTERM cancels the main task instead and surfaces as ``Interrupted``. Ctrl-C is the
+    runner's own (cancel, then KeyboardInterrupt).
+    """
+    factory = uvloop.new_event_loop if fast_loop else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_cancel_on_sigterm(main))
+
+
+async def _cancel_on_sigterm(main: Coroutine[Any, Any, T]) -> T:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    terminated: list[bool] = []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        task.cancel()
+
+    previous = signal.getsignal(signal.SIGTERM)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if terminated:
+            raise Interrupted("SIGTERM") from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, previous)
