@@ -89,18 +89,17 @@ class Chat:
 
     @asynccontextmanager
     async def _commit_connection(self) -> AsyncIterator[AsyncConnection]:
-        """Where batches of new messages are written.
+        """The connection the group committer writes batches on (it commits each batch).
 
-        On PostgreSQL a batch is one statement, so an autocommit connection makes it one round
-        trip instead of three (BEGIN, the statement, COMMIT); SQLite needs the transaction.
+        On PostgreSQL a batch is one statement, so autocommit makes it one round trip instead of
+        three (BEGIN, the statement, COMMIT).
         """
-        if self._engine.dialect.name != "postgresql":
-            async with self._transaction() as conn:
-                yield conn
-            return
         with _database_errors():
             async with self._engine.connect() as conn:
-                yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+                if self._engine.dialect.name == "postgresql":
+                    yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+                else:
+                    yield conn
 
     @asynccontextmanager
     async def tracked(self) -> AsyncIterator[None]:

@@ -22,15 +22,23 @@ from messaging import metrics, store
 from messaging.errors import RateLimited
 from messaging.store import MessageRecord, NewMessage
 
-Transaction = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+# Opens the connection batches are written on; each batch is committed before its senders are
+# answered (on PostgreSQL in autocommit a batch is one statement, and the commit a no-op).
+Connection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 Pending = tuple[NewMessage, "asyncio.Future[tuple[MessageRecord, bool]]"]
+
+
+def _fail(batch: list[Pending], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
 
 
 class GroupCommitter:
     def __init__(
-        self, transaction: Transaction, *, max_batch: int = 256, max_pending: int = 5_000
+        self, connection: Connection, *, max_batch: int = 256, max_pending: int = 5_000
     ) -> None:
-        self._transaction = transaction
+        self._connection = connection
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._pending: list[Pending] = []
@@ -49,23 +57,33 @@ class GroupCommitter:
         return await future
 
     async def _drain(self) -> None:
-        while self._pending:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            try:
-                async with self._transaction() as conn:
-                    results = await store.insert_messages(conn, [message for message, _ in batch])
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
-            metrics.GROUP_COMMIT_SIZE.observe(len(batch))
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+        """Commit batches until the queue is empty, on one connection held for the whole run."""
+        batch: list[Pending] = []
+        try:
+            async with self._connection() as conn:
+                while self._pending:
+                    batch = self._pending[: self._max_batch]
+                    del self._pending[: self._max_batch]
+                    results = await store.insert_messages(conn, [m for m, _ in batch])
+                    await conn.commit()
+                    metrics.GROUP_COMMIT_SIZE.observe(len(batch))
+                    for (_, future), result in zip(batch, results, strict=True):
+                        if not future.done():
+                            future.set_result(result)
+                    batch = []
+        except asyncio.CancelledError as exc:
+            _fail([*batch, *self._pending], exc)
+            self._pending = []
+            raise
+        except Exception as exc:
+            if batch:
+                _fail(batch, exc)  # this batch broke; the ones queued behind it get a new run
+            else:
+                # No connection: everyone waiting for this run fails fast (and can retry).
+                waiting, self._pending = self._pending, []
+                _fail(waiting, exc)
+        if self._pending:
+            self._worker = asyncio.create_task(self._drain(), name="group-commit")
 
     async def wait_idle(self) -> None:
         """Until everything queued so far has been committed (or failed)."""
