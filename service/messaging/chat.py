@@ -69,7 +69,10 @@ class Chat:
         self._cursor_key = cursor_key
         # Conversations never change once created (a pair, a creation time), so they are cached.
         self._conversations: OrderedDict[uuid.UUID, ConversationRecord] = OrderedDict()
-        self._committer = GroupCommitter(self._commit_connection)
+        # On PostgreSQL the committer keeps its connection between close batches; SQLite has one
+        # connection, which readers need too.
+        linger = 0.05 if engine.dialect.name == "postgresql" else 0.0
+        self._committer = GroupCommitter(self._commit_connection, linger_seconds=linger)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -101,17 +104,15 @@ class Chat:
                 else:
                     yield conn
 
-    @asynccontextmanager
-    async def tracked(self) -> AsyncIterator[None]:
+    def request_started(self) -> None:
         """Count a request in flight, so a draining process can wait for them to finish."""
         self._in_flight += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -213,7 +214,7 @@ class Chat:
             raise
         committed_at = time.time()
         metrics.SEND_TO_COMMIT.observe(time.perf_counter() - received)
-        metrics.MESSAGES_SENT.labels(outcome="stored" if stored else "duplicate").inc()
+        (metrics.MESSAGES_STORED if stored else metrics.MESSAGES_DUPLICATE).inc()
         if stored:
             await self._deliver(
                 [other, user_id],

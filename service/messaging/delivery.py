@@ -71,6 +71,7 @@ class Delivery:
         self._pubsub: PubSub | None = None
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._listener_healthy = asyncio.Event()
+        self._last_heard = 0.0
 
     @property
     def uses_redis(self) -> bool:
@@ -192,29 +193,39 @@ class Delivery:
             backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
 
     async def _listen_once(self) -> None:
+        """One subscription's life: read until the link breaks or goes quiet, then return."""
         assert self._redis is not None
         pubsub = self._redis.pubsub()
         self._pubsub = pubsub
         control = f"{CHANNEL_PREFIX}replica:{self._replica_id}"
         await pubsub.subscribe(control, *(user_channel(u) for u in self._watched))
-        last_heard = time.monotonic()
-        last_ping = last_heard
-        while True:
-            message = await pubsub.get_message(timeout=LISTENER_PING_SECONDS / 2)
-            now = time.monotonic()
-            if message is not None:
-                last_heard = now
-                metrics.BACKPLANE_LAST_HEARTBEAT.set(time.time())
-                await self._handle(message, control)
-            if now - last_ping >= LISTENER_PING_SECONDS:
-                await pubsub.ping()
-                last_ping = now
-            if now - last_heard > 3 * LISTENER_PING_SECONDS:
-                raise TimeoutError("no reply from Redis within three ping intervals")
+        self._last_heard = time.monotonic()
+        reader = asyncio.create_task(self._read(pubsub, control), name="backplane-reader")
+        try:
+            while True:
+                done, _ = await asyncio.wait({reader}, timeout=LISTENER_PING_SECONDS)
+                if done:
+                    reader.result()  # raises what broke the subscription
+                    raise ConnectionError("the subscription ended")
+                if time.monotonic() - self._last_heard > 3 * LISTENER_PING_SECONDS:
+                    raise TimeoutError("no reply from Redis within three ping intervals")
+                await pubsub.ping()  # the reply (a pong) counts as hearing from Redis
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read(self, pubsub: PubSub, control: str) -> None:
+        async for message in pubsub.listen():
+            self._last_heard = time.monotonic()
+            await self._handle(message, control)
 
     async def _handle(self, message: dict[str, Any], control: str) -> None:
         kind = message["type"]
         channel = message.get("channel")
+        if kind == "pong":
+            metrics.BACKPLANE_LAST_HEARTBEAT.set(time.time())
+            return
         if kind == "subscribe":
             if channel == control:
                 self._listener_healthy.set()

@@ -79,6 +79,7 @@ class SocketEvents:
         self._delivery = delivery
         self.server = server
         self.accepting = True
+        self._user_hashes: dict[str, str] = {}  # sid -> hashed user id, for log lines
         handlers: dict[str, Handler] = {
             "createConversation": self._create_conversation,
             "sendMessage": self._send_message,
@@ -112,6 +113,7 @@ class SocketEvents:
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
         await self.server.enter_room(sid, user_room(user_id))
+        self._user_hashes[sid] = user_hash(user_id)
         first = self._presence.register(user_id, sid)
         if first:
             await self._delivery.watch(user_id)
@@ -120,6 +122,7 @@ class SocketEvents:
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
         user_id, last = self._presence.unregister(sid)
+        self._user_hashes.pop(sid, None)
         if user_id is not None and last:
             await self._delivery.unwatch(user_id)
         log.info(
@@ -138,25 +141,30 @@ class SocketEvents:
     # --- the envelope --------------------------------------------------------------------------
 
     def _endpoint(self, event: str, handler: Handler) -> Callable[..., Awaitable[dict[str, Any]]]:
+        # Every event passes here: the metric series are resolved once, not per call.
+        succeeded = metrics.SOCKET_EVENTS.labels(event=event, outcome="ok")
+        seconds = metrics.SOCKET_EVENT_SECONDS.labels(event=event)
+        chat = self._chat
+
         async def endpoint(sid: str, *args: Any) -> dict[str, Any]:
             started = time.perf_counter()
-            outcome = "ok"
             user_id = self._presence.user_of(sid)
             context = {"request_id": new_request_id(), "sid": sid, "event": event}
             if user_id is not None:
-                context["user"] = user_hash(user_id)
+                context["user"] = self._user_hashes.get(sid) or user_hash(user_id)
+            chat.request_started()
             try:
                 with log_context(**context):
-                    async with self._chat.tracked():
-                        if user_id is None:
-                            raise Unauthorized("socket is not authenticated")
-                        if len(args) != 1:
-                            raise ValidationFailed("expected exactly one payload argument")
-                        data = await handler(user_id, sid, args[0])
+                    if user_id is None:
+                        raise Unauthorized("socket is not authenticated")
+                    if len(args) != 1:
+                        raise ValidationFailed("expected exactly one payload argument")
+                    data = await handler(user_id, sid, args[0])
+                succeeded.inc()
                 return {"ok": True, "data": data}
             except Exception as exc:
                 error = as_messaging_error(exc)
-                outcome = error.code
+                metrics.SOCKET_EVENTS.labels(event=event, outcome=error.code).inc()
                 with log_context(**context):
                     if error is not exc:
                         log.exception("unexpected error answering %s", event)
@@ -164,10 +172,8 @@ class SocketEvents:
                         log.warning("%s failed: %s", event, error.message)
                 return error.to_ack()
             finally:
-                metrics.SOCKET_EVENTS.labels(event=event, outcome=outcome).inc()
-                metrics.SOCKET_EVENT_SECONDS.labels(event=event).observe(
-                    time.perf_counter() - started
-                )
+                chat.request_finished()
+                seconds.observe(time.perf_counter() - started)
 
         return endpoint
 
