@@ -47,6 +47,7 @@ step "static checks"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/lint-imports
 hack/gen-protos.sh --check
 
 step "tests"
