@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import socketio
 from sqlalchemy import select
@@ -18,6 +20,7 @@ from tests.support.balancer import balancing
 from tests.support.replicas import Cluster, logs_on_failure
 from tests.support.service import unique
 
+NODE_CLIENTS = Path(__file__).resolve().parents[1] / "node"
 CLIENTS = 200
 WINDOW = 3.0
 DEADLINE = 10.0
@@ -144,3 +147,34 @@ async def test_sigterm_with_200_clients_sending_drains_without_losing_an_acked_m
         f"drain: {len(acked)} acked, unready after {unready_at - terminated:.3f}s, disconnects "
         f"over {last_disconnect - first_disconnect:.2f}s, exit after {exited - terminated:.2f}s"
     )
+
+
+async def test_the_official_js_client_reconnects_to_another_replica_after_a_drain(
+    cluster: Cluster,
+) -> None:
+    """socket.io-client treats the drain's transport close as a lost connection and comes back."""
+    a, b = await cluster.start(2, drain_window_seconds="2", shutdown_deadline_seconds="6")
+    tokens = [cluster.token(unique("js")) for _ in range(20)]
+    script = NODE_CLIENTS / "socketio_client.mjs"
+    with logs_on_failure(cluster):
+        async with balancing([a]) as balancer:
+            node = await asyncio.create_subprocess_exec(
+                "node", str(script), "hold", balancer.url, "20", *tokens,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert node.stdout is not None and node.stdin is not None
+            ready = json.loads(await asyncio.wait_for(node.stdout.readline(), 30))
+            assert ready == {"ready": True}
+            assert await a.metric("messaging_connected_sockets") == 20
+            balancer.backends.append(b)
+            a.signal(signal.SIGTERM)
+            await a.wait_exit(timeout=8)
+            deadline = time.monotonic() + 15
+            while await b.metric("messaging_connected_sockets") < 20:
+                assert time.monotonic() < deadline, "the JS clients did not all come back"
+                await asyncio.sleep(0.2)
+            node.stdin.close()
+            report = json.loads((await asyncio.wait_for(node.stdout.read(), 30)).decode())
+    assert report["connected"] == 20
+    assert all(s["connects"] >= 2 for s in report["stats"])
+    assert {reason for s in report["stats"] for reason in s["disconnects"]} == {"transport close"}

@@ -204,3 +204,46 @@ async def test_the_listener_resubscribes_when_redis_drops_it_as_a_slow_subscribe
                 await asyncio.sleep(0.1)
             sent = await a1.ok("sendMessage", {"conversationId": conversation, "content": "again"})
             assert await b1.next("newMessage") == sent
+
+
+async def test_killing_a_replica_mid_traffic_loses_no_acknowledged_message(
+    cluster: Cluster,
+) -> None:
+    """An ack is only sent after the commit, so whatever a crashed replica acked is stored."""
+    a, doomed = await cluster.start(2)
+    pairs = [(unique("alice"), unique("bob")) for _ in range(10)]
+    acked: list[str] = []
+    with logs_on_failure(cluster):
+        async with on(cluster, *((alice, doomed) for alice, _ in pairs)) as senders:
+            conversations = [
+                (await s.ok("createConversation", {"participantId": bob}))["id"]
+                for s, (_, bob) in zip(senders, pairs, strict=True)
+            ]
+
+            async def send(device: Device, conversation: str) -> None:
+                for i in range(1000):
+                    reply = await device.call(
+                        "sendMessage", {"conversationId": conversation, "content": str(i)}
+                    )
+                    acked.append(reply["data"]["id"])
+
+            tasks = [
+                asyncio.create_task(send(d, c)) for d, c in zip(senders, conversations, strict=True)
+            ]
+            await asyncio.sleep(1.0)
+            doomed.signal(signal.SIGKILL)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(acked) > 50, "the replica must have acked traffic before it died"
+        async with on(cluster, *((bob, a) for _, bob in pairs)) as readers:
+            stored = set()
+            for reader in readers:
+                page = await reader.ok("syncMessages", {"limit": 500})
+                while True:
+                    stored.update(m["id"] for m in page["messages"])
+                    if not page["hasMore"]:
+                        break
+                    page = await reader.ok(
+                        "syncMessages", {"after": page["messages"][-1]["id"], "limit": 500}
+                    )
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages were lost"

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.service.test_grpc import _seed
 from tests.support.service import RunningService, devices, open_conversation, unique
 
@@ -53,3 +55,37 @@ async def test_a_grpc_js_client_gets_standard_status_codes(svc: RunningService) 
     unauthenticated = await node("grpc_history.mjs", svc.grpc_target, "junk", conversation, "50")
     assert outsider["error"]["code"] == 7  # PERMISSION_DENIED
     assert unauthenticated["error"]["code"] == 16  # UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_the_official_js_client_talks_over_both_transports(
+    svc: RunningService, transport: str
+) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    svc.connect_users((alice, bob))
+    result = await node(
+        "socketio_client.mjs",
+        "roundtrip",
+        svc.url,
+        transport,
+        svc.token(alice),
+        svc.token(bob),
+        bob,
+    )
+    assert "error" not in result, result
+    assert result["transport"] == transport
+    assert result["created"]["ok"] is True
+    assert result["sent"]["data"]["clientMessageId"] == "js-1"
+    assert result["received"] == result["sent"]["data"]
+    assert result["marked"] == {"ok": True, "data": {"updated": 1}}
+    assert result["statusEvent"]["status"] == "delivered"
+    assert result["invalid"]["error"]["code"] == "VALIDATION_FAILED"
+    assert result["stillConnected"] is True
+
+
+async def test_the_official_js_client_sees_unauthorized_in_connect_error(
+    svc: RunningService,
+) -> None:
+    result = await node("socketio_client.mjs", "refused", svc.url, "websocket", "not-a-jwt")
+    assert result["data"]["code"] == "UNAUTHORIZED"
+    assert result["data"]["message"]

@@ -1,0 +1,94 @@
+// The official socket.io-client, driven by the Python tests. Prints one JSON line of results.
+//
+//   node socketio_client.mjs roundtrip <url> <transport> <aliceToken> <bobToken> <bobId>
+//   node socketio_client.mjs refused <url> <transport> <token>
+//   node socketio_client.mjs hold <url> <count> <token>...   (until stdin closes; reports reconnects)
+import { io } from "socket.io-client";
+
+const [scenario, url, ...args] = process.argv.slice(2);
+const print = (result) => console.log(JSON.stringify(result));
+
+function connect(token, transports, extra = {}) {
+  return io(url, { auth: { token }, transports, reconnection: false, forceNew: true, ...extra });
+}
+
+function once(socket, event, timeoutMs = 5000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${timeoutMs} ms`)), timeoutMs);
+    socket.once(event, (data) => {
+      clearTimeout(timer);
+      resolve(data);
+    });
+  });
+}
+
+async function roundtrip([transport, aliceToken, bobToken, bobId]) {
+  const transports = [transport];
+  const alice = connect(aliceToken, transports);
+  const bob = connect(bobToken, transports);
+  await Promise.all([once(alice, "connect"), once(bob, "connect")]);
+  const created = await alice.timeout(5000).emitWithAck("createConversation", { participantId: bobId });
+  const conversationId = created.data.id;
+  const delivered = once(bob, "newMessage");
+  const sent = await alice
+    .timeout(5000)
+    .emitWithAck("sendMessage", { conversationId, content: "from the official JS client", clientMessageId: "js-1" });
+  const received = await delivered;
+  const status = once(alice, "messageStatus");
+  const marked = await bob.timeout(5000).emitWithAck("markDelivered", { messageIds: [sent.data.id] });
+  const statusEvent = await status;
+  const invalid = await alice.timeout(5000).emitWithAck("sendMessage", { conversationId, content: "" });
+  const result = {
+    transport: alice.io.engine.transport.name,
+    created,
+    sent,
+    received,
+    marked,
+    statusEvent,
+    invalid,
+    stillConnected: alice.connected,
+  };
+  alice.close();
+  bob.close();
+  return result;
+}
+
+async function refused([transport, token]) {
+  const socket = connect(token, [transport]);
+  const error = await once(socket, "connect_error");
+  socket.close();
+  return { message: error.message, data: error.data };
+}
+
+async function hold([count, ...tokens]) {
+  const sockets = [];
+  const stats = Array.from({ length: Number(count) }, () => ({ connects: 0, disconnects: [] }));
+  for (let i = 0; i < Number(count); i++) {
+    const socket = connect(tokens[i % tokens.length], ["websocket"], {
+      reconnection: true,
+      reconnectionDelay: 200,
+      reconnectionDelayMax: 1000,
+    });
+    socket.on("connect", () => (stats[i].connects += 1));
+    socket.on("disconnect", (reason) => stats[i].disconnects.push(reason));
+    sockets.push(socket);
+  }
+  await Promise.all(sockets.map((s) => (s.connected ? null : once(s, "connect", 10000))));
+  console.log(JSON.stringify({ ready: true }));
+  await new Promise((resolve) => {
+    process.stdin.on("end", resolve);
+    process.stdin.resume();
+  });
+  const result = { connected: sockets.filter((s) => s.connected).length, stats: structuredClone(stats) };
+  sockets.forEach((s) => s.close());
+  return result;
+}
+
+const scenarios = { roundtrip, refused, hold };
+try {
+  print(await scenarios[scenario](args));
+  process.exit(0);
+} catch (error) {
+  print({ error: String(error) });
+  process.exit(1);
+}
