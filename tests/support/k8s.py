@@ -218,7 +218,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Builds the tools once collection is done, so the (long, first-time-only) build is neither
     paid by runs that select no Kubernetes test nor counted against one test's timeout."""
-    if not any(_needs_cluster(item) for item in session.items):
+    if session.config.option.collectonly or not any(map(_needs_cluster, session.items)):
         return
     capture = session.config.pluginmanager.getplugin("capturemanager")
     output = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
