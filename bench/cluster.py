@@ -134,6 +134,7 @@ class Processes:
 
     def keep_logs(self, target: Path) -> None:
         """Copy the processes' logs next to the results (the workdir is deleted afterwards)."""
+        shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, exist_ok=True)
         for log in self.log_dir.glob("*.log"):
             with contextlib.suppress(OSError):

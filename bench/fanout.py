@@ -504,11 +504,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\ninterrupted; every process started was stopped", file=sys.stderr)
             return 130
         except (ServerError, SetupError) as exc:
-            procs.keep_logs(cluster.RESULTS_DIR / "logs" / "fanout")
             print(f"fan-out benchmark failed: {exc}", file=sys.stderr)
             return 1
         finally:
             procs.close()
+            procs.keep_logs(cluster.RESULTS_DIR / "logs" / "fanout")
     assert result is not None
     result["started_at"] = started
     result["revision"] = measured_revision

@@ -321,14 +321,23 @@ async def health_latencies(address: str, samples: int) -> list[int]:
         return out
 
 
+@dataclass(frozen=True)
+class GrpcRun:
+    samples_ns: list[int]
+    requests_per_s: float
+    service_cpu_ms_per_request: float
+    client_cpu_ms_per_request: float
+
+
 async def grpc_latencies(
-    address: str,
+    service: cluster.Service,
     metadata: tuple[tuple[str, str], ...],
     dataset: Dataset,
     probes: list[Probe],
     clients: int,
-) -> tuple[list[int], float]:
-    """Latency of every probe's request (ns) with ``clients`` concurrent channels; and req/s."""
+) -> GrpcRun:
+    """Every probe's request with ``clients`` concurrent channels: latencies, rate, CPU costs."""
+    address = f"127.0.0.1:{service.grpc_port}"
     channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
     try:
         stubs = [pb_grpc.MessagingServiceStub(c) for c in channels]
@@ -354,10 +363,19 @@ async def grpc_latencies(
                 samples.append(time.perf_counter_ns() - started)
                 check_page(reply, probe, dataset.count)
 
+        service_cpu = cluster.cpu_seconds(service.pid)
+        client_cpu = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(client(s, probes[i::clients]) for i, s in enumerate(stubs)))
         elapsed = time.perf_counter() - started
-        return samples, len(probes) / elapsed
+        return GrpcRun(
+            samples_ns=samples,
+            requests_per_s=len(probes) / elapsed,
+            service_cpu_ms_per_request=(cluster.cpu_seconds(service.pid) - service_cpu)
+            * 1000
+            / len(probes),
+            client_cpu_ms_per_request=(time.process_time() - client_cpu) * 1000 / len(probes),
+        )
     finally:
         for channel in channels:
             await channel.close()
@@ -493,11 +511,14 @@ async def measure(
             probes = probes_for(dataset, key, depth, args.samples)
             row: dict[str, Any] = {"depth": depth}
             for clients in (1, args.clients):
-                samples, per_second = await grpc_latencies(
-                    address, metadata, dataset, probes, clients
-                )
+                run = await grpc_latencies(service, metadata, dataset, probes, clients)
                 label = "grpc_sequential" if clients == 1 else f"grpc_{clients}_clients"
-                row[label] = {**summary(samples), "requests_per_s": round(per_second)}
+                row[label] = {
+                    **summary(run.samples_ns),
+                    "requests_per_s": round(run.requests_per_s),
+                    "service_cpu_ms_per_request": round(run.service_cpu_ms_per_request, 3),
+                    "client_cpu_ms_per_request": round(run.client_cpu_ms_per_request, 3),
+                }
             befores = befores_of(dataset, probes)
             row["store_in_process"] = summary(await reads.timed_store(befores))
             row["store_one_round_trip"] = summary(await reads.timed_store(befores, lean=True))
@@ -532,13 +553,15 @@ def _fmt(summary: dict[str, Any], *keys: str) -> str:
 
 
 def _print_header(clients: int) -> None:
+    print("latencies in ms; cpu: the service's CPU ms per request")
     print(
-        f"{'depth':>9} | {'gRPC, 1 client (ms)':^23} | {f'gRPC, {clients} clients (ms)':^31} "
+        f"{'depth':>9} | {'gRPC, 1 client':^31} | {f'gRPC, {clients} clients':^39} "
         f"| {'service read':^15} | {'1 round trip':^15} | {'raw SQL':^15}"
     )
     print(
-        f"{'':>9} | {'p50':>7} {'p99':>7} {'max':>7} | {'p50':>7} {'p99':>7} {'max':>7} "
-        f"{'req/s':>7} | {'p50':>7} {'p99':>7} | {'p50':>7} {'p99':>7} | {'p50':>7} {'p99':>7}"
+        f"{'':>9} | {'p50':>7} {'p99':>7} {'max':>7} {'cpu':>7} | {'p50':>7} {'p99':>7} "
+        f"{'max':>7} {'req/s':>7} {'cpu':>7} | {'p50':>7} {'p99':>7} | {'p50':>7} {'p99':>7} "
+        f"| {'p50':>7} {'p99':>7}"
     )
 
 
@@ -546,8 +569,9 @@ def _print_row(row: dict[str, Any], clients: int) -> None:
     seq = row["grpc_sequential"]
     conc = row[f"grpc_{clients}_clients"]
     print(
-        f"{row['depth']:>9,} | {_fmt(seq, 'p50', 'p99', 'max')} | "
-        f"{_fmt(conc, 'p50', 'p99', 'max')} {conc['requests_per_s']:>7} | "
+        f"{row['depth']:>9,} | {_fmt(seq, 'p50', 'p99', 'max', 'service_cpu_ms_per_request')} | "
+        f"{_fmt(conc, 'p50', 'p99', 'max')} {conc['requests_per_s']:>7} "
+        f"{_fmt(conc, 'service_cpu_ms_per_request')} | "
         f"{_fmt(row['store_in_process'], 'p50', 'p99')} | "
         f"{_fmt(row['store_one_round_trip'], 'p50', 'p99')} | "
         f"{_fmt(row['sql_raw_asyncpg'], 'p50', 'p99')}",
@@ -624,11 +648,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
             measured = cluster.run_async(measure(args, service, asyncpg_url, dataset))
-        except BaseException:
-            procs.keep_logs(cluster.RESULTS_DIR / "logs" / "history")
-            raise
         finally:
             procs.close()
+            procs.keep_logs(cluster.RESULTS_DIR / "logs" / "history")
     result = {
         "schema": "messaging-bench-history/1",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
