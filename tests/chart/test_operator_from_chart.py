@@ -1,0 +1,297 @@
+"""The operator, started the way the chart starts it, reconciles a MessagingCluster with the
+chart's RBAC, and that RBAC refuses anything more.
+
+The chart is installed with a namespaced watch (a Role in the watched namespace only). kwok
+only pretends to run the operator's pod, so the operator runs here as a local process: the
+command, arguments and environment are read from the Deployment Helm created, and it
+authenticates with a token of the chart's ServiceAccount (not as cluster admin), as in a pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, ROOT
+from tests.support.k8s import K8sCluster, wait_until
+from tests.support.servers import free_port
+
+EXAMPLE = ROOT / "examples" / "minimal.yaml"
+
+
+@dataclass(frozen=True)
+class NamespacedRelease:
+    """The chart installed with a namespaced watch: in `namespace`, watching `watched`."""
+
+    release: str
+    namespace: str
+    watched: str
+    deployment: dict[str, Any]
+    metrics_port: int
+    liveness_port: int
+
+    @property
+    def account(self) -> str:
+        return str(self.deployment["spec"]["template"]["spec"]["serviceAccountName"])
+
+    @property
+    def identity(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.account}"
+
+
+@dataclass(frozen=True)
+class ChartOperator:
+    process: subprocess.Popen[bytes]
+    log: Path
+    kubeconfig: Path
+    installed: NamespacedRelease
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        url = f"http://127.0.0.1:{self.installed.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        selector = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        pattern = re.escape(f"{name}{{{selector}}}" if labels else name) + r" (\S+)"
+        found = re.search(pattern, text)
+        return float(found.group(1)) if found else 0.0
+
+
+def token_kubeconfig(cluster: K8sCluster, account: str, namespace: str, path: Path) -> Path:
+    token = cluster.kubectl(
+        "create", "token", account, "-n", namespace, "--duration=1h"
+    ).stdout.strip()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "test",
+                        "cluster": {
+                            "server": cluster.server,
+                            "certificate-authority": str(cluster.ca_cert),
+                        },
+                    }
+                ],
+                "users": [{"name": account, "user": {"token": token}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": account}}],
+                "current-context": "test",
+            }
+        )
+    )
+    return path
+
+
+def operator_process_args(container: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The container's command line and environment, with the image's `messaging` replaced by
+    the same console script of this virtualenv."""
+    command = [*container["command"], *container.get("args", [])]
+    assert command[0] == "messaging", command
+    script = Path(sys.executable).parent / "messaging"
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        assert "value" in item, f"only literal values can be reproduced here: {item}"
+        env[item["name"]] = item["value"]
+    return [str(script), *command[1:]], env
+
+
+@pytest.fixture(scope="module")
+def namespaced_release(k8s_cluster: K8sCluster) -> Iterator[NamespacedRelease]:
+    suffix = secrets.token_hex(3)
+    namespace, watched = f"chart-op-{suffix}", f"chart-apps-{suffix}"
+    for name in (namespace, watched):
+        k8s_cluster.kubectl("create", "namespace", name)
+    release = f"mo-{suffix}"
+    metrics_port, liveness_port = free_port(), free_port()
+    try:
+        k8s_cluster.helm(
+            "install", release, str(CHART), "--namespace", namespace, "--wait",
+            "--set", "watch.allNamespaces=false",
+            "--set", f"watch.namespaces={{{watched}}}",
+            # Free ports on this machine: in a pod they are the pod's own.
+            "--set", f"operator.metricsPort={metrics_port}",
+            "--set", f"operator.livenessPort={liveness_port}",
+        )  # fmt: skip
+        deployment = json.loads(
+            k8s_cluster.kubectl(
+                "get", "deployment", f"{release}-messaging-operator", "-n", namespace,
+                "-o", "json",
+            ).stdout
+        )  # fmt: skip
+        yield NamespacedRelease(
+            release, namespace, watched, deployment, metrics_port, liveness_port
+        )
+    finally:
+        k8s_cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+        for name in (namespace, watched):
+            k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def chart_operator(
+    k8s_cluster: K8sCluster, namespaced_release: NamespacedRelease, tmp_path: Path
+) -> Iterator[ChartOperator]:
+    installed = namespaced_release
+    (container,) = installed.deployment["spec"]["template"]["spec"]["containers"]
+    argv, rendered_env = operator_process_args(container)
+    kubeconfig = token_kubeconfig(
+        k8s_cluster, installed.account, installed.namespace, tmp_path / "operator.kubeconfig"
+    )
+    # A pod's environment: the container's variables and nothing of this machine's MESSAGING_*.
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "KUBECONFIG": str(kubeconfig),
+        **rendered_env,
+    }
+    log = tmp_path / "operator.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            argv, env=env, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    running = ChartOperator(process=process, log=log, kubeconfig=kubeconfig, installed=installed)
+
+    def alive() -> bool:
+        assert process.poll() is None, f"the operator exited:\n{running.log_text()[-4000:]}"
+        try:
+            url = f"http://127.0.0.1:{installed.liveness_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_until(alive, timeout=60, what="the operator's liveness endpoint (from the chart)")
+        yield running
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        print(f"\noperator log: {log}")
+
+
+def get(cluster: K8sCluster, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def apply_minimal_example(cluster: K8sCluster, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+
+
+@pytest.mark.usefixtures("chart_crd")
+def test_the_operator_as_the_chart_runs_it_reconciles_the_minimal_example_to_running(
+    k8s_cluster: K8sCluster, chart_operator: ChartOperator
+) -> None:
+    namespace = chart_operator.installed.watched
+    apply_minimal_example(k8s_cluster, namespace)
+
+    def phase() -> str | None:
+        cluster = get(k8s_cluster, "messagingcluster", "chat", namespace) or {}
+        current = (cluster.get("status") or {}).get("phase")
+        return current if current == "Running" else None
+
+    wait_until(phase, timeout=120, interval=0.5, what="MessagingCluster chat Running")
+
+    for kind, name in [
+        ("deployment", "chat"),
+        ("deployment", "chat-redis"),
+        ("service", "chat"),
+        ("service", "chat-grpc"),
+        ("service", "chat-redis"),
+        ("secret", "chat-redis"),
+        ("poddisruptionbudget", "chat"),
+    ]:
+        assert get(k8s_cluster, kind, name, namespace) is not None, f"{kind} {name}"
+    jobs = json.loads(
+        k8s_cluster.kubectl(
+            "get", "jobs", "-n", namespace, "-o", "json",
+            "-l", "app.kubernetes.io/instance=chat,app.kubernetes.io/component=migration",
+        ).stdout
+    )["items"]  # fmt: skip
+    assert jobs and all(job["status"].get("succeeded") == 1 for job in jobs)
+
+    # This process did the work, and nothing it tried was refused.
+    assert chart_operator.metric("messaging_operator_reconciles_total", outcome="success") >= 1
+    assert chart_operator.metric("messaging_operator_reconciles_total", outcome="api_error") == 0
+    refused = re.findall(r".*(?:\b403\b|Forbidden).*", chart_operator.log_text())
+    assert refused == []
+    events = json.loads(
+        k8s_cluster.kubectl(
+            "get", "events", "-n", namespace, "-o", "json", "--field-selector", "reason=Forbidden"
+        ).stdout
+    )["items"]
+    assert events == []
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "where", "allowed"),
+    [
+        ("patch", "deployments.apps", "watched", "yes"),
+        ("create", "jobs.batch", "watched", "yes"),
+        ("get", "secrets", "watched", "yes"),
+        ("list", "secrets", "watched", "no"),
+        ("delete", "secrets", "watched", "no"),
+        ("delete", "pods", "watched", "no"),
+        ("get", "messagingclusters.messaging.platform.io", "own", "no"),
+        ("create", "deployments.apps", "own", "no"),
+        ("list", "messagingclusters.messaging.platform.io", "all", "no"),
+        ("list", "secrets", "all", "no"),
+    ],
+)
+def test_the_namespaced_install_grants_nothing_outside_the_watched_namespace(  # noqa: PLR0917
+    k8s_cluster: K8sCluster,
+    namespaced_release: NamespacedRelease,
+    verb: str,
+    resource: str,
+    where: str,
+    allowed: str,
+) -> None:
+    scope = {
+        "watched": ["-n", namespaced_release.watched],
+        "own": ["-n", namespaced_release.namespace],
+        "all": ["-A"],
+    }[where]
+    identity = namespaced_release.identity
+    result = k8s_cluster.kubectl(
+        "auth", "can-i", verb, resource, "--as", identity, *scope, check=False
+    )
+    assert result.stdout.strip() == allowed, result.stderr
+
+
+def test_the_operator_token_is_refused_listing_secrets(
+    k8s_cluster: K8sCluster, namespaced_release: NamespacedRelease, tmp_path: Path
+) -> None:
+    """An actual request with the operator's credentials, not only the authorizer's opinion."""
+    kubeconfig = token_kubeconfig(
+        k8s_cluster, namespaced_release.account, namespaced_release.namespace,
+        tmp_path / "operator.kubeconfig",
+    )  # fmt: skip
+    result = k8s_cluster.kubectl(
+        "--kubeconfig", str(kubeconfig), "get", "secrets", "-n", namespaced_release.watched,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Forbidden" in result.stderr and 'cannot list resource "secrets"' in result.stderr
