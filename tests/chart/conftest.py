@@ -16,6 +16,8 @@ from tests.support.k8s import K8sCluster, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "messaging-operator"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+PLATFORM_VALUES = CHART / "ci" / "platform-values.yaml"
+VALUES_FILES = {"default": None, "production": PRODUCTION_VALUES, "platform": PLATFORM_VALUES}
 CRD_NAME = "messagingclusters.messaging.platform.io"
 MONITORING_CRDS = Path(__file__).with_name("monitoring-crds.yaml")
 
@@ -45,7 +47,15 @@ def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def wait_established(cluster: K8sCluster, crd: str) -> None:
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    """Polls instead of `kubectl wait`, which fails at once (instead of waiting) when it reads a
+    CRD created so recently that it has no status.conditions yet."""
+
+    def established() -> bool:
+        jsonpath = '{.status.conditions[?(@.type=="Established")].status}'
+        result = cluster.kubectl("get", "crd", crd, "-o", f"jsonpath={jsonpath}", check=False)
+        return result.stdout.strip() == "True"
+
+    wait_until(established, timeout=60, what=f"CRD {crd} Established")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ real API server (`kubectl apply --dry-run=server`): defaults, the production-lik
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,10 @@ import yaml
 from tests.chart.conftest import (
     CHART,
     CRD_NAME,
+    PLATFORM_VALUES,
     PRODUCTION_VALUES,
     ROOT,
+    VALUES_FILES,
     by_kind,
     documents,
     one,
@@ -23,20 +24,17 @@ from tests.chart.conftest import (
 )
 from tests.support.k8s import K8sCluster
 
-MINIMAL_EXAMPLE = ROOT / "examples" / "minimal.yaml"
+KIND_CLUSTER = ROOT / "examples" / "kind" / "cluster.yaml"
 
 
-def minimal_cluster_spec() -> dict[str, Any]:
-    docs = yaml.safe_load_all(MINIMAL_EXAMPLE.read_text())
-    (cluster,) = [d for d in docs if d["kind"] == "MessagingCluster"]
+def kind_cluster_spec() -> dict[str, Any]:
+    (cluster,) = documents(KIND_CLUSTER.read_text())
     return dict(cluster["spec"])
 
 
-def platform_values(tmp_path: Path) -> Path:
-    """Values that also create a MessagingCluster (examples/minimal.yaml's spec)."""
-    path = tmp_path / "platform-values.yaml"
-    path.write_text(yaml.safe_dump({"cluster": {"enabled": True, "spec": minimal_cluster_spec()}}))
-    return path
+def values_args(values: str) -> list[str]:
+    path = VALUES_FILES[values]
+    return ["-f", str(path)] if path else []
 
 
 def test_the_chart_crd_is_identical_to_the_top_level_crd() -> None:
@@ -69,10 +67,9 @@ def test_helm_show_crds_gives_the_top_level_crd(k8s_cluster: K8sCluster) -> None
     assert crds[0] == top
 
 
-@pytest.mark.parametrize("values", ["default", "production"])
+@pytest.mark.parametrize("values", sorted(VALUES_FILES))
 def test_helm_lint_strict_passes(k8s_cluster: K8sCluster, values: str) -> None:
-    args = ["-f", str(PRODUCTION_VALUES)] if values == "production" else []
-    result = k8s_cluster.helm("lint", "--strict", str(CHART), *args)
+    result = k8s_cluster.helm("lint", "--strict", str(CHART), *values_args(values))
     assert "0 chart(s) failed" in result.stdout
 
 
@@ -150,8 +147,7 @@ def test_the_deployment_is_one_recreated_non_root_replica_with_a_liveness_probe(
 def test_the_rbac_rules_are_the_ones_deploy_operator_documents(
     k8s_cluster: K8sCluster, values: str
 ) -> None:
-    args = ["-f", str(PRODUCTION_VALUES)] if values == "production" else []
-    docs = documents(render(k8s_cluster, *args))
+    docs = documents(render(k8s_cluster, *values_args(values)))
     roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
     assert roles
     shipped = yaml.safe_load((ROOT / "deploy" / "operator" / "cluster-role.yaml").read_text())
@@ -186,22 +182,20 @@ def test_a_cluster_in_an_unwatched_namespace_is_refused(k8s_cluster: K8sCluster)
         "template", "r", str(CHART), "--namespace", "ops",
         "--set", "watch.allNamespaces=false", "--set", "watch.namespaces={apps}",
         "--set", "cluster.enabled=true", "--set", "cluster.namespace=elsewhere",
-        "--set-json", f"cluster.spec={json.dumps(minimal_cluster_spec())}",
+        "--set-json", f"cluster.spec={json.dumps(kind_cluster_spec())}",
         check=False,
     )  # fmt: skip
     assert result.returncode != 0
     assert "cluster.namespace elsewhere is not watched" in result.stderr
 
 
-def test_the_platform_switch_renders_the_messaging_cluster(
-    k8s_cluster: K8sCluster, tmp_path: Path
-) -> None:
-    docs = documents(render(k8s_cluster, "-f", str(platform_values(tmp_path))))
+def test_the_platform_values_render_the_kind_quickstart_cluster(k8s_cluster: K8sCluster) -> None:
+    docs = documents(render(k8s_cluster, "-f", str(PLATFORM_VALUES)))
     cluster = one(docs, "MessagingCluster")
     assert cluster["apiVersion"] == "messaging.platform.io/v1alpha1"
     assert cluster["metadata"]["name"] == "chat"
     assert cluster["metadata"]["namespace"] == "ops"
-    assert cluster["spec"] == minimal_cluster_spec()
+    assert cluster["spec"] == kind_cluster_spec()
 
 
 def dry_run(cluster: K8sCluster, manifest: str) -> list[str]:
@@ -212,21 +206,16 @@ def dry_run(cluster: K8sCluster, manifest: str) -> list[str]:
 
 
 @pytest.mark.usefixtures("monitoring_crds", "chart_crd")
-@pytest.mark.parametrize("values", ["default", "production", "platform"])
+@pytest.mark.parametrize("values", sorted(VALUES_FILES))
 def test_every_rendered_manifest_passes_a_server_side_dry_run(
-    k8s_cluster: K8sCluster,
-    k8s_namespace: str,
-    other_namespace: str,
-    tmp_path: Path,
-    values: str,
+    k8s_cluster: K8sCluster, k8s_namespace: str, other_namespace: str, values: str
 ) -> None:
-    args: list[str] = []
     if values == "production":
         # The production file's namespaces, replaced by two that exist on this control plane.
         watched = f"{{{k8s_namespace},{other_namespace}}}"
         args = ["-f", str(PRODUCTION_VALUES), "--set", f"watch.namespaces={watched}"]
-    elif values == "platform":
-        args = ["-f", str(platform_values(tmp_path))]
+    else:
+        args = values_args(values)
     manifest = render(k8s_cluster, "--include-crds", *args, namespace=k8s_namespace)
     docs = documents(manifest)
     lines = dry_run(k8s_cluster, manifest)

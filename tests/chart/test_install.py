@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.conftest import CHART, CRD_NAME, documents
+from tests.chart.conftest import CHART, CRD_NAME, documents, wait_established
 from tests.support.k8s import K8sCluster, wait_until
 
 
@@ -51,7 +51,7 @@ def test_helm_install_brings_the_operator_up_and_uninstall_removes_what_it_insta
     assert "STATUS: deployed" in installed.stdout
     assert "examples/minimal.yaml" in installed.stdout, "NOTES tell the next step"
 
-    k8s_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}")
+    wait_established(k8s_cluster, CRD_NAME)
     operator = deployment(k8s_cluster, fullname, k8s_namespace)
     assert condition(operator, "Available") == "True"
     assert operator["status"]["readyReplicas"] == 1

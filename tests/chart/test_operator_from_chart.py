@@ -9,6 +9,7 @@ authenticates with a token of the chart's ServiceAccount (not as cluster admin),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, ROOT
+from tests.chart.conftest import CHART, PLATFORM_VALUES, ROOT, documents
 from tests.support.k8s import K8sCluster, wait_until
 from tests.support.servers import free_port
 
@@ -112,47 +113,36 @@ def operator_process_args(container: dict[str, Any]) -> tuple[list[str], dict[st
     return [str(script), *command[1:]], env
 
 
-@pytest.fixture(scope="module")
-def namespaced_release(k8s_cluster: K8sCluster) -> Iterator[NamespacedRelease]:
-    suffix = secrets.token_hex(3)
-    namespace, watched = f"chart-op-{suffix}", f"chart-apps-{suffix}"
-    for name in (namespace, watched):
-        k8s_cluster.kubectl("create", "namespace", name)
-    release = f"mo-{suffix}"
+def install_namespaced(
+    cluster: K8sCluster, release: str, namespace: str, watched: str, *values: str
+) -> NamespacedRelease:
+    """`helm install` watching one namespace, with the operator's ports on free local ports
+    (in a pod they are the pod's own); extra values options are appended."""
     metrics_port, liveness_port = free_port(), free_port()
-    try:
-        k8s_cluster.helm(
-            "install", release, str(CHART), "--namespace", namespace, "--wait",
-            "--set", "watch.allNamespaces=false",
-            "--set", f"watch.namespaces={{{watched}}}",
-            # Free ports on this machine: in a pod they are the pod's own.
-            "--set", f"operator.metricsPort={metrics_port}",
-            "--set", f"operator.livenessPort={liveness_port}",
-        )  # fmt: skip
-        deployment = json.loads(
-            k8s_cluster.kubectl(
-                "get", "deployment", f"{release}-messaging-operator", "-n", namespace,
-                "-o", "json",
-            ).stdout
-        )  # fmt: skip
-        yield NamespacedRelease(
-            release, namespace, watched, deployment, metrics_port, liveness_port
-        )
-    finally:
-        k8s_cluster.helm("uninstall", release, "--namespace", namespace, check=False)
-        for name in (namespace, watched):
-            k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    cluster.helm(
+        "install", release, str(CHART), "--namespace", namespace, "--wait",
+        "--set", "watch.allNamespaces=false",
+        "--set", f"watch.namespaces={{{watched}}}",
+        "--set", f"operator.metricsPort={metrics_port}",
+        "--set", f"operator.livenessPort={liveness_port}",
+        *values,
+    )  # fmt: skip
+    deployment = json.loads(
+        cluster.kubectl(
+            "get", "deployment", f"{release}-messaging-operator", "-n", namespace, "-o", "json"
+        ).stdout
+    )  # fmt: skip
+    return NamespacedRelease(release, namespace, watched, deployment, metrics_port, liveness_port)
 
 
-@pytest.fixture
-def chart_operator(
-    k8s_cluster: K8sCluster, namespaced_release: NamespacedRelease, tmp_path: Path
+@contextlib.contextmanager
+def operator_as_the_chart_runs_it(
+    cluster: K8sCluster, installed: NamespacedRelease, workdir: Path
 ) -> Iterator[ChartOperator]:
-    installed = namespaced_release
     (container,) = installed.deployment["spec"]["template"]["spec"]["containers"]
     argv, rendered_env = operator_process_args(container)
     kubeconfig = token_kubeconfig(
-        k8s_cluster, installed.account, installed.namespace, tmp_path / "operator.kubeconfig"
+        cluster, installed.account, installed.namespace, workdir / "operator.kubeconfig"
     )
     # A pod's environment: the container's variables and nothing of this machine's MESSAGING_*.
     env = {
@@ -161,10 +151,10 @@ def chart_operator(
         "KUBECONFIG": str(kubeconfig),
         **rendered_env,
     }
-    log = tmp_path / "operator.log"
+    log = workdir / "operator.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            argv, env=env, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+            argv, env=env, cwd=workdir, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
     running = ChartOperator(process=process, log=log, kubeconfig=kubeconfig, installed=installed)
@@ -192,13 +182,49 @@ def chart_operator(
         print(f"\noperator log: {log}")
 
 
+@pytest.fixture(scope="module")
+def namespaced_release(k8s_cluster: K8sCluster) -> Iterator[NamespacedRelease]:
+    suffix = secrets.token_hex(3)
+    namespace, watched = f"chart-op-{suffix}", f"chart-apps-{suffix}"
+    for name in (namespace, watched):
+        k8s_cluster.kubectl("create", "namespace", name)
+    release = f"mo-{suffix}"
+    try:
+        yield install_namespaced(k8s_cluster, release, namespace, watched)
+    finally:
+        k8s_cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+        for name in (namespace, watched):
+            k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def chart_operator(
+    k8s_cluster: K8sCluster, namespaced_release: NamespacedRelease, tmp_path: Path
+) -> Iterator[ChartOperator]:
+    with operator_as_the_chart_runs_it(k8s_cluster, namespaced_release, tmp_path) as running:
+        yield running
+
+
 def get(cluster: K8sCluster, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
     result = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
-def apply_minimal_example(cluster: K8sCluster, namespace: str) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+def apply_minimal_example(
+    cluster: K8sCluster, namespace: str, *, secrets_only: bool = False
+) -> None:
+    docs = documents(EXAMPLE.read_text())
+    if secrets_only:
+        docs = [d for d in docs if d["kind"] == "Secret"]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+def wait_running(cluster: K8sCluster, namespace: str, name: str = "chat") -> None:
+    def running() -> bool:
+        body = get(cluster, "messagingcluster", name, namespace) or {}
+        return (body.get("status") or {}).get("phase") == "Running"
+
+    wait_until(running, timeout=120, interval=0.5, what=f"MessagingCluster {name} Running")
 
 
 @pytest.mark.usefixtures("chart_crd")
@@ -207,13 +233,7 @@ def test_the_operator_as_the_chart_runs_it_reconciles_the_minimal_example_to_run
 ) -> None:
     namespace = chart_operator.installed.watched
     apply_minimal_example(k8s_cluster, namespace)
-
-    def phase() -> str | None:
-        cluster = get(k8s_cluster, "messagingcluster", "chat", namespace) or {}
-        current = (cluster.get("status") or {}).get("phase")
-        return current if current == "Running" else None
-
-    wait_until(phase, timeout=120, interval=0.5, what="MessagingCluster chat Running")
+    wait_running(k8s_cluster, namespace)
 
     for kind, name in [
         ("deployment", "chat"),
@@ -295,3 +315,62 @@ def test_the_operator_token_is_refused_listing_secrets(
     )  # fmt: skip
     assert result.returncode != 0
     assert "Forbidden" in result.stderr and 'cannot list resource "secrets"' in result.stderr
+
+
+@pytest.mark.usefixtures("chart_crd")
+def test_uninstalling_the_whole_platform_deletes_the_cluster_before_the_operator(
+    k8s_cluster: K8sCluster, k8s_namespace: str, other_namespace: str, tmp_path: Path
+) -> None:
+    """With cluster.enabled the release owns a MessagingCluster, which carries the operator's
+    finalizer. The pre-delete hook, run as `helm get hooks` shows it (same command, its own
+    ServiceAccount's token), deletes the cluster and returns once the operator released it;
+    then `helm uninstall` removes the rest. (kwok would only pretend to run the hook's pod.)"""
+    apply_minimal_example(k8s_cluster, other_namespace, secrets_only=True)
+    release = f"mp-{secrets.token_hex(3)}"
+    installed = install_namespaced(
+        k8s_cluster, release, k8s_namespace, other_namespace,
+        "-f", str(PLATFORM_VALUES), "--set", f"cluster.namespace={other_namespace}",
+    )  # fmt: skip
+    with operator_as_the_chart_runs_it(k8s_cluster, installed, tmp_path):
+        wait_running(k8s_cluster, other_namespace)
+        cluster = get(k8s_cluster, "messagingcluster", "chat", other_namespace) or {}
+        assert cluster["metadata"].get("finalizers"), "the operator holds a finalizer"
+
+        hooks = documents(k8s_cluster.helm("get", "hooks", release, "-n", k8s_namespace).stdout)
+        (job,) = hooks
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+        pod = job["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        command = container["command"]
+        assert command[0] == "python"  # the image's Python, which has the kubernetes client
+        account = pod["serviceAccountName"]
+        kubeconfig = token_kubeconfig(
+            k8s_cluster, account, k8s_namespace, tmp_path / "hook.kubeconfig"
+        )
+        identity = f"system:serviceaccount:{k8s_namespace}:{account}"
+        for verb, resource in [("delete", "deployments.apps"), ("list", "secrets")]:
+            refused = k8s_cluster.kubectl(
+                "auth", "can-i", verb, resource, "--as", identity, "-n", other_namespace,
+                check=False,
+            )  # fmt: skip
+            assert refused.stdout.strip() == "no"
+        hook = subprocess.run(
+            [sys.executable, *command[1:]],
+            env={"PATH": os.environ["PATH"], "KUBECONFIG": str(kubeconfig)},
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+        assert hook.returncode == 0, hook.stdout + hook.stderr
+        assert "is gone" in hook.stdout
+        assert get(k8s_cluster, "messagingcluster", "chat", other_namespace) is None
+        wait_until(
+            lambda: get(k8s_cluster, "deployment", "chat", other_namespace) is None,
+            timeout=60, what="the cluster's children garbage-collected",
+        )  # fmt: skip
+
+    manifest = documents(k8s_cluster.helm("get", "manifest", release, "-n", k8s_namespace).stdout)
+    k8s_cluster.helm("uninstall", release, "--namespace", k8s_namespace, "--wait")
+    for doc in manifest:
+        meta = doc["metadata"]
+        scope = ["-n", meta["namespace"]] if meta.get("namespace") else []
+        gone = k8s_cluster.kubectl("get", doc["kind"], meta["name"], *scope, check=False)
+        assert "NotFound" in gone.stderr, (doc["kind"], meta["name"])
