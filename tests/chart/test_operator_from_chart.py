@@ -5,6 +5,11 @@ The chart is installed with a namespaced watch (a Role in the watched namespace 
 only pretends to run the operator's pod, so the operator runs here as a local process: the
 command, arguments and environment are read from the Deployment Helm created, and it
 authenticates with a token of the chart's ServiceAccount (not as cluster admin), as in a pod.
+The same way, the whole-platform release's pre-delete hook runs as `helm get hooks` shows it.
+
+Another operator watching every namespace (tests/operator's, if it ran earlier in the session)
+could also act on these clusters; the assertions read this process's own metrics and log, so
+they hold either way.
 """
 
 from __future__ import annotations
