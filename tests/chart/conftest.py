@@ -22,12 +22,6 @@ CRD_NAME = "messagingclusters.messaging.platform.io"
 MONITORING_CRDS = Path(__file__).with_name("monitoring-crds.yaml")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "slow: builds a virtualenv from PyPI (about a minute with a warm pip cache)"
-    )
-
-
 def render(cluster: K8sCluster, *args: str, release: str = "r", namespace: str = "ops") -> str:
     """`helm template` of the chart; the arguments are values options (-f, --set ...)."""
     return cluster.helm("template", release, str(CHART), "--namespace", namespace, *args).stdout

@@ -63,12 +63,20 @@ def _apply(cluster: K8sCluster, *paths: Path) -> None:
 @pytest.fixture(scope="session")
 def messaging_crd(k8s_cluster: K8sCluster) -> Path:
     _apply(k8s_cluster, CRD)
-    k8s_cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/messagingclusters.messaging.platform.io",
-    )
+
+    # Polled rather than `kubectl wait`, which fails at once (".status.conditions accessor
+    # error") when it runs before the API server has written any condition.
+    def established() -> bool:
+        done = k8s_cluster.kubectl(
+            "get",
+            "crd/messagingclusters.messaging.platform.io",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            check=False,
+        )
+        return done.stdout.strip() == "True"
+
+    wait_until(established, timeout=60, what="the MessagingCluster CRD to be established")
     return CRD
 
 
