@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -161,26 +161,12 @@ class Chat:
         self, user_id: str, *, page_size: int, page_token: str
     ) -> Page[store.ConversationSummary]:
         limit = _page_size(page_size)
-        before = None
-        if page_token:
-            before = decode_page_token(
-                self._cursor_key, page_token, kind="conversations", scope=user_id
-            )
+        cursor = _Cursor(self._cursor_key, kind="conversations", scope=user_id)
         async with self._transaction() as conn:
             rows = await store.list_conversations(
-                conn, user_id=user_id, limit=limit + 1, before=before
+                conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
             )
-        items, token = rows[:limit], ""
-        if len(rows) > limit:
-            last = items[-1]
-            token = encode_page_token(
-                self._cursor_key,
-                kind="conversations",
-                scope=user_id,
-                at=last.activity_at,
-                row_id=last.conversation.id,
-            )
-        return Page(items, token)
+        return cursor.page(rows, limit, lambda s: (s.activity_at, s.conversation.id))
 
     # --- messages ------------------------------------------------------------------------------
 
@@ -341,26 +327,15 @@ class Chat:
         """A page of a conversation's messages, newest first."""
         limit = _page_size(page_size)
         await self._conversation_for(user_id, conversation_id)
-        before = None
-        if page_token:
-            before = decode_page_token(
-                self._cursor_key, page_token, kind="history", scope=str(conversation_id)
-            )
+        cursor = _Cursor(self._cursor_key, kind="history", scope=str(conversation_id))
         async with self._transaction() as conn:
             rows = await store.history_page(
-                conn, conversation_id=conversation_id, limit=limit + 1, before=before
+                conn,
+                conversation_id=conversation_id,
+                limit=limit + 1,
+                before=cursor.decode(page_token),
             )
-        items, token = rows[:limit], ""
-        if len(rows) > limit:
-            last = items[-1]
-            token = encode_page_token(
-                self._cursor_key,
-                kind="history",
-                scope=str(conversation_id),
-                at=last.created_at,
-                row_id=last.id,
-            )
-        return Page(items, token)
+        return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 
     async def _deliver(
         self,
@@ -382,6 +357,32 @@ class Chat:
     async def ping_database(self) -> None:
         async with self._transaction() as conn:
             await store.ping(conn)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """Page tokens for one paged list (a conversation's history, a user's conversations)."""
+
+    key: bytes
+    kind: str
+    scope: str
+
+    def decode(self, token: str) -> tuple[datetime, uuid.UUID] | None:
+        if not token:
+            return None
+        return decode_page_token(self.key, token, kind=self.kind, scope=self.scope)
+
+    def page(
+        self, rows: list[T], limit: int, position: Callable[[T], tuple[datetime, uuid.UUID]]
+    ) -> Page[T]:
+        """``rows`` were fetched with ``limit + 1``: one more means another page follows."""
+        items, token = rows[:limit], ""
+        if len(rows) > limit:
+            at, row_id = position(items[-1])
+            token = encode_page_token(
+                self.key, kind=self.kind, scope=self.scope, at=at, row_id=row_id
+            )
+        return Page(items, token)
 
 
 def _page_size(requested: int) -> int:
