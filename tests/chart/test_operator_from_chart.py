@@ -79,30 +79,7 @@ class ChartOperator:
 
 
 def token_kubeconfig(cluster: K8sCluster, account: str, namespace: str, path: Path) -> Path:
-    token = cluster.kubectl(
-        "create", "token", account, "-n", namespace, "--duration=1h"
-    ).stdout.strip()
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "test",
-                        "cluster": {
-                            "server": cluster.server,
-                            "certificate-authority": str(cluster.ca_cert),
-                        },
-                    }
-                ],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": account}}],
-                "current-context": "test",
-            }
-        )
-    )
-    return path
+    return cluster.service_account_kubeconfig(account, namespace, path, duration="1h")
 
 
 def operator_process_args(container: dict[str, Any]) -> tuple[list[str], dict[str, str]]:

@@ -82,28 +82,9 @@ def messaging_crd(k8s_cluster: K8sCluster) -> Path:
 
 def operator_kubeconfig(cluster: K8sCluster, directory: Path) -> Path:
     """A kubeconfig holding the operator ServiceAccount's token (a TokenRequest)."""
-    token = cluster.kubectl(
-        "create", "token", OPERATOR_ACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=4h"
-    ).stdout.strip()
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "test",
-                "cluster": {
-                    "server": cluster.server,
-                    "certificate-authority": str(cluster.ca_cert),
-                },
-            }
-        ],
-        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": OPERATOR_ACCOUNT}}],
-        "current-context": "test",
-    }
-    path = directory / "operator.kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return cluster.service_account_kubeconfig(
+        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, directory / "operator.kubeconfig"
+    )
 
 
 def start_operator(

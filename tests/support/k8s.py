@@ -33,6 +33,7 @@ import ctypes
 import datetime
 import http.client
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -126,6 +127,30 @@ class K8sCluster:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
         return self._run("kubectl", args, input=input, check=check, timeout=timeout)
+
+    def service_account_kubeconfig(
+        self, account: str, namespace: str, path: Path, *, duration: str = "4h"
+    ) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount (a TokenRequest), not as admin:
+        for running a process with exactly that account's RBAC."""
+        token = self.kubectl(
+            "create", "token", account, "-n", namespace, f"--duration={duration}"
+        ).stdout.strip()
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "test",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_cert)},
+                }
+            ],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": account}}],
+            "current-context": "test",
+        }
+        path.write_text(json.dumps(config))  # JSON is YAML: kubectl and kopf read it as such
+        return path
 
     def helm(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120.0
