@@ -128,6 +128,12 @@ class Processes:
         self.log_dir = workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._stack = contextlib.ExitStack()
+        self.code: Path | None = None  # PYTHONPATH of the service code run (None: working tree)
+
+    def export_service(self, ref: str) -> dict[str, Any]:
+        """Run ``ref``'s service code from now on (see ``export_service``); its revision."""
+        self.code, measured = export_service(ref, self.workdir / "src")
+        return measured
 
     def close(self) -> None:
         self._stack.close()
@@ -164,7 +170,7 @@ class Processes:
         proc = self.spawn(
             "dev-connections",
             [*SERVICE, "dev-connections", "--all-connected", "--port", str(port)],
-            {},
+            {} if self.code is None else {"PYTHONPATH": str(self.code)},
         )
         servers.wait_until(lambda: servers.port_open(port), "dev-connections to listen", proc)
         return f"127.0.0.1:{port}"
@@ -205,9 +211,14 @@ def wait_ready(service: Service, timeout: float = 60.0) -> None:
 
 
 def service_env(
-    *, database_url: str, connections: str, redis_url: str = "", workdir: Path
+    *,
+    database_url: str,
+    connections: str,
+    redis_url: str = "",
+    workdir: Path,
+    code: Path | None = None,
 ) -> dict[str, str]:
-    """The environment every replica of a benchmark shares."""
+    """The environment every replica of a benchmark shares (``code``: see export_service)."""
     env = {
         "MESSAGING_MODE": "production",
         "MESSAGING_DATABASE_URL": database_url,
@@ -223,6 +234,8 @@ def service_env(
     }
     if redis_url:
         env["MESSAGING_REDIS_URL"] = redis_url
+    if code is not None:
+        env["PYTHONPATH"] = str(code)  # ahead of the editable install's path to the checkout
     return env
 
 
@@ -261,17 +274,42 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
 def revision() -> dict[str, Any]:
-    """The commit measured, and the service files that differed from it (others edit too)."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
+    """The commit checked out, and the service files that differ from it (others edit too)."""
     return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_service_files": git("status", "--porcelain", "--", "service").splitlines(),
+        "source": "working tree",
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "uncommitted_service_files": _git("status", "--porcelain", "--", "service").splitlines(),
     }
+
+
+def export_service(ref: str, target: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The service code the benchmark's processes run: ``ref``'s service/ exported under
+    ``target`` (a directory for PYTHONPATH), or, for ``working``, the working tree (None).
+
+    Several engineers edit service/ in this checkout at once; replicas started a few minutes
+    apart from the working tree can run different code, and half-finished edits break runs.
+    A committed revision makes a run reproducible and names exactly what was measured.
+    """
+    if ref == "working":
+        return None, revision()
+    commit = _git("rev-parse", "--short", "--verify", f"{ref}^{{commit}}")
+    if not commit:
+        raise ServerError(f"--service-from {ref!r} is not a commit (or use 'working')")
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", commit, "service"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "service", {"source": ref, "commit": commit}
 
 
 @contextlib.contextmanager

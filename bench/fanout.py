@@ -265,6 +265,7 @@ async def run_design(ctx: Context, design: str, number: int) -> dict[str, Any]:
         connections=ctx.connections,
         redis_url=ctx.redis.url,
         workdir=ctx.procs.workdir,
+        code=ctx.procs.code,
     )
     await asyncio.to_thread(cluster.migrate, env)
     await asyncio.to_thread(flush_redis, ctx.redis.port)
@@ -437,6 +438,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--designs", type=lambda s: s.split(","), default=list(DESIGNS), help="targeted,broadcast"
     )
+    parser.add_argument(
+        "--service-from",
+        default="HEAD",
+        metavar="REF",
+        help="commit whose service/ the replicas run (default HEAD), or 'working'",
+    )
     parser.add_argument("--out", type=Path, default=cluster.RESULTS_DIR / "fanout.json")
     args = parser.parse_args(argv)
     if args.pairs is None:
@@ -460,7 +467,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run_all(args: argparse.Namespace, procs: cluster.Processes) -> dict[str, Any]:
-    print("starting PostgreSQL, Redis and the Connections stand-in ...", flush=True)
+    measured_revision = await asyncio.to_thread(procs.export_service, args.service_from)
+    print(
+        f"service code: {measured_revision}\n"
+        "starting PostgreSQL, Redis and the Connections stand-in ...",
+        flush=True,
+    )
     pg = await asyncio.to_thread(procs.postgres)
     redis = await asyncio.to_thread(procs.redis)
     connections = await asyncio.to_thread(procs.connections)
@@ -472,6 +484,7 @@ async def run_all(args: argparse.Namespace, procs: cluster.Processes) -> dict[st
         designs.append(await run_design(ctx, design, number))
     return {
         "schema": "messaging-bench-fanout/1",
+        "revision": measured_revision,
         "config": {
             "pairs": args.pairs,
             "users": 2 * args.pairs,
@@ -493,7 +506,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg()
-    measured_revision = cluster.revision()
     result: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="messaging-bench-fanout-") as tmp:
         procs = cluster.Processes(Path(tmp))
@@ -511,7 +523,6 @@ def main(argv: list[str] | None = None) -> int:
             procs.keep_logs(cluster.RESULTS_DIR / "logs" / "fanout")
     assert result is not None
     result["started_at"] = started
-    result["revision"] = measured_revision
     result["machine"] = {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

@@ -606,6 +606,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="comma-separated depths in messages (default 0,1k,10k,100k,500k,999k,last page)",
     )
+    parser.add_argument(
+        "--service-from",
+        default="HEAD",
+        metavar="REF",
+        help="commit whose service/ the processes run (default HEAD), or 'working'",
+    )
     parser.add_argument("--out", type=Path, default=cluster.RESULTS_DIR / "history.json")
     args = parser.parse_args(argv)
     if args.messages is None:
@@ -620,17 +626,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = cluster.load_average()
-    measured_revision = cluster.revision()
     with tempfile.TemporaryDirectory(prefix="messaging-bench-history-") as tmp:
         procs = cluster.Processes(Path(tmp))
         try:
-            print("starting PostgreSQL ...", flush=True)
+            measured_revision = procs.export_service(args.service_from)
+            print(f"service code: {measured_revision}\nstarting PostgreSQL ...", flush=True)
             pg = procs.postgres()
             database_url = pg.create_database("history")
             asyncpg_url = database_url.replace("postgresql://", "postgresql+asyncpg://")
             connections = procs.connections()
             env = cluster.service_env(
-                database_url=database_url, connections=connections, workdir=Path(tmp)
+                database_url=database_url,
+                connections=connections,
+                workdir=Path(tmp),
+                code=procs.code,
             )
             cluster.migrate(env)
             print(f"loading {args.messages:,} messages with COPY ...", flush=True)
