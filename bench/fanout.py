@@ -24,7 +24,8 @@ Designs: ``targeted`` is ``messaging serve`` as shipped (per-user channels ``del
 ``broadcast`` is ``python -m bench.broadcast_replica`` (the same service with AsyncRedisManager).
 Each design gets a fresh database and an emptied Redis. Everything runs on this machine, load
 generator included, so the totals are what two cores can do for the whole system; the machine's
-load average is recorded because other work on it moves the figures. Results:
+load average is recorded because other work on it moves the figures. The replicas run the
+service code of ``--service-from`` (default HEAD; ``working`` for the checkout as it is). Results:
 bench/results/fanout.json.
 """
 

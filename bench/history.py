@@ -28,7 +28,9 @@ What it does (issue 3's benchmark; target: p99 under 10 ms for a 50-message page
    deepest page and writes bench/results/history.json.
 
 Latency is measured by the client, so it includes the client's own gRPC overhead; the machine
-is shared (its load average is recorded), so re-run when figures look noisy.
+is shared (its load average is recorded), so re-run when figures look noisy. The processes run
+the service code of ``--service-from`` (default HEAD; ``working`` for the checkout as it is);
+the in-process reads use the checkout's ``messaging``.
 """
 
 from __future__ import annotations
