@@ -21,11 +21,13 @@ What it does (issue 3's benchmark; target: p99 under 10 ms for a 50-message page
    compared byte for byte with the minted ones. Each sample of depth D reads the page below a
    depth in [D, D+1000) (a different page each time, not one cached page), and every response
    is checked: 50 messages, the first one the expected id.
-4. Measures, per depth: gRPC latency sequentially (one client), with 8 concurrent clients (one
-   channel each), the same read done in-process through ``store.history_page`` on an engine
-   built like the service's (``db.create_engine``: pool_pre_ping, a transaction per read), and
-   the bare SQL statement on a raw asyncpg connection. Prints EXPLAIN (ANALYZE, BUFFERS) of the
-   deepest page and writes bench/results/history.json.
+4. Measures, per depth: gRPC latency sequentially (one client) and with 8 concurrent clients
+   (one channel each), with the service process's CPU per request; the same read done
+   in-process through ``store.history_page`` on an engine built like the service's
+   (``db.create_engine``: pool_pre_ping, a transaction per read), the same on an AUTOCOMMIT
+   connection without pre-ping (one round trip), and the bare SQL statement on a raw asyncpg
+   connection (see ``StoreReads``). A Health.Check loop gives gRPC's floor. Prints EXPLAIN
+   (ANALYZE, BUFFERS) of the deepest page and writes bench/results/history.json.
 
 Latency is measured by the client, so it includes the client's own gRPC overhead; the machine
 is shared (its load average is recorded), so re-run when figures look noisy. The processes run
