@@ -72,7 +72,7 @@ class Chat:
         # On PostgreSQL the committer keeps its connection between close batches; SQLite has one
         # connection, which readers need too.
         linger = 0.05 if engine.dialect.name == "postgresql" else 0.0
-        self._committer = GroupCommitter(self._commit_connection, linger_seconds=linger)
+        self._committer = GroupCommitter(self._connection, linger_seconds=linger)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -91,11 +91,13 @@ class Chat:
                 yield conn
 
     @asynccontextmanager
-    async def _commit_connection(self) -> AsyncIterator[AsyncConnection]:
-        """The connection the group committer writes batches on (it commits each batch).
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection without an open transaction, for reads and for the group committer.
 
-        On PostgreSQL a batch is one statement, so autocommit makes it one round trip instead of
-        three (BEGIN, the statement, COMMIT).
+        On PostgreSQL it is in autocommit, so a read, or a batch of new messages (one statement),
+        is one round trip instead of three (BEGIN, statement, COMMIT). A read of several
+        statements may see commits made between them, which every reader here tolerates. The
+        committer commits each batch itself (a no-op in autocommit, needed on SQLite).
         """
         with _database_errors():
             async with self._engine.connect() as conn:
@@ -142,7 +144,7 @@ class Chat:
         """The conversation and its other participant, if ``user_id`` takes part in it."""
         conversation = self._conversations.get(conversation_id)
         if conversation is None:
-            async with self._transaction() as conn:
+            async with self._connection() as conn:
                 conversation = await store.get_conversation(conn, conversation_id)
             if conversation is None:
                 raise NotFound("no such conversation")
@@ -162,7 +164,7 @@ class Chat:
     ) -> Page[store.ConversationSummary]:
         limit = _page_size(page_size)
         cursor = _Cursor(self._cursor_key, kind="conversations", scope=user_id)
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await store.list_conversations(
                 conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
             )
@@ -299,7 +301,7 @@ class Chat:
 
     async def presence(self, user_id: str, user_ids: Sequence[str]) -> dict[str, PresenceInfo]:
         """Presence of the users the caller shares a conversation with; others are left out."""
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             shared = await store.users_sharing_a_conversation(
                 conn, user_id=user_id, candidates=user_ids
             )
@@ -309,7 +311,7 @@ class Chat:
         self, user_id: str, *, after: uuid.UUID | None, limit: int
     ) -> tuple[list[MessageRecord], bool]:
         """Messages after ``after`` in every conversation of the caller, in commit order."""
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             after_pos = 0
             if after is not None:
                 seen = await store.visible_messages(conn, user_id=user_id, message_ids=[after])
@@ -328,7 +330,7 @@ class Chat:
         limit = _page_size(page_size)
         await self._conversation_for(user_id, conversation_id)
         cursor = _Cursor(self._cursor_key, kind="history", scope=str(conversation_id))
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             rows = await store.history_page(
                 conn,
                 conversation_id=conversation_id,
@@ -355,7 +357,7 @@ class Chat:
             log.exception("delivery failed", extra={"event": event})
 
     async def ping_database(self) -> None:
-        async with self._transaction() as conn:
+        async with self._connection() as conn:
             await store.ping(conn)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, pool
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from messaging import metrics
@@ -22,16 +24,17 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 def create_engine(settings: Settings) -> AsyncEngine:
     """An engine for the configured database; it connects lazily, on first use."""
     if settings.uses_postgres:
-        return create_async_engine(
+        engine = create_async_engine(
             settings.database_url,
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_pool_size,
-            pool_pre_ping=True,
             pool_recycle=1800,
             pool_timeout=5,
             echo=settings.database_echo,
             connect_args={"timeout": 5, "command_timeout": 15},
         )
+        _ping_when_idle(engine)
+        return engine
     # SQLite allows one writer at a time: one pooled connection makes transactions queue in
     # the pool instead of failing with "database is locked".
     engine = create_async_engine(
@@ -52,6 +55,32 @@ def create_engine(settings: Settings) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+IDLE_BEFORE_PING_SECONDS = 10.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use only if it sat idle for a while.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: a round trip per request. A
+    connection in constant use has just proved itself; one that sat idle may have been cut
+    (a database restart, a proxy timeout). A failed ping makes the pool open a fresh one.
+    """
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _note_idle(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_BEFORE_PING_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise DisconnectionError("pooled connection failed its ping") from exc
 
 
 def observe_pool(engine: AsyncEngine) -> None:

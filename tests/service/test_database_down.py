@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import httpx
+import asyncio
 
+import httpx
+import pytest
+
+from messaging import db
 from messaging.dev_connections import ConnectionGraph
-from tests.support.servers import free_port
-from tests.support.service import devices, running_service, service_settings, unique
+from tests.support.servers import PostgresServer, free_port
+from tests.support.service import (
+    RunningService,
+    devices,
+    running_service,
+    service_settings,
+    unique,
+)
 
 
 async def test_an_unreachable_database_means_unavailable_and_not_ready() -> None:
@@ -26,3 +36,23 @@ async def test_an_unreachable_database_means_unavailable_and_not_ready() -> None
     assert ready.status_code == 503
     assert any("database" in problem for problem in ready.json()["problems"])
     assert alive.status_code == 200
+
+
+async def test_pooled_connections_cut_while_idle_are_replaced_not_failed(
+    pg_svc: RunningService, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database restart (or a proxy timeout) kills idle pooled connections; the next request
+    must get a fresh connection instead of an error."""
+    monkeypatch.setattr(db, "IDLE_BEFORE_PING_SECONDS", 0.0)  # every checkout counts as idle
+    alice = unique("alice")
+    async with devices(pg_svc, alice) as [a]:
+        assert (await a.call("syncMessages", {}))["ok"]
+        database = pg_svc.settings.database_url.rsplit("/", 1)[1]
+        terminate = (
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+        killed = await asyncio.to_thread(postgres_server.psql, "postgres", terminate)
+        assert int(killed) >= 1
+        for _ in range(3):
+            assert (await a.call("syncMessages", {}))["ok"]

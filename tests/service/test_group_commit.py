@@ -38,7 +38,7 @@ async def test_sends_arriving_together_commit_in_few_transactions(svc: RunningSe
             batches.append(len(self._pending))
             await super()._drain()
 
-    committer = Counting(chat._commit_connection)
+    committer = Counting(chat._connection)
     results = await asyncio.gather(
         *(committer.commit(_message(conversation, alice)) for _ in range(50))
     )
@@ -53,7 +53,7 @@ async def test_sends_arriving_together_commit_in_few_transactions(svc: RunningSe
 
 async def test_duplicates_inside_one_batch_are_stored_once(svc: RunningService) -> None:
     conversation, alice = await _conversation(svc)
-    committer = GroupCommitter(svc.service.chat._commit_connection)
+    committer = GroupCommitter(svc.service.chat._connection)
     results = await asyncio.gather(
         *(committer.commit(_message(conversation, alice, key="same")) for _ in range(5))
     )
@@ -63,7 +63,7 @@ async def test_duplicates_inside_one_batch_are_stored_once(svc: RunningService) 
 
 async def test_a_saturated_queue_refuses_with_rate_limited(svc: RunningService) -> None:
     conversation, alice = await _conversation(svc)
-    committer = GroupCommitter(svc.service.chat._commit_connection, max_pending=5)
+    committer = GroupCommitter(svc.service.chat._connection, max_pending=5)
     outcomes = await asyncio.gather(
         *(committer.commit(_message(conversation, alice)) for _ in range(8)),
         return_exceptions=True,
@@ -78,7 +78,7 @@ async def test_a_failed_transaction_fails_every_sender_in_it_and_the_next_batch_
     svc: RunningService,
 ) -> None:
     conversation, alice = await _conversation(svc)
-    committer = GroupCommitter(svc.service.chat._commit_connection)
+    committer = GroupCommitter(svc.service.chat._connection)
     missing_conversation = _message(str(uuid.uuid4()), alice)  # violates the foreign key
     outcomes = await asyncio.gather(
         committer.commit(_message(conversation, alice)),
