@@ -4,11 +4,17 @@ Answers are cached for a short TTL, positive and negative alike, because every s
 one. When the Connections service is unreachable, slow or broken the check fails closed: the
 caller gets ``UNAVAILABLE`` and nothing is allowed on a guess. Errors are never cached, so the
 first call after the service comes back asks again.
+
+Each entry lives a slightly different time (the TTL minus up to a fifth), so answers cached
+together do not all expire in the same instant and send a burst of calls; and concurrent checks
+of one pair share a single call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict
 from typing import Literal
@@ -20,6 +26,8 @@ from messaging.errors import Unavailable
 from messaging.proto.connections.v1 import connections_pb2, connections_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+TTL_JITTER = 0.2
 
 Source = Literal["cache", "rpc", "error"]
 
@@ -40,6 +48,7 @@ class ConnectionsChecker:
         self._ttl = cache_ttl_seconds
         self._size = cache_size
         self._cache: OrderedDict[tuple[str, str], tuple[bool, float]] = OrderedDict()
+        self._asking: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._channel: grpc.aio.Channel | None = None
         self._stub: connections_pb2_grpc.ConnectionsServiceAsyncStub | None = None
 
@@ -68,13 +77,39 @@ class ConnectionsChecker:
             self._cache.move_to_end(key)
             metrics.CONNECTIONS_CHECKS.labels(result=_result(cached[0]), source="cache").inc()
             return cached[0]
-        connected = await self._ask(user_id, other_user_id)
+        connected = await self._ask_once(key, user_id, other_user_id)
         if self._ttl > 0 and self._size > 0:
-            self._cache[key] = (connected, now + self._ttl)
+            lifetime = self._ttl * (1 - random.random() * TTL_JITTER)  # noqa: S311 - not crypto
+            self._cache[key] = (connected, time.monotonic() + lifetime)
             self._cache.move_to_end(key)
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
         metrics.CONNECTIONS_CHECKS.labels(result=_result(connected), source="rpc").inc()
+        return connected
+
+    async def _ask_once(self, key: tuple[str, str], user_id: str, other_user_id: str) -> bool:
+        """Ask the Connections service, sharing one call among concurrent checks of a pair."""
+        while (asking := self._asking.get(key)) is not None:
+            try:
+                return await asyncio.shield(asking)
+            except asyncio.CancelledError:
+                if not asking.cancelled():
+                    raise  # we were cancelled ourselves
+                # The asker was cancelled (its client went away): ask again ourselves.
+        asking = asyncio.get_running_loop().create_future()
+        self._asking[key] = asking
+        try:
+            connected = await self._ask(user_id, other_user_id)
+        except asyncio.CancelledError:
+            asking.cancel()
+            raise
+        except Exception as exc:
+            asking.set_exception(exc)
+            asking.exception()  # marks it retrieved: the waiters re-raise it themselves
+            raise
+        finally:
+            del self._asking[key]
+        asking.set_result(connected)
         return connected
 
     async def _ask(self, user_id: str, other_user_id: str) -> bool:
