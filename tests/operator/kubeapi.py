@@ -6,6 +6,7 @@ check what the API server holds, through a different code path than the one unde
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
+    def list(self, kind: str, selector: str | None = None) -> builtins.list[dict[str, Any]]:
         params = {"labelSelector": selector} if selector else None
         return list(self._call("GET", self.path(kind), params=params).get("items") or [])
 
@@ -114,7 +115,7 @@ class Kube:
             if e.status != 404:
                 raise
 
-    def events_for(self, name: str) -> list[dict[str, Any]]:
+    def events_for(self, name: str) -> builtins.list[dict[str, Any]]:
         return [
             e
             for e in self.list("Event")

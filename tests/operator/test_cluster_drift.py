@@ -32,13 +32,12 @@ def test_deleted_children_come_back(operator: RunningOperator, kube: Kube) -> No
     for kind, name in before:
         kube.delete(kind, name)
     for (kind, name), uid in before.items():
-        wait_until(
-            lambda k=kind, n=name, u=uid: (
-                (obj := kube.get(k, n)) is not None and obj["metadata"]["uid"] != u
-            ),
-            timeout=30 + 2 * RESYNC_SECONDS,
-            what=f"{kind} {name} recreated",
-        )
+
+        def recreated(k: str = kind, n: str = name, u: str = uid) -> bool:
+            obj = kube.get(k, n)
+            return obj is not None and obj["metadata"]["uid"] != u
+
+        wait_until(recreated, timeout=30 + 2 * RESYNC_SECONDS, what=f"{kind} {name} recreated")
     running(kube)
 
 
@@ -60,7 +59,7 @@ def test_edited_fields_are_set_back_and_foreign_ones_kept(
     def restored() -> bool:
         dep = kube.get("Deployment", "chat") or {}
         svc = kube.get("Service", "chat") or {}
-        return (
+        return bool(
             dep["spec"]["replicas"] == 2
             and dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 35
             and svc["spec"]["sessionAffinity"] == "None"

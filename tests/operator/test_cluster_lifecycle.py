@@ -39,7 +39,11 @@ def test_applying_the_minimal_example_creates_every_child_with_owner_references(
     cluster = apply_example(kube)
     uid = cluster["metadata"]["uid"]
     for kind, name in CHILDREN:
-        child = wait_until(lambda k=kind, n=name: kube.get(k, n), timeout=60, what=f"{kind} {name}")
+        child = wait_until(
+            lambda k=kind, n=name: kube.get(k, n),  # type: ignore[misc]
+            timeout=60,
+            what=f"{kind} {name}",
+        )
         refs = child["metadata"].get("ownerReferences") or []
         assert [(r["kind"], r["name"], r["uid"], r.get("controller")) for r in refs] == [
             ("MessagingCluster", "chat", uid, True)
@@ -110,15 +114,13 @@ def test_status_walks_to_running_with_the_right_conditions_and_events(
         assert cond["lastTransitionTime"] and cond["message"]
     # kopf keeps its bookkeeping in annotations, never in the status.
     assert "kopf" not in status
-    reasons = wait_until(
-        lambda: (
-            (r := {e["reason"] for e in kube.events_for("chat")})
-            >= {"MigrationStarted", "MigrationSucceeded", "Ready", "PhaseRunning"}
-            and r
-        ),
-        timeout=30,
-        what="the transition events",
-    )
+
+    def transitions() -> set[str] | None:
+        reasons = {e["reason"] for e in kube.events_for("chat")}
+        wanted = {"MigrationStarted", "MigrationSucceeded", "Ready", "PhaseRunning"}
+        return reasons if reasons >= wanted else None
+
+    reasons = wait_until(transitions, timeout=30, what="the transition events")
     assert "RedisPasswordCreated" in reasons
     printed = kube.cluster.kubectl("get", "mc", "chat", "-n", kube.namespace).stdout
     assert "Running" in printed.splitlines()[1]

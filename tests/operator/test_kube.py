@@ -48,7 +48,7 @@ class FakeApiServer:
         )
         status, payload = self.answers.pop(0) if self.answers else (200, {})
         if status == -1:
-            await asyncio.sleep(payload)
+            await asyncio.sleep(float(payload))  # type: ignore[arg-type]
             return web.json_response({})
         return web.json_response(payload, status=status)
 

@@ -214,7 +214,8 @@ def test_more_load_never_means_fewer_replicas(
 def test_a_steady_load_settles_and_stays_settled(policy: Policy, loads: list[int]) -> None:
     """Replaying the same total load every 15 seconds converges and then never flaps."""
     total = sum(loads)
-    current, history, now, seen = policy.min_replicas, [], NOW, []
+    history: list[Recommendation] = []
+    current, now, seen = policy.min_replicas, NOW, []
     for _ in range(int(policy.stabilization_seconds / 15) + 12):
         pods = ready(*[total / current] * current)
         decision = decide(current, pods, policy, history, now=now)

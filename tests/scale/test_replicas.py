@@ -235,7 +235,7 @@ async def test_killing_a_replica_mid_traffic_loses_no_acknowledged_message(
             await asyncio.gather(*tasks, return_exceptions=True)
         assert len(acked) > 50, "the replica must have acked traffic before it died"
         async with on(cluster, *((bob, a) for _, bob in pairs)) as readers:
-            stored = set()
+            stored: set[str] = set()
             for reader in readers:
                 page = await reader.ok("syncMessages", {"limit": 500})
                 while True:

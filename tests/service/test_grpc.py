@@ -115,7 +115,8 @@ async def test_history_pages_stay_correct_when_messages_share_a_timestamp(
     ]
     async with svc.service.chat.engine.begin() as conn:
         await store.insert_messages(conn, batch)
-    walked, token = [], ""
+    walked: list[str] = []
+    token = ""
     while True:
         reply = await stub.GetMessageHistory(
             pb.GetMessageHistoryRequest(
@@ -166,7 +167,8 @@ async def test_list_conversations_orders_by_activity_with_last_message_and_unrea
         await theirs[3].ok("sendMessage", {"conversationId": conversations[3], "content": "a"})
         await theirs[3].ok("sendMessage", {"conversationId": conversations[3], "content": "b"})
         await mine.ok("sendMessage", {"conversationId": conversations[1], "content": "c"})
-        summaries, token = [], ""
+        summaries: list[pb.ConversationSummary] = []
+        token = ""
         while True:
             reply = await stub.ListConversations(
                 pb.ListConversationsRequest(page_size=2, page_token=token), metadata=auth(svc, me)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -92,7 +92,7 @@ def _rs256(claims: dict[str, Any]) -> str:
     return jwt.encode(claims, key, algorithm="RS256")
 
 
-BAD_TOKENS = {
+BAD_TOKENS: dict[str, Callable[[], object]] = {
     "missing": lambda: None,
     "empty": lambda: "",
     "not a jwt": lambda: "definitely-not-a-jwt",

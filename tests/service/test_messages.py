@@ -146,7 +146,7 @@ async def test_sending_while_the_connections_service_is_down_fails_closed(
     assert await _stored_count(svc, conversation) == 0
 
 
-BAD_SEND_PAYLOADS = [
+BAD_SEND_PAYLOADS: list[tuple[dict[str, object], str]] = [
     ({"content": "no conversation"}, "conversationId"),
     ({"conversationId": "not-a-uuid", "content": "x"}, "conversationId"),
     ({"conversationId": "{conv}", "content": ""}, "content"),
@@ -214,7 +214,7 @@ async def test_an_internal_error_is_reported_without_a_stack_trace(svc: RunningS
     async with devices(svc, alice) as [a]:
         conversation = await open_conversation(svc, a, bob)
         original = chat.send_message
-        chat.send_message = broken  # type: ignore[method-assign]
+        chat.send_message = broken  # type: ignore[method-assign,assignment]
         try:
             reply = await a.call("sendMessage", {"conversationId": conversation, "content": "x"})
         finally:

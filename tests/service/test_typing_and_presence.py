@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from tests.support.service import RunningService, devices, open_conversation, unique
 
@@ -82,5 +83,11 @@ async def test_presence_of_users_without_a_shared_conversation_is_not_disclosed(
 
 async def test_bad_presence_payloads_are_validation_errors(svc: RunningService) -> None:
     async with devices(svc, unique()) as [d]:
-        for payload in ({"userIds": []}, {"userIds": ["u"] * 101}, {"userIds": [""]}, {}):
+        payloads: list[dict[str, Any]] = [
+            {"userIds": []},
+            {"userIds": ["u"] * 101},
+            {"userIds": [""]},
+            {},
+        ]
+        for payload in payloads:
             assert (await d.call("getPresence", payload))["error"]["code"] == "VALIDATION_FAILED"

@@ -166,13 +166,14 @@ class Device:
     def __post_init__(self) -> None:
         self.client = socketio.AsyncClient(reconnection=False)
 
-        @self.client.on("*")
         async def record(event: str, data: Any = None) -> None:
             self.queue(event).put_nowait(data)
 
-        @self.client.on("connect_error")
         async def refused(data: Any = None) -> None:
             self.connect_error = data
+
+        self.client.on("*", record)
+        self.client.on("connect_error", refused)
 
     def queue(self, event: str) -> asyncio.Queue[Any]:
         return self.inbox.setdefault(event, asyncio.Queue())

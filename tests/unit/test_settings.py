@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 from pydantic import ValidationError
 
@@ -53,7 +55,7 @@ def test_a_plain_postgres_dsn_means_asyncpg() -> None:
 )
 def test_nonsense_fails_fast_naming_the_setting(field: str, value: object, problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
-        Settings(**{field: value})
+        Settings(**cast(dict[str, Any], {field: value}))
 
 
 def test_settings_are_read_from_messaging_environment_variables(
