@@ -94,6 +94,11 @@ def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | Non
         host=settings.http_host,
         port=settings.http_port,
         loop=_loop_kind(),
+        # Measured on the send path (BENCHMARKS.md): websockets-sansio costs no more CPU per
+        # message than "websockets" or "wsproto" and less memory per idle socket; the HTTP
+        # implementation only serves handshakes and long-polling.
+        ws="websockets-sansio",
+        http="httptools",
         lifespan="on",
         log_config=None,
         access_log=False,
