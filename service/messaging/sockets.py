@@ -8,6 +8,7 @@ number of arguments, a non-object payload or an unknown event all get a ``VALIDA
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,8 +16,9 @@ from typing import Any
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 
-from messaging import metrics
+from messaging import metrics, websocket_transport
 from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.delivery import Delivery, user_room
@@ -47,6 +49,8 @@ from messaging.settings import Settings
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, str, Any], Awaitable[Any]]
+EventHandler = Callable[..., Awaitable[Any]]
+NAMESPACE = "/"
 
 
 class _OrjsonCodec:
@@ -257,16 +261,118 @@ class SocketEvents:
         websocket (or ends a pending poll), and closing with ``abort`` runs the disconnect
         handlers without sending anything.
         """
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, "/")
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
         socket = self.server.eio.sockets.get(eio_sid) if eio_sid else None
         if socket is None:
+            return
+        if isinstance(socket, websocket_transport.DirectSocket):
+            await socket.drop()
             return
         socket.queue.put_nowait(None)
         await socket.close(wait=False, abort=True, reason=self.server.eio.reason.SERVER_DISCONNECT)
 
 
-def build_socket_server(settings: Settings) -> socketio.AsyncServer:
-    return socketio.AsyncServer(
+class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, with a lean path for what every message goes through.
+
+    - Websocket connections opened directly are served by ``websocket_transport`` instead of
+      python-engineio's per-socket reader, writer and ping tasks.
+    - An EVENT packet for a registered event of the default namespace is decoded here and its
+      handler started in one task that also sends the ack; python-socketio would build a Packet
+      object, go through its generic dispatch (a task, then a lookup through namespace and
+      catch-all handlers), and build another Packet for the ack. Everything else (connects,
+      disconnects, acks from the client, binary packets, other namespaces, unknown events,
+      malformed packets) goes to python-socketio unchanged.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        if (
+            len(args) == 3
+            and not kwargs
+            and "websocket" in self.eio.transports
+            and websocket_transport.is_direct_websocket(args[0])
+            and websocket_transport.origin_allowed(self.eio, args[0])
+        ):
+            return await websocket_transport.serve(self.eio, *args)
+        return await super().handle_request(*args, **kwargs)
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # python-socketio keeps the environ for the whole connection; the connect handler only
+        # needs the Authorization header (the ASGI scope, kept by the server anyway, has the rest).
+        if "asgi.scope" in environ and "wsgi.input" in environ:
+            environ = websocket_transport.handshake_environ(environ["asgi.scope"])
+        await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if type(data) is str and data[:1] == "2" and eio_sid not in self._binary_packet:
+            event = _decode_event(data)
+            if event is not None:
+                ack_id, name, args = event
+                handler = self.handlers.get(NAMESPACE, {}).get(name)
+                if handler is not None and name not in self.reserved_events:
+                    sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+                    if sid is None or not self.manager.is_connected(sid, NAMESPACE):
+                        return  # python-socketio drops events of sockets not (yet) connected
+                    task = asyncio.get_running_loop().create_task(
+                        self._run_event(handler, sid, eio_sid, ack_id, args)
+                    )
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                    return
+        await super()._handle_eio_message(eio_sid, data)
+
+    async def _run_event(
+        self,
+        handler: EventHandler,
+        sid: str,
+        eio_sid: str,
+        ack_id: int | None,
+        args: list[Any],
+    ) -> None:
+        try:
+            result = await handler(sid, *args)
+        except asyncio.CancelledError:
+            result = None  # as python-socketio: a cancelled handler still gets its ack answered
+        if ack_id is None:
+            return
+        if result is None:
+            data: list[Any] = []
+        elif isinstance(result, tuple):
+            data = list(result)
+        else:
+            data = [result]
+        ack = "3" + str(ack_id) + orjson.dumps(data).decode()
+        await self.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, data=ack))
+
+
+def _decode_event(data: str) -> tuple[int | None, str, list[Any]] | None:
+    """``2[name,...]`` or ``2<ack id>[name,...]`` of the default namespace; None for anything else.
+
+    None sends the packet to python-socketio's own decoder, which handles (or rejects) the rest
+    exactly as before.
+    """
+    end = 1
+    size = len(data)
+    while end < size and end < 100 and data[end].isdigit():
+        end += 1
+    if end >= size or data[end] != "[":
+        return None
+    try:
+        payload = orjson.loads(data[end:])
+    except orjson.JSONDecodeError:
+        return None
+    if not payload or type(payload) is not list or type(payload[0]) is not str:
+        return None
+    ack_id = int(data[1:end]) if end > 1 else None
+    return ack_id, payload[0], payload[1:]
+
+
+def build_socket_server(settings: Settings) -> SocketServer:
+    return SocketServer(
         async_mode="asgi",
         cors_allowed_origins=settings.cors_allowed_origins,
         transports=list(settings.socketio_transports),
