@@ -28,16 +28,17 @@ import orjson
 import socketio
 from engineio import packet as eio_packet
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from messaging import metrics
+from messaging.redis_wire import RedisWire, command
 
 log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "deliver:"
 PUBLISH_QUEUE_LIMIT = 50_000
 PUBLISH_BATCH = 512
+PUBLISH_TIMEOUT_SECONDS = 2.0
 SUBSCRIBE_WAIT_SECONDS = 1.0
 LISTENER_PING_SECONDS = 2.0
 BACKOFF_START_SECONDS = 0.1
@@ -68,7 +69,9 @@ class Delivery:
         self._redis = redis
         self._queue: asyncio.Queue[tuple[list[str], bytes]] = asyncio.Queue(PUBLISH_QUEUE_LIMIT)
         self._watched: set[str] = set()
-        self._pubsub: PubSub | None = None
+        self._pubsub: RedisWire | None = None
+        self._control = f"{CHANNEL_PREFIX}replica:{replica_id}"
+        self._own_header = orjson.dumps({"o": replica_id})[:-1] + b","
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._listener_healthy = asyncio.Event()
         self._last_heard = 0.0
@@ -134,7 +137,7 @@ class Delivery:
             future = asyncio.get_running_loop().create_future()
             self._pending[channel] = future
             try:
-                await self._pubsub.subscribe(channel)
+                self._pubsub.send([command("SUBSCRIBE", channel)])
             except (RedisError, OSError) as exc:
                 self._pending.pop(channel, None)
                 log.warning("subscribe failed", extra={"error": repr(exc)})
@@ -148,27 +151,34 @@ class Delivery:
         if self._pubsub is None or not self._listener_healthy.is_set():
             return
         with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.unsubscribe(user_channel(user_id))
+            self._pubsub.send([command("UNSUBSCRIBE", user_channel(user_id))])
 
     # --- background tasks ----------------------------------------------------------------------
 
     async def run_publisher(self) -> None:
-        """Drain the publish queue in pipelined batches, forever."""
+        """Drain the publish queue in pipelined batches, forever (one write per batch)."""
         assert self._redis is not None
+        wire: RedisWire | None = None
         while True:
             batch = [await self._queue.get()]
             while len(batch) < PUBLISH_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            commands = [
+                command("PUBLISH", user_channel(user_id), envelope)
+                for users, envelope in batch
+                for user_id in users
+            ]
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for users, envelope in batch:
-                        for user_id in users:
-                            pipe.publish(user_channel(user_id), envelope)
-                    await pipe.execute()
+                if wire is None or not wire.connected:
+                    wire = await RedisWire.open(self._redis)
+                await asyncio.wait_for(wire.execute(commands), PUBLISH_TIMEOUT_SECONDS)
                 metrics.BACKPLANE_PUBLISHED.labels(outcome="published").inc(len(batch))
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 metrics.BACKPLANE_PUBLISHED.labels(outcome="failed").inc(len(batch))
                 log.warning("backplane publish failed", extra={"error": repr(exc)})
+                if wire is not None:
+                    wire.close()
+                    wire = None
 
     async def run_listener(self) -> None:
         """Receive other replicas' events for our users, resubscribing whenever the link breaks."""
@@ -195,56 +205,75 @@ class Delivery:
     async def _listen_once(self) -> None:
         """One subscription's life: read until the link breaks or goes quiet, then return."""
         assert self._redis is not None
-        pubsub = self._redis.pubsub()
+        received: list[list[Any]] = []
+        arrived = asyncio.Event()
+
+        def on_push(reply: list[Any]) -> None:
+            # Called from the connection's data_received: queue, and wake the reader once for
+            # every message that arrived in this read.
+            received.append(reply)
+            arrived.set()
+
+        pubsub = await RedisWire.open(self._redis, on_push=on_push)
         self._pubsub = pubsub
-        control = f"{CHANNEL_PREFIX}replica:{self._replica_id}"
-        await pubsub.subscribe(control, *(user_channel(u) for u in self._watched))
+        channels = [self._control, *(user_channel(u) for u in self._watched)]
+        pubsub.send([command("SUBSCRIBE", *channels)])
         self._last_heard = time.monotonic()
-        reader = asyncio.create_task(self._read(pubsub, control), name="backplane-reader")
+        reader = asyncio.create_task(self._read(received, arrived), name="backplane-reader")
         try:
             while True:
-                done, _ = await asyncio.wait({reader}, timeout=LISTENER_PING_SECONDS)
-                if done:
+                done, _ = await asyncio.wait({reader, pubsub.lost}, timeout=LISTENER_PING_SECONDS)
+                if reader in done:
                     reader.result()  # raises what broke the subscription
+                if done:
                     raise ConnectionError("the subscription ended")
                 if time.monotonic() - self._last_heard > 3 * LISTENER_PING_SECONDS:
                     raise TimeoutError("no reply from Redis within three ping intervals")
-                await pubsub.ping()  # the reply (a pong) counts as hearing from Redis
+                pubsub.send([command("PING")])  # the reply (a pong) counts as hearing from Redis
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _read(self, pubsub: PubSub, control: str) -> None:
-        async for message in pubsub.listen():
+    async def _read(self, received: list[list[Any]], arrived: asyncio.Event) -> None:
+        while True:
+            await arrived.wait()
+            arrived.clear()
             self._last_heard = time.monotonic()
-            await self._handle(message, control)
+            batch = received[:]
+            received.clear()
+            for reply in batch:
+                await self._handle(reply)
 
-    async def _handle(self, message: dict[str, Any], control: str) -> None:
-        kind = message["type"]
-        channel = message.get("channel")
-        if kind == "pong":
+    async def _handle(self, reply: list[Any]) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            await self._deliver_remote(reply[1], reply[2])
+            return
+        if kind == b"pong":
             metrics.BACKPLANE_LAST_HEARTBEAT.set(time.time())
             return
-        if kind == "subscribe":
-            if channel == control:
+        if kind == b"subscribe":
+            channel = reply[1].decode()
+            if channel == self._control:
                 self._listener_healthy.set()
                 metrics.BACKPLANE_LISTENER_UP.set(1)
                 log.info("backplane listener subscribed", extra={"users": len(self._watched)})
-            future = self._pending.pop(channel, None) if channel else None
+            future = self._pending.pop(channel, None)
             if future is not None and not future.done():
                 future.set_result(None)
+
+    async def _deliver_remote(self, channel: bytes, data: bytes) -> None:
+        if not channel.startswith(b"deliver:"):
             return
-        if kind != "message" or channel is None or not channel.startswith(CHANNEL_PREFIX):
-            return
-        header, _, text = message["data"].partition("\n")
-        envelope = orjson.loads(header)
-        if envelope["o"] == self._replica_id:
+        header, _, text = data.partition(b"\n")
+        if header.startswith(self._own_header):
             return  # already delivered locally when it was published
+        envelope = orjson.loads(header)
         metrics.BACKPLANE_RECEIVED.inc()
         metrics.BACKPLANE_LAG.observe(max(0.0, time.time() - envelope["t"]))
-        user_id = channel.removeprefix(CHANNEL_PREFIX)
-        packet = eio_packet.Packet(eio_packet.MESSAGE, data=text)
+        user_id = channel[len(CHANNEL_PREFIX) :].decode()
+        packet = eio_packet.Packet(eio_packet.MESSAGE, data=text.decode())
         await self._emit_local([user_id], packet, envelope["s"])
         if envelope["c"] is not None:
             metrics.COMMIT_TO_DELIVER.labels(path="backplane").observe(
@@ -258,5 +287,4 @@ class Delivery:
                 future.cancel()
         self._pending.clear()
         if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            pubsub.close()
