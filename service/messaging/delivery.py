@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from messaging import metrics
 from messaging.redis_wire import RedisWire, command
+from messaging.websocket_transport import DirectSocket
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class Delivery:
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._listener_healthy = asyncio.Event()
         self._last_heard = 0.0
+        # Metric series used per message, resolved once.
+        self._delivered_local = metrics.COMMIT_TO_DELIVER.labels(path="local")
+        self._delivered_remote = metrics.COMMIT_TO_DELIVER.labels(path="backplane")
+        self._published = metrics.BACKPLANE_PUBLISHED.labels(outcome="published")
 
     @property
     def uses_redis(self) -> bool:
@@ -98,7 +103,7 @@ class Delivery:
         packet = event_packet(event, data)
         await self._emit_local(users, packet, skip_sid)
         if committed_at is not None:
-            metrics.COMMIT_TO_DELIVER.labels(path="local").observe(time.time() - committed_at)
+            self._delivered_local.observe(time.time() - committed_at)
         if self._redis is None:
             return
         header = orjson.dumps(
@@ -115,9 +120,15 @@ class Delivery:
     ) -> None:
         """Queue the packet on every local socket of ``users`` (their sockets' writers send it)."""
         rooms = [user_room(u) for u in users]
+        eio = self._server.eio
+        sockets = eio.sockets
         for sid, eio_sid in self._server.manager.get_participants("/", rooms):
-            if sid != skip_sid:
-                await self._server.eio.send_packet(eio_sid, packet)
+            if sid == skip_sid:
+                continue
+            socket = sockets.get(eio_sid)
+            if type(socket) is DirectSocket and socket.send_now(packet):
+                continue
+            await eio.send_packet(eio_sid, packet)
 
     # --- subscriptions -------------------------------------------------------------------------
 
@@ -172,7 +183,7 @@ class Delivery:
                 if wire is None or not wire.connected:
                     wire = await RedisWire.open(self._redis)
                 await asyncio.wait_for(wire.execute(commands), PUBLISH_TIMEOUT_SECONDS)
-                metrics.BACKPLANE_PUBLISHED.labels(outcome="published").inc(len(batch))
+                self._published.inc(len(batch))
             except (RedisError, OSError, TimeoutError) as exc:
                 metrics.BACKPLANE_PUBLISHED.labels(outcome="failed").inc(len(batch))
                 log.warning("backplane publish failed", extra={"error": repr(exc)})
@@ -276,9 +287,7 @@ class Delivery:
         packet = eio_packet.Packet(eio_packet.MESSAGE, data=text.decode())
         await self._emit_local([user_id], packet, envelope["s"])
         if envelope["c"] is not None:
-            metrics.COMMIT_TO_DELIVER.labels(path="backplane").observe(
-                max(0.0, time.time() - envelope["c"])
-            )
+            self._delivered_remote.observe(max(0.0, time.time() - envelope["c"]))
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None

@@ -100,7 +100,9 @@ def parse(model: type[RequestT], payload: Any) -> RequestT:
 
 def iso(at: datetime) -> str:
     """ISO-8601 in UTC with a ``Z``, millisecond precision (what JavaScript's Date prints)."""
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    # isoformat is C and several times faster than strftime; its first 23 characters are
+    # YYYY-MM-DDTHH:MM:SS.mmm whatever follows (an offset, or nothing for naive datetimes).
+    return at.isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 def message_json(message: MessageRecord) -> dict[str, Any]:

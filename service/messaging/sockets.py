@@ -345,8 +345,13 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             data = list(result)
         else:
             data = [result]
-        ack = "3" + str(ack_id) + orjson.dumps(data).decode()
-        await self.eio.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, data=ack))
+        ack = eio_packet.Packet(
+            eio_packet.MESSAGE, data="3" + str(ack_id) + orjson.dumps(data).decode()
+        )
+        socket = self.eio.sockets.get(eio_sid)
+        if type(socket) is websocket_transport.DirectSocket and socket.send_now(ack):
+            return
+        await self.eio.send_packet(eio_sid, ack)
 
 
 def _decode_event(data: str) -> tuple[int | None, str, list[Any]] | None:

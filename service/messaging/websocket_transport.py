@@ -153,6 +153,12 @@ class DirectSocket:
 
     # --- sending -------------------------------------------------------------------------------
 
+    def send_now(self, pkt: eio_packet.Packet) -> bool:
+        """``send`` without a coroutine, when the frame can be written at once (else False)."""
+        if self.closing or self.closed:
+            return True
+        return self.write_now(pkt.encode())
+
     async def send(self, pkt: eio_packet.Packet) -> None:
         """Send a packet now (python-engineio would queue it for the socket's writer task).
 
