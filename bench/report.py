@@ -183,8 +183,8 @@ def render_markdown(summary: dict[str, Any], plot_name: str | None) -> str:
         ".venv/bin/python -m bench.run --quick    # smoke run, ~2 minutes",
         "```",
         "",
-        "Raw results (one JSON document per run, schema `messaging-bench/1`) and the plot are "
-        "written under `bench/results/`.",
+        "Raw results (one JSON document per run, schema `messaging-bench/1`) are written under "
+        "`bench/results/`; the plot to `docs/benchmarks-throughput-latency.png`.",
         "",
     ]
     return "\n".join(out)

@@ -399,7 +399,9 @@ def write_report(summary: dict[str, Any], results_dir: Path, markdown: Path) -> 
     results_dir.mkdir(parents=True, exist_ok=True)
     summary_path = results_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    plot_path = results_dir / "throughput-latency.png"
+    # The plot is committed with BENCHMARKS.md (results/ is not), so it lives beside it.
+    plot_path = markdown.parent / "docs" / "benchmarks-throughput-latency.png"
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
     has_plot = report.plot(summary, plot_path)
     plot_name = os.path.relpath(plot_path, markdown.parent) if has_plot else None
     markdown.write_text(report.render_markdown(summary, plot_name))
