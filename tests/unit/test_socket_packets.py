@@ -1,12 +1,14 @@
-"""The lean Socket.IO decoding and websocket framing agree with the protocols they shortcut."""
+"""The lean Socket.IO decoding, websocket framing and RESP commands agree with their protocols."""
 
 from __future__ import annotations
 
+import hiredis
 import pytest
 from socketio import packet as sio_packet
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from messaging.redis_wire import command
 from messaging.sockets import _decode_event
 from messaging.websocket_transport import _frame, is_direct_websocket
 
@@ -61,3 +63,18 @@ def test_frames_parse_back_with_the_websockets_library(size: int, opcode: Opcode
 def test_only_fresh_engineio4_websockets_take_the_direct_path(query: bytes, direct: bool) -> None:
     assert is_direct_websocket({"type": "websocket", "query_string": query}) is direct
     assert not is_direct_websocket({"type": "http", "query_string": query})
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("PING",),
+        ("PUBLISH", "deliver:u1", b'{"o":"r"}\n42["newMessage",{}]'),
+        ("AUTH", "p\r\nw", ""),
+    ],
+)
+def test_commands_are_resp_arrays_of_bulk_strings(parts: tuple[str | bytes, ...]) -> None:
+    reader = hiredis.Reader()
+    reader.feed(command(*parts))
+    assert reader.gets() == [p.encode() if isinstance(p, str) else p for p in parts]
+    assert reader.gets() is False
