@@ -17,11 +17,19 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from sqlalchemy import text
 
 from messaging import store
+from messaging.dev_connections import ConnectionGraph
 from messaging.ids import new_message_id
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.store import NewMessage
-from tests.support.service import RunningService, devices, open_conversation, unique
+from tests.support.service import (
+    RunningService,
+    devices,
+    open_conversation,
+    running_service,
+    service_settings,
+    unique,
+)
 
 
 @pytest_asyncio.fixture
@@ -369,3 +377,25 @@ async def test_history_is_served_by_the_conversation_created_at_index(
         )
     assert "Index Scan Backward using ix_messages_conversation_id_created_at" in plan, plan
     assert "Sort" not in plan, plan
+
+
+async def test_stopping_the_server_lets_an_in_flight_call_finish(sqlite_database: str) -> None:
+    """Shutdown is graceful: a call already running completes before the server goes away."""
+    graph = ConnectionGraph()
+    graph.connect("alice", "bob")
+    settings = service_settings(sqlite_database, connections_timeout_seconds=5.0)
+    async with running_service(settings, graph, "sqlite") as svc:
+        graph.delay_seconds = 1.0  # the call will be waiting on the Connections service
+        async with grpc.aio.insecure_channel(svc.grpc_target) as channel:
+            stub = pb_grpc.MessagingServiceStub(channel)
+            call = asyncio.ensure_future(
+                stub.CreateConversation(
+                    pb.CreateConversationRequest(participant_id="bob"),
+                    metadata=auth(svc, "alice"),
+                )
+            )
+            await asyncio.sleep(0.3)
+            assert svc.service.grpc is not None
+            await svc.service.grpc.stop(grace_seconds=5.0)
+            conversation = await call
+    assert sorted(conversation.participant_ids) == ["alice", "bob"]
