@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from messaging.bench.accounting import Ledger, Tally
+from messaging.bench.accounting import Ledger, Tally, ack_error
 from messaging.bench.client import ConnectRefusedError, SocketClient
 from messaging.bench.load import mint_token
 
@@ -207,14 +207,7 @@ class Population:
             self._ledger.answered(seq, now, "DISCONNECTED")
 
     def _acked(self, seq: int, answer: Any) -> None:
-        now = time.monotonic_ns()
-        if isinstance(answer, dict) and answer.get("ok") is True:
-            fresh = self._ledger.answered(seq, now)
-        else:
-            code = "MALFORMED_ACK"
-            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-                code = str(answer["error"].get("code", code))
-            fresh = self._ledger.answered(seq, now, code)
+        fresh = self._ledger.answered(seq, time.monotonic_ns(), ack_error(answer))
         sender = self._seq_sender.pop(seq, None)
         if not fresh or sender is None:
             return

@@ -261,6 +261,15 @@ class Ledger:
         return tally
 
 
+def ack_error(answer: Any) -> str | None:
+    """None for a successful ack envelope, else its error code (MALFORMED_ACK if it has none)."""
+    if isinstance(answer, dict) and answer.get("ok") is True:
+        return None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        return str(answer["error"].get("code", "MALFORMED_ACK"))
+    return "MALFORMED_ACK"
+
+
 def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else 0.0
 

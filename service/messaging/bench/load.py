@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import jwt
 
-from messaging.bench.accounting import Ledger
+from messaging.bench.accounting import Ledger, ack_error
 from messaging.bench.client import ConnectRefusedError, SocketClient
 
 Report = Callable[[str, dict[str, Any]], None]
@@ -222,14 +222,7 @@ class Worker:
             self.ledger.answered(seq, now, "DISCONNECTED")
 
     def _acked(self, seq: int, answer: Any) -> None:
-        now = time.monotonic_ns()
-        if isinstance(answer, dict) and answer.get("ok") is True:
-            fresh = self.ledger.answered(seq, now)
-        else:
-            code = "MALFORMED_ACK"
-            if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
-                code = str(answer["error"].get("code", code))
-            fresh = self.ledger.answered(seq, now, code)
+        fresh = self.ledger.answered(seq, time.monotonic_ns(), ack_error(answer))
         sender = self._seq_sender.pop(seq, None)
         if not fresh or sender is None:
             return
