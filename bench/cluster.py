@@ -1,8 +1,8 @@
 """Processes for bench/history.py and bench/fanout.py: a tuned PostgreSQL, the service, its helpers.
 
-Built on bench/servers.py (spawn, Proc, Redis, wait_until); what differs is a PostgreSQL started
-with benchmark settings (``servers.Postgres`` takes none) and ``Processes``, one owner that stops
-everything it started, in reverse order, however the run ends (error, Ctrl-C or SIGTERM).
+Built on bench/servers.py (spawn, Proc, Postgres, Redis, wait_until); what this adds is the
+benchmark settings for PostgreSQL and ``Processes``, one owner that stops everything it started,
+in reverse order, however the run ends (error, Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from bench import servers
-from bench.servers import PG_USER, REPO, Postgres, Proc, Redis, ServerError
+from bench.servers import REPO, Postgres, Proc, Redis, ServerError
 from messaging.bench import probes
 
 JWT_SECRET = "benchmark-only-secret-0123456789abcdef0123456789"  # noqa: S105 - private servers
@@ -49,48 +49,6 @@ BENCH_PG_SETTINGS: Mapping[str, str] = {
     "max_connections": "300",
     "random_page_cost": "1.1",
 }
-
-
-@dataclass
-class TunedPostgres(Postgres):
-    """``servers.Postgres`` started with ``settings`` (its ``start`` lines, plus ``-c`` options)."""
-
-    settings: Mapping[str, str] = field(default_factory=lambda: dict(BENCH_PG_SETTINGS))
-
-    def start(self) -> None:
-        bin_dir = servers.pg_bin_dir()
-        if bin_dir is None:
-            raise ServerError("PostgreSQL is not installed")
-        data = self.workdir / "pgdata"
-        data.mkdir(parents=True)
-        if os.geteuid() == 0:
-            self.workdir.chmod(0o755)
-            shutil.chown(data, "postgres")
-        subprocess.run(
-            self._as_owner(
-                [str(bin_dir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust",
-                 "-E", "UTF8", "--no-sync"]
-            ),
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-        options: list[str] = []
-        for name, value in {"listen_addresses": "127.0.0.1", **self.settings}.items():
-            options += ["-c", f"{name}={value}"]
-        self.proc = servers.spawn(
-            "postgres",
-            self._as_owner(
-                [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
-                 "-k", str(data), *options]
-            ),
-            self.workdir,
-        )  # fmt: skip
-        servers.wait_until(lambda: servers.port_open(self.port), "PostgreSQL to listen", self.proc)
-        servers.wait_until(
-            lambda: self.psql("postgres", "SELECT 1", check=False) == "1",
-            "PostgreSQL to accept queries",
-            self.proc,
-        )
 
 
 @dataclass
@@ -146,8 +104,8 @@ class Processes:
             with contextlib.suppress(OSError):
                 shutil.copy(log, target / log.name)
 
-    def postgres(self, settings: Mapping[str, str] | None = None) -> TunedPostgres:
-        pg = TunedPostgres(self.workdir / "pg", settings=dict(settings or BENCH_PG_SETTINGS))
+    def postgres(self, settings: Mapping[str, str] | None = None) -> Postgres:
+        pg = Postgres(self.workdir / "pg", settings=dict(settings or BENCH_PG_SETTINGS))
         self._stack.callback(pg.stop)
         pg.start()
         return pg

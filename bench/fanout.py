@@ -52,7 +52,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import cluster
 from bench.fanout_load import Population, SetupError, Step, StepOutcome
-from bench.servers import Redis, ServerError
+from bench.servers import Postgres, Redis, ServerError
 from messaging.bench.accounting import LatencySummary, rate
 
 DESIGNS = {
@@ -232,7 +232,7 @@ async def idle_baseline(deployment: Deployment, seconds: float) -> dict[str, flo
 @dataclass
 class Context:
     procs: cluster.Processes
-    pg: cluster.TunedPostgres
+    pg: Postgres
     redis: Redis
     connections: str
     args: argparse.Namespace
