@@ -109,7 +109,7 @@ def format_exception(exc: BaseException) -> str:
     parts = []
     for index, item in enumerate(reversed(chain)):
         if index:
-            parts.append("\nThe above exception led to the following one:\n\n")
+            parts.append("\n\nThe above exception led to the following one:\n\n")
         parts.append("Traceback (most recent call last):\n")
         parts.extend(traceback.format_tb(item.__traceback__))
         parts.append(describe_error(item))
