@@ -9,12 +9,16 @@ hold it:
   one round trip, on Redis's clock), so that a user spreading requests over replicas gets one
   budget, not one per replica.
 
-The shared bucket is not asked once per request: a process takes a *lease* of a few tokens at a
-time (a quarter of a second's worth) and spends it locally, taking the next lease in the
-background while the current one is half spent. A steady sender costs no Redis round trip on its
-requests' path; a lease unspent after ``LEASE_SECONDS`` is dropped (its tokens are lost, never
-handed out twice). With Redis unreachable the shared bucket is skipped for ``REDIS_RETRY_SECONDS``
-and the local one alone applies.
+The shared bucket is not asked once per request: a process takes a *lease* of tokens at a time
+(a quarter of the burst) and spends it locally, taking the next lease in the background when
+half of it is spent; concurrent requests share one fetch. Only a user's first request on a
+replica (or one after ``LEASE_SECONDS`` of silence) waits for Redis; after that a sender costs a
+background script call per half lease, never a round trip on its requests' path. Leased tokens
+come out of the shared bucket, so they are never handed out twice; what a lease changes is that a
+user idle long enough for the shared bucket to refill may spend it plus the leases replicas still
+hold (at most a quarter of the burst each), and a lease left unspent on a replica the user left
+is lost to the user until it expires. With Redis unreachable the shared bucket is skipped for
+``REDIS_RETRY_SECONDS`` and the local one alone applies.
 
 The bucket arithmetic (``Bucket``) is pure and shared with the script's logic; everything else is
 bookkeeping around it.
@@ -39,8 +43,8 @@ from messaging.errors import RateLimited
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 1.0
-LEASE_FRACTION_OF_A_SECOND = 0.25
+LEASE_SECONDS = 60.0
+LEASE_FRACTION_OF_BURST = 4
 REDIS_TIMEOUT_SECONDS = 0.5
 REDIS_RETRY_SECONDS = 1.0
 MAX_TRACKED_USERS = 200_000
@@ -88,9 +92,8 @@ class Budget:
 
     @property
     def lease(self) -> int:
-        """Tokens taken from the shared bucket at a time: a quarter second's worth, at most a
-        quarter of the burst (so the lease never changes what a user may do at once by much)."""
-        return max(1, min(self.burst // 4, math.ceil(self.per_second * LEASE_FRACTION_OF_A_SECOND)))
+        """Tokens taken from the shared bucket at a time."""
+        return max(1, self.burst // LEASE_FRACTION_OF_BURST)
 
 
 @dataclass(slots=True)
@@ -120,6 +123,7 @@ class _UserState:
     local: Bucket
     leased: int = 0  # tokens of the shared bucket this process holds
     leased_until: float = 0.0
+    blocked_until: float = 0.0  # the shared bucket is empty until then
     waiting: int = 0  # requests waiting for ``fetch``
     # The one request to the shared bucket in flight for this user and limit: concurrent
     # requests wait for it instead of each asking Redis (and each holding back a lease).
@@ -166,6 +170,10 @@ class RateLimiter:
         budget = self.budgets[limit]
         now = self._clock()
         state = self._user_state(user_id, limit, budget, now)
+        if now < state.blocked_until:
+            # The shared bucket said it is empty until then: no need to ask again before.
+            self._refused[limit].inc()
+            raise refused(state.blocked_until - now)
         granted, wait = state.local.take(budget, now)
         if not granted:
             self._refused[limit].inc()
@@ -186,6 +194,7 @@ class RateLimiter:
                 return  # Redis is unreachable: the local bucket has admitted it
             if not shared:
                 state.local.tokens = min(float(budget.burst), state.local.tokens + 1)  # unspent
+                state.blocked_until = self._clock() + wait
                 self._refused[limit].inc()
                 raise refused(wait)
             # A lease arrived: spend from it (other waiters may have emptied it: then ask again).

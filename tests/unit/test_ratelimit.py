@@ -26,9 +26,9 @@ def test_a_bucket_grants_its_burst_then_one_token_per_interval() -> None:
     assert bucket.take(budget, 100.0, want=10)[0] == 3  # never more than the burst
 
 
-def test_a_lease_is_a_quarter_seconds_worth_bounded_by_a_quarter_of_the_burst() -> None:
-    assert Budget(20.0, 100).lease == 5
-    assert Budget(1000.0, 100).lease == 25
+def test_a_lease_is_a_quarter_of_the_burst() -> None:
+    assert Budget(20.0, 100).lease == 25
+    assert Budget(1000.0, 10).lease == 2
     assert Budget(1.0, 3).lease == 1
 
 
