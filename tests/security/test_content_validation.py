@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 import pytest
 
+from messaging.proto.messaging.v1 import messaging_pb2 as pb
+from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from tests.support.service import RunningService, devices, open_conversation, unique
 
 HOSTILE_CONTENT = {
@@ -122,3 +125,19 @@ async def test_hostile_sends_in_flight_do_not_fail_bystanders_sends(
     assert [_refused(r) for r in replies[:8]] == ["VALIDATION_FAILED"] * 8
     failed = [r for r in replies[8:] if not r["ok"]]
     assert failed == []
+
+
+async def test_grpc_create_conversation_refuses_a_participant_id_with_nul(
+    pg_svc: RunningService,
+) -> None:
+    """The same rules hold on gRPC: a NUL would otherwise reach the INSERT."""
+    alice, bob = unique("alice"), unique("bob")
+    pg_svc.connect_users((alice, f"{bob}\x00"))
+    async with grpc.aio.insecure_channel(pg_svc.grpc_target) as channel:
+        stub = pb_grpc.MessagingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateConversation(
+                pb.CreateConversationRequest(participant_id=f"{bob}\x00"),
+                metadata=(("authorization", f"Bearer {pg_svc.token(alice)}"),),
+            )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
