@@ -5,22 +5,28 @@ under its clients and its readiness probe at the same moment. Here SIGTERM start
 drain first (readiness false, new sockets refused, open ones closed gradually, in-flight requests
 answered) and only then lets uvicorn stop. A watchdog ends the process at the shutdown deadline
 whatever happens, so it always exits before Kubernetes' terminationGracePeriodSeconds.
+
+A second, small uvicorn server in the same event loop serves ``/metrics`` (and the probes) on the
+metrics port. It has no signal handling and no lifespan of its own: it starts before the public
+server, keeps answering while the service drains (the operator and Prometheus still read it), and
+stops when the public server has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 
 import uvicorn
 
-from messaging.app import Service, build_service, create_app
+from messaging.app import Service, build_service, create_app, create_metrics_app
 from messaging.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,15 +35,27 @@ log = logging.getLogger(__name__)
 class _DrainingServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM/SIGINT drains before stopping."""
 
-    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+    def __init__(self, config: uvicorn.Config, service: Service, metrics: uvicorn.Config) -> None:
         super().__init__(config)
         self._service = service
+        self._metrics_config = metrics
         self._drain: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)  # type: ignore[arg-type]
+        metrics = _SideServer(self._metrics_config)
+        metrics_task = asyncio.create_task(metrics.serve(), name="metrics-server")
+        while not metrics.started:
+            if metrics_task.done():
+                metrics_task.result()  # uvicorn exits (SystemExit) when the port is taken
+                raise SystemExit(3)
+            await asyncio.sleep(0.01)
+        try:
+            await super().serve(sockets)  # type: ignore[arg-type]
+        finally:
+            metrics.should_exit = True
+            await metrics_task
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain is not None or self._loop is None:
@@ -71,6 +89,14 @@ class _DrainingServer(uvicorn.Server):
         log.warning("shutdown deadline near; forcing exit")
         self.should_exit = True
         self.force_exit = True
+
+
+class _SideServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signals to the public server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _hard_exit() -> None:
@@ -109,4 +135,15 @@ def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | Non
         ws_ping_interval=None,  # Engine.IO runs its own heartbeat
         timeout_graceful_shutdown=2,
     )
-    _DrainingServer(config, service).run()
+    metrics = uvicorn.Config(
+        create_metrics_app(service),
+        host=settings.effective_metrics_host,
+        port=settings.metrics_port,
+        loop=_loop_kind(),
+        http="httptools",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+    _DrainingServer(config, service, metrics).run()

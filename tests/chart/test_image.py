@@ -201,6 +201,7 @@ def test_messaging_serve_answers_healthz_with_the_image_defaults(
         **image.env,
         "MESSAGING_HTTP_PORT": str(http_port),
         "MESSAGING_GRPC_PORT": str(grpc_port),
+        "MESSAGING_METRICS_PORT": str(free_port()),
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
