@@ -12,7 +12,9 @@ import asyncio
 import hashlib
 import hmac
 import json
+import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from tests.security.auth_attacks import (
+    CURSOR_SECRET,
     b64,
     claims,
     deployment,
@@ -212,3 +215,34 @@ async def test_thousands_of_refused_handshakes_leave_no_state_behind(replica: Re
     await device.connect()
     await device.ok("syncMessages", {})
     await device.disconnect()
+
+
+def _page_token(key: bytes, user: str, micros: int) -> str:
+    body = struct.pack(">Bq16s", 1, micros, uuid.uuid4().bytes)
+    mac = hmac.new(key, b"conversations\x00" + user.encode() + b"\x00" + body, hashlib.sha256)
+    return b64(body + mac.digest()[:16])
+
+
+async def test_forged_or_impossible_page_tokens_are_invalid_argument_never_internal(
+    replica: Replica,
+) -> None:
+    """Page tokens used to be signed with the RS256 public key (anyone could mint one), and a
+    far-future position then answered INTERNAL."""
+    user = claims()["sub"]
+    token = rs256(KEY, claims(sub=user))
+    now = int(time.time() * 1e6)
+    forged_with_public_key = _page_token(public_pem(KEY).encode(), user, now)
+    far_future = _page_token(CURSOR_SECRET.encode(), user, 2**62)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.grpc_port}") as channel:
+        call = channel.unary_unary(
+            "/messaging.v1.MessagingService/ListConversations",
+            request_serializer=pb.ListConversationsRequest.SerializeToString,
+            response_deserializer=pb.ListConversationsResponse.FromString,
+        )
+        metadata = (("authorization", f"Bearer {token}"),)
+        genuine = _page_token(CURSOR_SECRET.encode(), user, now)
+        await call(pb.ListConversationsRequest(page_token=genuine), metadata=metadata)
+        for page_token in (forged_with_public_key, far_future):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(pb.ListConversationsRequest(page_token=page_token), metadata=metadata)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
