@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import socket
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 - refused in production
 SUPPORTED_JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
@@ -105,7 +106,7 @@ class Settings(BaseSettings):
     socketio_ping_timeout_seconds: float = Field(20.0, gt=0)
     # Browser origins allowed to call HTTP and Socket.IO (JSON list). Empty: any origin in dev
     # (without credentials), none but the service's own in production.
-    cors_allowed_origins: list[str] = []
+    cors_allowed_origins: Annotated[list[str], NoDecode] = []
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)
@@ -118,6 +119,17 @@ class Settings(BaseSettings):
     def _at_least_one_algorithm(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("at least one JWT algorithm must be configured")
+        return value
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _origins_from_text(cls, value: object) -> object:
+        """A JSON list, or origins separated by commas (what a CRD field or a shell gives)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("cors_allowed_origins")

@@ -140,3 +140,14 @@ def test_the_metrics_port_defaults_to_9090_on_the_http_host() -> None:
 def test_tls_settings_that_cannot_work_are_refused(values: dict[str, str], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         Settings(**cast(Any, values))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['["https://a.example", "http://localhost:3000"]', "https://a.example, http://localhost:3000"],
+)
+def test_cors_origins_are_read_as_a_json_list_or_comma_separated(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESSAGING_CORS_ALLOWED_ORIGINS", text)
+    assert Settings().cors_allowed_origins == ["https://a.example", "http://localhost:3000"]
