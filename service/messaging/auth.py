@@ -94,8 +94,11 @@ class JwksKeys:
     async def key(self, kid: str, alg: str) -> Any:
         now = time.monotonic()
         stale = self._fetched_at is None or now - self._fetched_at > self._cache_seconds
-        if (kid not in self._keys or stale) and now - self._tried_at >= self._min_refresh:
-            await self._refresh_once()
+        if now - self._tried_at >= self._min_refresh:
+            if kid not in self._keys:
+                await self._refresh_once()
+            elif stale:
+                self._start_refresh()  # the key is known: use it, refresh in the background
         found = self._keys.get(kid)
         if found is None:
             if self._fetched_at is None:
@@ -107,10 +110,13 @@ class JwksKeys:
 
     async def _refresh_once(self) -> None:
         """One fetch at a time; concurrent callers wait for the same one."""
+        await asyncio.shield(self._start_refresh())
+
+    def _start_refresh(self) -> asyncio.Task[None]:
         if self._refreshing is None or self._refreshing.done():
             self._tried_at = time.monotonic()
             self._refreshing = asyncio.create_task(self._refresh(), name="jwks-refresh")
-        await asyncio.shield(self._refreshing)
+        return self._refreshing
 
     async def _refresh(self) -> None:
         if self._session is None:
