@@ -9,6 +9,7 @@ number of arguments, a non-object payload or an unknown event all get a ``VALIDA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -121,17 +122,19 @@ class SocketEvents:
                 raise Unauthorized("the connection closed during the handshake")
             user_id = identity.user_id
             await self.server.enter_room(sid, user_room(user_id))
+            first = self._presence.register(user_id, sid)
             self._user_hashes[sid] = user_hash(user_id)
             self._sessions.set(sid, identity.expires_at + self._verifier.leeway_seconds)
-            first = self._presence.register(user_id, sid)
             if first:
                 await self._delivery.watch(user_id)
-            if not self._transport_open(sid):
-                await self._disconnect(sid, "transport close")
+            if not self._transport_open(sid):  # it went while we subscribed: undone below
                 raise Unauthorized("the connection closed during the handshake")
         except Exception as exc:
             # Anything but a refusal escaping here would leave python-socketio's pre-connect
             # state behind for good and the client waiting for an answer that never comes.
+            if self._presence.user_of(sid) is not None:
+                with contextlib.suppress(Exception):
+                    await self._disconnect(sid, "handshake failed")
             error = as_messaging_error(exc)
             metrics.CONNECTS.labels(outcome=error.code).inc()
             if error is not exc:
