@@ -37,7 +37,8 @@ ENV PATH=/opt/messaging/bin:$PATH \
     MESSAGING_GRPC_HOST=0.0.0.0
 WORKDIR /var/lib/messaging
 USER 10001:10001
-# HTTP + Socket.IO + /metrics, and gRPC. (The operator serves its metrics on 8080, liveness on 8081.)
-EXPOSE 8000 50051
+# HTTP + Socket.IO, /metrics (its own port, kept off the public Service), and gRPC.
+# (The operator serves its metrics on 8080, liveness on 8081.)
+EXPOSE 8000 9090 50051
 ENTRYPOINT ["messaging"]
 CMD ["serve"]

@@ -58,6 +58,7 @@ class Service:
     proc: Proc
     http_port: int
     grpc_port: int
+    metrics_port: int
 
     @property
     def name(self) -> str:
@@ -70,6 +71,11 @@ class Service:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where ``messaging serve`` answers /metrics: its own port, not the public one."""
+        return f"http://127.0.0.1:{self.metrics_port}"
 
 
 class Interrupted(Exception):
@@ -143,6 +149,7 @@ class Processes:
     ) -> Service:
         """Start a replica on fresh loopback ports (``messaging serve`` unless ``argv``)."""
         http_port, grpc_port = servers.free_port(), servers.free_port()
+        metrics_port = servers.free_port()
         proc = self.spawn(
             name,
             argv or [*SERVICE, "serve"],
@@ -151,9 +158,10 @@ class Processes:
                 "MESSAGING_REPLICA_ID": name,
                 "MESSAGING_HTTP_PORT": str(http_port),
                 "MESSAGING_GRPC_PORT": str(grpc_port),
+                "MESSAGING_METRICS_PORT": str(metrics_port),
             },
         )
-        service = Service(proc, http_port, grpc_port)
+        service = Service(proc, http_port, grpc_port, metrics_port)
         if wait:
             wait_ready(service)
         return service

@@ -202,7 +202,7 @@ async def measure_step(
     population: Population, deployment: Deployment, step: Step, number: int
 ) -> dict[str, Any]:
     pids = deployment.pids()
-    urls = [s.url for s in [*deployment.active, *deployment.idle]]
+    urls = [s.metrics_url for s in [*deployment.active, *deployment.idle]]
     marks: dict[str, dict[str, float]] = {}
 
     def mark(name: str) -> Callable[[], None]:

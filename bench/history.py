@@ -14,13 +14,13 @@ What it does (issue 3's benchmark; target: p99 under 10 ms for a 50-message page
    Then VACUUM ANALYZE, as autovacuum would do after such a load.
 2. Starts the Connections stand-in and one ``messaging serve``.
 3. Page tokens for a depth are minted with ``messaging.cursor.encode_page_token`` and the key the
-   service uses (``Settings.cursor_key``: the JWT secret when MESSAGING_CURSOR_SECRET is unset),
-   from the (created_at, id) of the message just above that depth. Walking a million messages
-   to reach the deep pages would take minutes; to show the minted tokens are the ones the
-   service hands out, the first pages are walked with page_size 100 and the service's tokens
-   compared byte for byte with the minted ones. Each sample of depth D reads the page below a
-   depth in [D, D+1000) (a different page each time, not one cached page), and every response
-   is checked: 50 messages, the first one the expected id.
+   service uses (``Settings.cursor_key``: derived from the JWT secret when
+   MESSAGING_CURSOR_SECRET is unset), from the (created_at, id) of the message just above that
+   depth. Walking a million messages to reach the deep pages would take minutes; to show the
+   minted tokens are the ones the service hands out, the first pages are walked with page_size
+   100 and the service's tokens compared byte for byte with the minted ones. Each sample of
+   depth D reads the page below a depth in [D, D+1000) (a different page each time, not one
+   cached page), and every response is checked: 50 messages, the first one the expected id.
 4. Measures, per depth: gRPC latency sequentially (one client) and with 8 concurrent clients
    (one channel each), with the service process's CPU per request; the same read done
    in-process through ``store.history_page`` on an engine built like the service's
@@ -675,7 +675,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "depth_spread": DEPTH_SPREAD,
             "postgres_settings": dict(cluster.BENCH_PG_SETTINGS),
             "tokens": "minted with messaging.cursor.encode_page_token and Settings.cursor_key "
-            "(= MESSAGING_JWT_SECRET); checked equal to the service's own tokens",
+            "(derived from MESSAGING_JWT_SECRET); checked equal to the service's own tokens",
         },
         "revision": measured_revision,
         "machine": {

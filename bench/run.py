@@ -173,6 +173,7 @@ def start_project(pg: Postgres, redis: Redis, log_dir: Path) -> System:
                 **base_env,
                 "MESSAGING_HTTP_PORT": str(http_port),
                 "MESSAGING_GRPC_PORT": str(grpc_port),
+                "MESSAGING_METRICS_PORT": str(servers.free_port()),
                 "MESSAGING_REPLICA_ID": f"bench-{i}",
             },
         )

@@ -1,9 +1,11 @@
 """The app factory: builds every part of the service once and wires them together.
 
 ``build_service`` constructs objects (no I/O); ``Service.start``/``Service.stop`` open and close
-connections and background tasks, from the ASGI lifespan. The ASGI app is python-socketio's
-``ASGIApp`` with FastAPI (health, readiness, metrics) mounted behind it, so one port serves
-``/socket.io`` and HTTP.
+connections and background tasks, from the ASGI lifespan. The public ASGI app is python-socketio's
+``ASGIApp`` with FastAPI (health, readiness) mounted behind it, so one port serves ``/socket.io``
+and HTTP. ``/metrics`` is a second, small app for the metrics port, which the public Service does
+not expose (it also answers ``/healthz`` and ``/readyz``, for probes that stay off the public
+port).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import socketio
 from fastapi import FastAPI, Response
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
@@ -32,10 +35,10 @@ from starlette.types import ASGIApp
 from messaging import db, metrics
 from messaging.auth import TokenVerifier
 from messaging.chat import Chat
-from messaging.connections import ConnectionsChecker
+from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
 from messaging.errors import MessagingError
-from messaging.grpc_api import GRPC_METHODS, GrpcServer
+from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
 from messaging.settings import Settings
@@ -67,6 +70,7 @@ class Service:
         self,
         *,
         settings: Settings,
+        verifier: TokenVerifier,
         chat: Chat,
         sockets: SocketEvents,
         presence: Presence,
@@ -76,6 +80,7 @@ class Service:
         redis: Redis | None,
     ) -> None:
         self.settings = settings
+        self.verifier = verifier
         self.chat = chat
         self.sockets = sockets
         self.presence = presence
@@ -96,7 +101,11 @@ class Service:
         if self.settings.migrates_at_startup:
             await asyncio.to_thread(db.migrate, self.settings)
         db.observe_pool(self._engine)
+        await self.verifier.start()
         await self.connections.start()
+        self._spawn(
+            self.sockets.expire_sessions(self.settings.session_sweep_seconds), "session-expiry"
+        )
         if self.redis is not None:
             self._spawn(self.presence.run(), "presence")
             self._spawn(self.delivery.run_publisher(), "backplane-publisher")
@@ -123,6 +132,7 @@ class Service:
         await self.sockets.limiter.close()
         await self.presence.leave()
         await self.connections.close()
+        await self.verifier.close()
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.aclose()
@@ -234,6 +244,15 @@ def build_service(settings: Settings) -> Service:
         timeout_seconds=settings.connections_timeout_seconds,
         cache_ttl_seconds=settings.connections_cache_ttl_seconds,
         cache_size=settings.connections_cache_size,
+        tls=(
+            ClientTls(
+                ca_file=settings.connections_tls_ca_file,
+                cert_file=settings.connections_tls_cert_file,
+                key_file=settings.connections_tls_key_file,
+            )
+            if settings.connections_tls_ca_file is not None
+            else None
+        ),
     )
     chat = Chat(
         engine=engine,
@@ -259,11 +278,23 @@ def build_service(settings: Settings) -> Service:
     )
     grpc = None
     if settings.grpc_enabled:
+        tls = None
+        if settings.grpc_tls_cert_file is not None and settings.grpc_tls_key_file is not None:
+            tls = ServerTls(
+                cert_file=settings.grpc_tls_cert_file,
+                key_file=settings.grpc_tls_key_file,
+                client_ca_file=settings.grpc_tls_client_ca_file,
+            )
         grpc = GrpcServer(
-            chat=chat, verifier=verifier, host=settings.grpc_host, port=settings.grpc_port
+            chat=chat,
+            verifier=verifier,
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            tls=tls,
         )
     return Service(
         settings=settings,
+        verifier=verifier,
         chat=chat,
         sockets=sockets,
         presence=presence,
@@ -280,7 +311,7 @@ def create_app(
     *,
     before_start: Callable[[], Awaitable[None]] | None = None,
 ) -> ASGIApp:
-    """The ASGI app: Socket.IO at /socket.io, and /healthz, /readyz, /metrics."""
+    """The public ASGI app: Socket.IO at /socket.io, and /healthz, /readyz."""
     settings = settings or Settings()
     service = service or build_service(settings)
 
@@ -296,7 +327,34 @@ def create_app(
 
     api = FastAPI(title="messaging", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.state.service = service
+    _add_probes(api, service)
+    if settings.cors_any_origin:
+        # Any origin, but never with credentials: a browser would otherwise send cookies
+        # from every site it visits.
+        api.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False)
+    elif settings.cors_allowed_origins:
+        api.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_allowed_origins, allow_credentials=True
+        )
 
+    app: ASGIApp = socketio.ASGIApp(service.sockets.server, other_asgi_app=api)
+    return app
+
+
+def create_metrics_app(service: Service) -> ASGIApp:
+    """The metrics port's app: /metrics, and the probes again. No lifespan: the public app's
+    lifespan runs the service; this one only reads it."""
+    api = FastAPI(title="messaging-metrics", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_probes(api, service)
+
+    @api.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return api
+
+
+def _add_probes(api: FastAPI, service: Service) -> None:
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         """Alive: the event loop answers. Never checks dependencies (that is /readyz)."""
@@ -309,10 +367,3 @@ def create_app(
         if not state.ready:
             response.status_code = 503
         return {"ready": state.ready, "problems": state.problems}
-
-    @api.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    app: ASGIApp = socketio.ASGIApp(service.sockets.server, other_asgi_app=api)
-    return app

@@ -17,6 +17,8 @@ import logging
 import random
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import grpc
@@ -32,6 +34,22 @@ TTL_JITTER = 0.2
 Source = Literal["cache", "rpc", "error"]
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """The CA that signs the Connections service's certificate, and our own identity for mTLS."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=self.key_file.read_bytes() if self.key_file is not None else None,
+            certificate_chain=self.cert_file.read_bytes() if self.cert_file is not None else None,
+        )
+
+
 class ConnectionsChecker:
     """Asks whether two users are connected; one instance per process, built in the app factory."""
 
@@ -42,8 +60,10 @@ class ConnectionsChecker:
         timeout_seconds: float,
         cache_ttl_seconds: float,
         cache_size: int,
+        tls: ClientTls | None = None,
     ) -> None:
         self._address = address
+        self._tls = tls
         self._timeout = timeout_seconds
         self._ttl = cache_ttl_seconds
         self._size = cache_size
@@ -53,15 +73,18 @@ class ConnectionsChecker:
         self._stub: connections_pb2_grpc.ConnectionsServiceAsyncStub | None = None
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            self._address,
-            options=[
-                ("grpc.keepalive_time_ms", 30_000),
-                # Fail fast while the service is down instead of queueing calls behind backoff.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2_000),
-            ],
-        )
+        options = [
+            ("grpc.keepalive_time_ms", 30_000),
+            # Fail fast while the service is down instead of queueing calls behind backoff.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2_000),
+        ]
+        if self._tls is None:
+            self._channel = grpc.aio.insecure_channel(self._address, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                self._address, self._tls.credentials(), options=options
+            )
         self._stub = connections_pb2_grpc.ConnectionsServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -23,6 +23,10 @@ _VERSION = 1
 _BODY = struct.Struct(">Bq16s")  # version, microseconds since the epoch, row id
 _MAC_BYTES = 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Positions a real row can have: a token that decodes to anything else was not minted here (or
+# was minted with a leaked key) and must not reach the database as an out-of-range timestamp.
+_EARLIEST = _EPOCH
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def _mac(key: bytes, kind: str, scope: str, body: bytes) -> bytes:
@@ -53,4 +57,10 @@ def decode_page_token(
     version, micros, id_bytes = _BODY.unpack(body)
     if version != _VERSION:
         raise ValidationFailed("invalid page token")
-    return _EPOCH + timedelta(microseconds=micros), uuid.UUID(bytes=id_bytes)
+    try:
+        at = _EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        raise ValidationFailed("invalid page token") from None
+    if not _EARLIEST <= at < _LATEST:
+        raise ValidationFailed("invalid page token")
+    return at, uuid.UUID(bytes=id_bytes)

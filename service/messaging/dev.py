@@ -42,7 +42,8 @@ def run_dev(*, port: int) -> int:
 
     url = f"http://{settings.http_host}:{settings.http_port}"
     grpc_at = f"{settings.grpc_host}:{settings.grpc_port}"
-    print(f"messaging dev: Socket.IO and HTTP on {url}, gRPC on {grpc_at}")
+    metrics_at = f"http://{settings.effective_metrics_host}:{settings.metrics_port}/metrics"
+    print(f"messaging dev: Socket.IO and HTTP on {url}, gRPC on {grpc_at}, metrics {metrics_at}")
     print(f"demo connections: {', '.join(f'{a}-{b}' for a, b in DEMO_PAIRS)}")
     for user in DEMO_USERS:
         print(f"  token for {user}: {mint_token(settings, user)}")

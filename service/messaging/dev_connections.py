@@ -86,11 +86,18 @@ class _Servicer(connections_pb2_grpc.ConnectionsServiceServicer):
 
 
 async def start_connections_server(
-    graph: ConnectionGraph, *, host: str = "127.0.0.1", port: int = 0
+    graph: ConnectionGraph,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving ``graph``; returns the server and the port it bound."""
+    """Start serving ``graph`` (over TLS with ``credentials``); returns the server and its port."""
     server = grpc.aio.server()
     connections_pb2_grpc.add_ConnectionsServiceServicer_to_server(_Servicer(graph), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     await server.start()
     return server, bound

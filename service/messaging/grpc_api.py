@@ -13,9 +13,12 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -68,17 +71,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not method.startswith(_AUTHENTICATED_PREFIX):
             return handler  # health and reflection are open, as load balancers expect
         assert handler.unary_unary is not None, "every MessagingService method is unary"
+        # The request arrives as bytes and is parsed inside the wrapper: grpc's own
+        # deserialization failure would answer INTERNAL with a traceback in the log, where a
+        # corrupt request is the caller's INVALID_ARGUMENT.
         return grpc.unary_unary_rpc_method_handler(
             self._wrap(
                 method.removeprefix(_AUTHENTICATED_PREFIX),
                 cast(Behavior, handler.unary_unary),
+                cast(Callable[[bytes], Any], handler.request_deserializer),
             ),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, name: str, behavior: Behavior) -> Behavior:
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    def _wrap(self, name: str, behavior: Behavior, deserialize: Callable[[bytes], Any]) -> Behavior:
+        async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             metadata = dict(context.invocation_metadata() or ())
@@ -88,8 +95,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 with log_context(request_id=request_id, method=name):
                     header = metadata.get("authorization")
                     token = bearer_token(header if isinstance(header, str) else None)
-                    user = self._verifier.verify(token)
+                    user = (await self._verifier.verify(token)).user_id
                     _CALLER.set(user)
+                    try:
+                        request = deserialize(raw)
+                    except DecodeError:
+                        raise ValidationFailed("the request is not a valid protobuf") from None
                     with log_context(user=user_hash(user)):
                         return await behavior(request, context)
             except MessagingError as exc:
@@ -189,6 +200,28 @@ def conversation_pb(conversation: ConversationRecord) -> pb.Conversation:
     )
 
 
+class PortInUse(RuntimeError):
+    """The gRPC port is taken: a start-up error, not a second server sharing it."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files for the server's identity, and the CA of accepted clients for mutual TLS."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            root_certificates=(
+                self.client_ca_file.read_bytes() if self.client_ca_file is not None else None
+            ),
+            require_client_auth=self.client_ca_file is not None,
+        )
+
+
 class GrpcServer:
     """The aio server with the messaging, health and reflection services.
 
@@ -196,24 +229,48 @@ class GrpcServer:
     to the event loop that creates it, which must be the one uvicorn runs.
     """
 
-    def __init__(self, *, chat: Chat, verifier: TokenVerifier, host: str, port: int) -> None:
+    def __init__(
+        self,
+        *,
+        chat: Chat,
+        verifier: TokenVerifier,
+        host: str,
+        port: int,
+        tls: ServerTls | None = None,
+    ) -> None:
         self._chat = chat
         self._verifier = verifier
         self._address = f"{host}:{port}"
         self.port = port
+        self._tls = tls
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._serving: bool | None = None
 
     async def start(self) -> None:
-        server = grpc.aio.server(interceptors=[CallInterceptor(self._verifier)])
+        # grpc turns SO_REUSEPORT on by default: a second process on the same port would start
+        # without a word and the kernel would split clients between the two.
+        server = grpc.aio.server(
+            interceptors=[CallInterceptor(self._verifier)], options=[("grpc.so_reuseport", 0)]
+        )
         self._health = health.aio.HealthServicer()
         pb_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(self._chat), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(self._address)
+        try:
+            if self._tls is None:
+                self.port = server.add_insecure_port(self._address)
+            else:
+                self.port = server.add_secure_port(self._address, self._tls.credentials())
+        except RuntimeError as exc:
+            raise PortInUse(
+                f"cannot listen for gRPC on {self._address}: {exc} (is another process "
+                "using the port? set MESSAGING_GRPC_PORT)"
+            ) from exc
+        if self.port == 0:  # older grpc versions answer 0 instead of raising
+            raise PortInUse(f"cannot listen for gRPC on {self._address}: the port is in use")
         await server.start()
         self._server = server
 

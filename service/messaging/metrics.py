@@ -53,6 +53,10 @@ CONNECTS = Counter(
     "Socket.IO handshakes by outcome (accepted, or the refusal's error code).",
     ["outcome"],
 )
+SESSIONS_EXPIRED = Counter(
+    "messaging_sessions_expired_total",
+    "Sockets disconnected because their token expired without a reauthenticate.",
+)
 GRPC_REQUESTS = Counter(
     "messaging_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
 )

@@ -5,22 +5,30 @@ under its clients and its readiness probe at the same moment. Here SIGTERM start
 drain first (readiness false, new sockets refused, open ones closed gradually, in-flight requests
 answered) and only then lets uvicorn stop. A watchdog ends the process at the shutdown deadline
 whatever happens, so it always exits before Kubernetes' terminationGracePeriodSeconds.
+
+A second, small uvicorn server in the same event loop serves ``/metrics`` (and the probes) on the
+metrics port. It has no signal handling and no lifespan of its own: its port is bound before
+anything starts (a taken port is a start-up error), it serves once the public server is up, keeps
+answering while the service drains (the operator and Prometheus still read it), and stops when
+the public server has stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 
 import uvicorn
 
-from messaging.app import Service, build_service, create_app
+from messaging.app import Service, build_service, create_app, create_metrics_app
 from messaging.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,15 +37,42 @@ log = logging.getLogger(__name__)
 class _DrainingServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM/SIGINT drains before stopping."""
 
-    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        service: Service,
+        metrics: uvicorn.Config,
+        metrics_socket: socket.socket,
+    ) -> None:
         super().__init__(config)
         self._service = service
+        self._metrics = _SideServer(metrics)
+        self._metrics_socket = metrics_socket
+        self._metrics_task: asyncio.Task[None] | None = None
         self._drain: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)  # type: ignore[arg-type]
+        try:
+            await super().serve(sockets)  # type: ignore[arg-type]
+        finally:
+            if self._metrics_task is not None:
+                self._metrics.should_exit = True
+                await self._metrics_task
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit:
+            return
+        # After the public server, so "Uvicorn running on" first names the public port; the
+        # metrics socket was bound before anything started, so this cannot fail on the port.
+        self._metrics_task = asyncio.create_task(
+            self._metrics.serve(sockets=[self._metrics_socket]), name="metrics-server"
+        )
+        # uvicorn only exposes a flag for "started".
+        while not self._metrics.started and not self._metrics_task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain is not None or self._loop is None:
@@ -73,6 +108,14 @@ class _DrainingServer(uvicorn.Server):
         self.force_exit = True
 
 
+class _SideServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signals to the public server."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def _hard_exit() -> None:
     logging.getLogger(__name__).error("shutdown deadline reached; exiting")
     logging.shutdown()
@@ -87,7 +130,27 @@ def _loop_kind() -> str:
     return "uvloop"
 
 
+def bind_metrics_socket(settings: Settings) -> socket.socket:
+    """The metrics port, bound before anything starts: a taken port stops start-up right away."""
+    host, port = settings.effective_metrics_host, settings.metrics_port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only, not sharing
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"cannot listen for metrics on {host}:{port}: {exc.strerror or exc} "
+            "(address already in use? set MESSAGING_METRICS_PORT)"
+        ) from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | None = None) -> None:
+    metrics_socket = bind_metrics_socket(settings)
     service = build_service(settings)
     config = uvicorn.Config(
         create_app(settings, service, before_start=before_start),
@@ -109,4 +172,15 @@ def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | Non
         ws_ping_interval=None,  # Engine.IO runs its own heartbeat
         timeout_graceful_shutdown=2,
     )
-    _DrainingServer(config, service).run()
+    metrics = uvicorn.Config(
+        create_metrics_app(service),
+        host=settings.effective_metrics_host,
+        port=settings.metrics_port,
+        loop=_loop_kind(),
+        http="httptools",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+    _DrainingServer(config, service, metrics, metrics_socket).run()

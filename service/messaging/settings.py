@@ -7,18 +7,30 @@ fails at start-up with a message instead of serving with a guessable secret.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
+import secrets
 import socket
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 - refused in production
 SUPPORTED_JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 MIN_HS256_SECRET_BYTES = 32
+_TLS_FILES = (
+    "grpc_tls_cert_file",
+    "grpc_tls_key_file",
+    "grpc_tls_client_ca_file",
+    "connections_tls_ca_file",
+    "connections_tls_cert_file",
+    "connections_tls_key_file",
+)
 
 
 def _default_replica_id() -> str:
@@ -34,9 +46,17 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
+    # /metrics (and /healthz, /readyz again) on a port of its own that the public Service does
+    # not expose; empty host means the HTTP host.
+    metrics_host: str = ""
+    metrics_port: int = Field(9090, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
     grpc_enabled: bool = True
+    # TLS for the gRPC server (both files, PEM); a client CA on top turns on mutual TLS.
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    grpc_tls_client_ca_file: Path | None = None
     replica_id: str = Field(default_factory=_default_replica_id, min_length=1, max_length=128)
 
     database_url: str = "sqlite+aiosqlite:///./messaging.db"
@@ -58,6 +78,13 @@ class Settings(BaseSettings):
     jwt_issuer: str = ""
     jwt_audience: str = ""
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=600)
+    # RS256/ES256 keys from the identity provider's JWKS document instead of one public key.
+    jwt_jwks_url: str = ""
+    jwt_jwks_cache_seconds: float = Field(300.0, gt=0, le=86_400)
+    jwt_jwks_min_refresh_seconds: float = Field(30.0, ge=0, le=3600)
+    jwt_jwks_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    # How often expired sessions are looked for (one sweep per replica, not a timer per socket).
+    session_sweep_seconds: float = Field(1.0, gt=0, le=60)
 
     # Signs page tokens so a client cannot forge a cursor; shared by every replica.
     cursor_secret: SecretStr = SecretStr("")
@@ -66,6 +93,10 @@ class Settings(BaseSettings):
     connections_timeout_seconds: float = Field(0.5, gt=0, le=30)
     connections_cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
     connections_cache_size: int = Field(100_000, ge=0)
+    # TLS to the Connections service: a CA file turns it on; a cert and key add a client identity.
+    connections_tls_ca_file: Path | None = None
+    connections_tls_cert_file: Path | None = None
+    connections_tls_key_file: Path | None = None
 
     # A frame beyond this closes the connection at the transport (as in every Socket.IO server);
     # anything smaller is parsed and, if it breaks a rule, answered with VALIDATION_FAILED.
@@ -73,7 +104,9 @@ class Settings(BaseSettings):
     socketio_transports: list[Literal["websocket", "polling"]] = ["polling", "websocket"]
     socketio_ping_interval_seconds: float = Field(25.0, gt=0)
     socketio_ping_timeout_seconds: float = Field(20.0, gt=0)
-    cors_allowed_origins: list[str] = ["*"]
+    # Browser origins allowed to call HTTP and Socket.IO (JSON list). Empty: any origin in dev
+    # (without credentials), none but the service's own in production.
+    cors_allowed_origins: Annotated[list[str], NoDecode] = []
 
     # Per-user limits of what one user may ask of the cluster (see docs/security.md). Each event
     # class is a token bucket: ``*_per_second`` sustained, ``*_burst`` at once. Shared by every
@@ -113,6 +146,40 @@ class Settings(BaseSettings):
             raise ValueError("at least one JWT algorithm must be configured")
         return value
 
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _origins_from_text(cls, value: object) -> object:
+        """A JSON list, or origins separated by commas (what a CRD field or a shell gives)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin == "*":
+                raise ValueError(
+                    "cors_allowed_origins lists origins; '*' is not one (an empty list already "
+                    "allows any origin in dev mode)"
+                )
+            scheme, sep, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+                raise ValueError(
+                    f"cors origin {origin!r} must look like https://host[:port] (no path)"
+                )
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("jwt_jwks_url must be an http:// or https:// URL")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -146,14 +213,53 @@ class Settings(BaseSettings):
                     f"MESSAGING_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes "
                     "for HS256"
                 )
-        if uses_pk and not self.public_key:
+        if uses_pk and not self.public_key and not self.jwt_jwks_url:
             raise ValueError(
-                "RS256/ES256 need MESSAGING_JWT_PUBLIC_KEY or MESSAGING_JWT_PUBLIC_KEY_FILE"
+                "RS256/ES256 need MESSAGING_JWT_PUBLIC_KEY, MESSAGING_JWT_PUBLIC_KEY_FILE or "
+                "MESSAGING_JWT_JWKS_URL"
+            )
+        cursor_secret = self.cursor_secret.get_secret_value()
+        if cursor_secret and len(cursor_secret.encode()) < MIN_HS256_SECRET_BYTES:
+            raise ValueError(
+                f"MESSAGING_CURSOR_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes"
+            )
+        if self.mode == "production" and not cursor_secret and not uses_hs:
+            # With only public keys configured there is no shared secret to sign page tokens
+            # with (the public key would make them forgeable), and a random one per replica
+            # would break paging across replicas.
+            raise ValueError(
+                "MESSAGING_CURSOR_SECRET must be set in production mode when no HS256 secret is "
+                "configured (it signs page tokens; every replica needs the same one)"
             )
         if self.mode == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("production mode needs a PostgreSQL MESSAGING_DATABASE_URL")
+        if self.metrics_port == self.http_port != 0:
+            raise ValueError("MESSAGING_METRICS_PORT must differ from MESSAGING_HTTP_PORT")
         if self.shutdown_deadline_seconds <= self.drain_window_seconds:
             raise ValueError("shutdown_deadline_seconds must exceed drain_window_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _consistent_tls(self) -> Self:
+        if (self.grpc_tls_cert_file is None) != (self.grpc_tls_key_file is None):
+            raise ValueError(
+                "MESSAGING_GRPC_TLS_CERT_FILE and MESSAGING_GRPC_TLS_KEY_FILE go together"
+            )
+        if self.grpc_tls_client_ca_file is not None and self.grpc_tls_cert_file is None:
+            raise ValueError("MESSAGING_GRPC_TLS_CLIENT_CA_FILE needs the server certificate too")
+        if (self.connections_tls_cert_file is None) != (self.connections_tls_key_file is None):
+            raise ValueError(
+                "MESSAGING_CONNECTIONS_TLS_CERT_FILE and MESSAGING_CONNECTIONS_TLS_KEY_FILE "
+                "go together"
+            )
+        if self.connections_tls_cert_file is not None and self.connections_tls_ca_file is None:
+            raise ValueError(
+                "a Connections client certificate needs MESSAGING_CONNECTIONS_TLS_CA_FILE"
+            )
+        for name in _TLS_FILES:
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"MESSAGING_{name.upper()} {str(path)!r} is not a readable file")
         return self
 
     @cached_property
@@ -194,10 +300,25 @@ class Settings(BaseSettings):
         return "console" if self.mode == "dev" else "json"
 
     @property
+    def effective_metrics_host(self) -> str:
+        return self.metrics_host or self.http_host
+
+    @property
+    def cors_any_origin(self) -> bool:
+        """Dev mode with no list: any browser origin (never with credentials)."""
+        return self.mode == "dev" and not self.cors_allowed_origins
+
+    @cached_property
     def cursor_key(self) -> bytes:
-        """Key for page-token signatures: the dedicated secret, else one every replica shares."""
+        """Key for page-token signatures, never one a client can know.
+
+        The dedicated secret when set; else a key derived from the HS256 secret (every replica
+        has it; derived, so a page token never signs with the JWT key itself); else, in dev mode
+        only (production refuses to start), a random key of this process.
+        """
         if secret := self.cursor_secret.get_secret_value():
             return secret.encode()
-        if "HS256" in self.jwt_algorithms:
-            return self.jwt_secret.get_secret_value().encode()
-        return self.public_key.encode()
+        jwt_secret = self.jwt_secret.get_secret_value()
+        if "HS256" in self.jwt_algorithms and jwt_secret != DEV_JWT_SECRET:
+            return hmac.new(jwt_secret.encode(), b"messaging page tokens", hashlib.sha256).digest()
+        return secrets.token_bytes(32)

@@ -9,10 +9,12 @@ number of arguments, a non-object payload or an unknown event all get a ``VALIDA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -24,7 +26,6 @@ from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.delivery import Delivery, user_room
 from messaging.errors import (
-    MessagingError,
     RateLimited,
     Unauthorized,
     Unavailable,
@@ -47,6 +48,7 @@ from messaging.payloads import (
 )
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
+from messaging.sessions import SessionClock
 from messaging.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, str, Any], Awaitable[Any]]
 EventHandler = Callable[..., Awaitable[Any]]
 NAMESPACE = "/"
+# After ``sessionExpired`` and the disconnect packet, official clients close the connection
+# themselves; one that does not is closed by the server this much later.
+EXPIRED_CLOSE_GRACE_SECONDS = 5.0
 
 # The per-user limit (``ratelimit``) each event spends from.
 EVENT_LIMITS = {
@@ -114,6 +119,8 @@ class SocketEvents:
         self.server = server
         self.accepting = True
         self._user_hashes: dict[str, str] = {}  # sid -> hashed user id, for log lines
+        self._sessions = SessionClock()
+        self._closing: set[asyncio.Task[None]] = set()
         handlers: dict[str, Handler] = {
             "createConversation": self._create_conversation,
             "sendMessage": self._send_message,
@@ -122,6 +129,7 @@ class SocketEvents:
             "typing": self._typing,
             "getPresence": self._get_presence,
             "syncMessages": self._sync_messages,
+            "reauthenticate": self._reauthenticate,
         }
         self.events = list(handlers)
         for event, handler in handlers.items():
@@ -139,35 +147,61 @@ class SocketEvents:
             token = auth.get("token") if isinstance(auth, dict) else None
             if token is None:
                 token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
-            user_id = self._verifier.verify(token)
+            identity = await self._verifier.verify(token)
+            user_id = identity.user_id
             if await self._presence.count_sockets(user_id) >= self._max_sockets_per_user:
                 raise RateLimited(
                     f"at most {self._max_sockets_per_user} sockets per user; close one first"
                 )
-        except MessagingError as exc:
-            metrics.CONNECTS.labels(outcome=exc.code).inc()
-            log.info("handshake refused: %s", exc.message, extra={"sid": sid, "code": exc.code})
+            if not self._transport_open(sid):
+                raise Unauthorized("the connection closed during the handshake")
+            first = self._presence.register(user_id, sid)
+            self._user_hashes[sid] = user_hash(user_id)
+            self._sessions.set(sid, identity.expires_at + self._verifier.leeway_seconds)
+            if first:
+                await self._delivery.watch(user_id)
+            if not self._transport_open(sid):  # it went while we subscribed: undone below
+                raise Unauthorized("the connection closed during the handshake")
+            # Last, with no await after it: the CONNECT packet is written before any event can
+            # be, and the socket's events start right after the position ``watch`` read.
+            await self.server.enter_room(sid, user_room(user_id))
+        except Exception as exc:
+            # Anything but a refusal escaping here would leave python-socketio's pre-connect
+            # state behind for good and the client waiting for an answer that never comes.
+            if self._presence.user_of(sid) is not None:
+                with contextlib.suppress(Exception):
+                    await self._disconnect(sid, "handshake failed")
+            error = as_messaging_error(exc)
+            metrics.CONNECTS.labels(outcome=error.code).inc()
+            if error is not exc:
+                log.exception("handshake failed", extra={"sid": sid})
+            else:
+                log.info(
+                    "handshake refused: %s", error.message, extra={"sid": sid, "code": error.code}
+                )
             raise socketio.exceptions.ConnectionRefusedError(
-                exc.message, {"code": exc.code, "message": exc.message}
+                error.message, {"code": error.code, "message": error.message}
             ) from None
-        await self.server.enter_room(sid, user_room(user_id))
-        self._user_hashes[sid] = user_hash(user_id)
-        first = self._presence.register(user_id, sid)
-        if first:
-            await self._delivery.watch(user_id)
         metrics.CONNECTS.labels(outcome="accepted").inc()
         log.info("socket connected", extra={"sid": sid, "user": user_hash(user_id)})
 
+    def _transport_open(self, sid: str) -> bool:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        return eio_sid is not None and eio_sid in self.server.eio.sockets
+
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        self._sessions.forget(sid)
         user_id, last = self._presence.unregister(sid)
         self._user_hashes.pop(sid, None)
-        if user_id is not None and last:
+        if user_id is None:
+            return  # a handshake that never completed
+        if last:
             await self._delivery.unwatch(user_id)
         log.info(
             "socket disconnected",
             extra={
                 "sid": sid,
-                "user": user_hash(user_id) if user_id else None,
+                "user": user_hash(user_id),
                 "reason": str(reason),
             },
         )
@@ -289,6 +323,49 @@ class SocketEvents:
         )
         return {"messages": [message_json(m) for m in messages], "hasMore": has_more}
 
+    async def _reauthenticate(self, user_id: str, sid: str, payload: Any) -> Any:
+        if not isinstance(payload, dict):
+            raise ValidationFailed("reauthenticate takes {token}")
+        identity = await self._verifier.verify(payload.get("token"))
+        if identity.user_id != user_id:
+            raise Unauthorized("the token is for another user than this socket's")
+        if self._sessions.deadline(sid) is None:
+            raise Unauthorized("the session has already ended")
+        self._sessions.set(sid, identity.expires_at + self._verifier.leeway_seconds)
+        return {"expiresAt": iso(datetime.fromtimestamp(identity.expires_at, UTC))}
+
+    # --- session expiry ------------------------------------------------------------------------
+
+    async def expire_sessions(self, interval_seconds: float) -> None:
+        """The replica's one sweep: end every session whose token (plus leeway) has expired."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            for sid in self._sessions.due(time.time()):
+                try:
+                    await self._expire(sid)
+                except Exception:
+                    log.exception("ending an expired session failed", extra={"sid": sid})
+
+    async def _expire(self, sid: str) -> None:
+        """``sessionExpired``, then a Socket.IO disconnect packet: official clients do not
+        reconnect after a disconnect the server asked for, so a stale token is not replayed."""
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None:
+            return
+        metrics.SESSIONS_EXPIRED.inc()
+        log.info("session expired", extra={"sid": sid, "user": self._user_hashes.get(sid)})
+        await self.server.emit("sessionExpired", {}, to=sid)
+        await self.server.disconnect(sid)
+        asyncio.get_running_loop().call_later(
+            EXPIRED_CLOSE_GRACE_SECONDS, self._close_if_open, eio_sid
+        )
+
+    def _close_if_open(self, eio_sid: str) -> None:
+        if eio_sid in self.server.eio.sockets:
+            task = asyncio.get_running_loop().create_task(self.server.eio.disconnect(eio_sid))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     # --- draining ------------------------------------------------------------------------------
 
     def connected_sids(self) -> list[str]:
@@ -333,6 +410,18 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        # python-socketio only cleans up namespaces the socket had fully connected to: one whose
+        # connect handler failed, or was still running when the connection went, would stay in
+        # the manager for good (one entry per refused attempt, which is how 13k hostile
+        # handshakes used to cost 100 MB).
+        for namespace in list(self.manager.get_namespaces()):
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None:
+                await self._trigger_event("disconnect", namespace, sid, reason)
+                await self.manager.disconnect(sid, namespace, ignore_queue=True)
 
     async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
         if (
@@ -422,9 +511,16 @@ def _decode_event(data: str) -> tuple[int | None, str, list[Any]] | None:
 
 
 def build_socket_server(settings: Settings) -> SocketServer:
+    # Engine.IO checks the Origin of polling requests and websocket handshakes (clients that send
+    # no Origin, native apps and servers, are not browsers and pass). '*' lets any origin in (dev
+    # with no list; never with credentials); None means only the service's own origin.
+    origins: str | list[str] | None = settings.cors_allowed_origins or None
+    if settings.cors_any_origin:
+        origins = "*"
     return SocketServer(
         async_mode="asgi",
-        cors_allowed_origins=settings.cors_allowed_origins,
+        cors_allowed_origins=origins,
+        cors_credentials=not settings.cors_any_origin,
         transports=list(settings.socketio_transports),
         ping_interval=settings.socketio_ping_interval_seconds,
         ping_timeout=settings.socketio_ping_timeout_seconds,

@@ -137,7 +137,7 @@ def test_the_final_stage_runs_messaging_as_a_numeric_non_root_user() -> None:
     assert not gid or gid.isdigit()
     assert final.exec_form("ENTRYPOINT") == ["messaging"]
     assert final.exec_form("CMD") == ["serve"]
-    assert set(" ".join(final.all("EXPOSE")).split()) == {"8000", "50051"}
+    assert set(" ".join(final.all("EXPOSE")).split()) == {"8000", "9090", "50051"}
     copies = final.all("COPY")
     assert copies == [f"--from=builder {VENV_IN_IMAGE} {VENV_IN_IMAGE}"], "only the venv"
     installs = [r for r in final.all("RUN") if "apt-get" in r or "pip " in r]
@@ -201,6 +201,7 @@ def test_messaging_serve_answers_healthz_with_the_image_defaults(
         **image.env,
         "MESSAGING_HTTP_PORT": str(http_port),
         "MESSAGING_GRPC_PORT": str(grpc_port),
+        "MESSAGING_METRICS_PORT": str(free_port()),
     }
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:

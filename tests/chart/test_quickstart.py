@@ -176,6 +176,7 @@ def quickstart_service(tmp_path: Path) -> Iterator[tuple[str, str]]:
         "MESSAGING_CONNECTIONS_ADDRESS": f"127.0.0.1:{connections_port}",
         "MESSAGING_HTTP_PORT": str(http_port),
         "MESSAGING_GRPC_PORT": str(grpc_port),
+        "MESSAGING_METRICS_PORT": str(free_port()),
     }
     log = (tmp_path / "processes.log").open("wb")
     processes = [

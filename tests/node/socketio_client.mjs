@@ -3,6 +3,8 @@
 //   node socketio_client.mjs roundtrip <url> <transport> <aliceToken> <bobToken> <bobId>
 //   node socketio_client.mjs refused <url> <transport> <token>
 //   node socketio_client.mjs hold <url> <count> <token>...   (until stdin closes; reports reconnects)
+//   node socketio_client.mjs expire <url> <transport> <token> <watchMs>
+//     (reconnection on; waits for the session to end, then watches watchMs for reconnects)
 import { io } from "socket.io-client";
 
 const [scenario, url, ...args] = process.argv.slice(2);
@@ -84,7 +86,29 @@ async function hold([count, ...tokens]) {
   return result;
 }
 
-const scenarios = { roundtrip, refused, hold };
+async function expire([transport, token, watchMs]) {
+  const socket = connect(token, [transport], { reconnection: true, reconnectionDelay: 100, reconnectionDelayMax: 200 });
+  const seen = { connects: 0, sessionExpired: [], disconnects: [], order: [] };
+  socket.on("connect", () => {
+    seen.connects += 1;
+    seen.order.push("connect");
+  });
+  socket.on("sessionExpired", (data) => {
+    seen.sessionExpired.push(data);
+    seen.order.push("sessionExpired");
+  });
+  socket.on("disconnect", (reason) => {
+    seen.disconnects.push(reason);
+    seen.order.push("disconnect");
+  });
+  await once(socket, "disconnect", 30000);
+  await new Promise((resolve) => setTimeout(resolve, Number(watchMs)));
+  const result = { ...seen, connectedAtEnd: socket.connected, active: socket.active };
+  socket.close();
+  return result;
+}
+
+const scenarios = { roundtrip, refused, hold, expire };
 try {
   print(await scenarios[scenario](args));
   process.exit(0);

@@ -143,7 +143,7 @@ async def test_grpc_requests_are_counted_by_method_and_code(cluster: Cluster) ->
 
 async def _exported(replica: Replica) -> set[str]:
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{replica.url}/metrics")).text
+        text = (await http.get(f"{replica.metrics_url}/metrics")).text
     return {
         line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"
     }
@@ -199,7 +199,7 @@ async def test_the_alert_rules_are_valid_and_use_only_exported_metrics(cluster: 
 async def test_metric_names_follow_prometheus_conventions(cluster: Cluster) -> None:
     [replica] = await cluster.start(1)
     async with httpx.AsyncClient() as http:
-        text = (await http.get(f"{replica.url}/metrics")).text
+        text = (await http.get(f"{replica.metrics_url}/metrics")).text
     linted = await asyncio.to_thread(
         subprocess.run,
         ["promtool", "check", "metrics"],

@@ -20,6 +20,7 @@ async def test_messaging_dev_serves_demo_users_on_sqlite_with_printed_tokens(
     env.update(
         {
             "MESSAGING_GRPC_PORT": str(grpc_port),
+            "MESSAGING_METRICS_PORT": str(free_port()),
             "MESSAGING_CONNECTIONS_ADDRESS": f"127.0.0.1:{connections_port}",
         }
     )

@@ -41,12 +41,18 @@ class Replica:
     log_path: Path
     http_port: int
     grpc_port: int
+    metrics_port: int
     process: subprocess.Popen[bytes] | None = None
     _log: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics port: /metrics lives only here (and the probes again)."""
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self) -> None:
         self._log = self.log_path.open("ab")
@@ -79,7 +85,7 @@ class Replica:
     async def metrics(self) -> dict[str, float]:
         """Every sample of /metrics, keyed like ``name{label="v"}`` (labels sorted)."""
         async with httpx.AsyncClient(timeout=2.0) as http:
-            text = (await http.get(f"{self.url}/metrics")).text
+            text = (await http.get(f"{self.metrics_url}/metrics")).text
         samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -139,7 +145,7 @@ class Cluster:
 
     def add(self, **settings: str) -> Replica:
         name = f"replica-{len(self.replicas)}-{uuid.uuid4().hex[:4]}"
-        http_port, grpc_port = free_port(), free_port()
+        http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         env = dict(os.environ)
         env.update(
             {
@@ -147,6 +153,7 @@ class Cluster:
                 "MESSAGING_REPLICA_ID": name,
                 "MESSAGING_HTTP_PORT": str(http_port),
                 "MESSAGING_GRPC_PORT": str(grpc_port),
+                "MESSAGING_METRICS_PORT": str(metrics_port),
                 "MESSAGING_DATABASE_URL": self.database_url,
                 "MESSAGING_JWT_SECRET": JWT_SECRET,
                 "MESSAGING_CONNECTIONS_ADDRESS": self.connections_address,
@@ -162,7 +169,9 @@ class Cluster:
         if self.redis is not None:
             env["MESSAGING_REDIS_URL"] = self.redis.url
         env.update({f"MESSAGING_{k.upper()}": v for k, v in settings.items()})
-        replica = Replica(name, env, self.workdir / f"{name}.log", http_port, grpc_port)
+        replica = Replica(
+            name, env, self.workdir / f"{name}.log", http_port, grpc_port, metrics_port
+        )
         self.replicas.append(replica)
         return replica
 

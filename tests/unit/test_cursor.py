@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import struct
 import uuid
 from datetime import UTC, datetime
 
@@ -65,3 +68,14 @@ def test_a_token_only_works_where_it_was_minted(kind: str, scope: str, key: byte
 def test_garbage_is_refused_not_crashed_on(garbage: str) -> None:
     with pytest.raises(ValidationFailed):
         decode_page_token(KEY, garbage, kind="history", scope="c1")
+
+
+@pytest.mark.parametrize("micros", [2**63 - 1, -(2**63), 10**18, -1])
+def test_a_validly_signed_token_with_an_impossible_position_is_refused(micros: int) -> None:
+    """Even with the key (leaked, or the public key of old), a position no row can have is a
+    VALIDATION_FAILED, never an overflow deeper down (it used to be INTERNAL)."""
+    body = struct.pack(">Bq16s", 1, micros, uuid.uuid4().bytes)
+    mac = hmac.new(KEY, b"history\x00c1\x00" + body, hashlib.sha256).digest()[:16]
+    forged = base64.urlsafe_b64encode(body + mac).rstrip(b"=").decode()
+    with pytest.raises(ValidationFailed, match="invalid page token"):
+        decode_page_token(KEY, forged, kind="history", scope="c1")

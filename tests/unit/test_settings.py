@@ -67,3 +67,87 @@ def test_settings_are_read_from_messaging_environment_variables(
     settings = Settings()
     assert settings.http_port == 9123
     assert settings.jwt_algorithms == ["HS256", "ES256"]
+
+
+PUBLIC_KEY = "-----BEGIN PUBLIC KEY-----\nnot checked here\n-----END PUBLIC KEY-----\n"
+
+
+def test_production_with_public_keys_only_refuses_to_start_without_a_cursor_secret() -> None:
+    """Page tokens used to be signed with the public key, so anyone could forge them."""
+    with pytest.raises(ValidationError, match="MESSAGING_CURSOR_SECRET must be set"):
+        Settings(
+            mode="production",
+            database_url="postgresql://db/m",
+            jwt_algorithms=["RS256"],
+            jwt_public_key=PUBLIC_KEY,
+        )
+    settings = Settings(
+        mode="production",
+        database_url="postgresql://db/m",
+        jwt_algorithms=["RS256"],
+        jwt_public_key=PUBLIC_KEY,
+        cursor_secret="c" * 32,
+    )
+    assert settings.cursor_key == b"c" * 32
+
+
+def test_page_tokens_are_never_signed_with_a_key_a_client_can_know() -> None:
+    public_only = Settings(jwt_algorithms=["RS256"], jwt_public_key=PUBLIC_KEY)
+    assert PUBLIC_KEY.encode() not in public_only.cursor_key
+    assert (
+        public_only.cursor_key
+        != Settings(jwt_algorithms=["ES256"], jwt_public_key=PUBLIC_KEY).cursor_key
+    )
+    assert Settings().cursor_key != DEV_JWT_SECRET.encode()  # the dev secret is public too
+    shared = Settings(jwt_secret="s" * 40)
+    assert shared.cursor_key == Settings(jwt_secret="s" * 40).cursor_key  # replicas agree
+    assert shared.cursor_key != b"s" * 40  # derived, not the JWT key itself
+
+
+def test_a_short_cursor_secret_is_refused() -> None:
+    with pytest.raises(ValidationError, match="CURSOR_SECRET must be at least 32 bytes"):
+        Settings(cursor_secret="short")
+
+
+@pytest.mark.parametrize("origin", ["*", "example.com", "https://a.example/path", "ftp://x"])
+def test_cors_origins_must_be_origins(origin: str) -> None:
+    with pytest.raises(ValidationError, match="cors"):
+        Settings(cors_allowed_origins=[origin])
+
+
+def test_the_metrics_port_defaults_to_9090_on_the_http_host() -> None:
+    settings = Settings(http_host="0.0.0.0")
+    assert (settings.effective_metrics_host, settings.metrics_port) == ("0.0.0.0", 9090)
+    assert Settings(metrics_host="10.0.0.1").effective_metrics_host == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"grpc_tls_cert_file": "/etc/hostname"}, "go together"),
+        ({"grpc_tls_client_ca_file": "/etc/hostname"}, "needs the server certificate"),
+        ({"connections_tls_cert_file": "/etc/hostname"}, "go together"),
+        (
+            {
+                "connections_tls_cert_file": "/etc/hostname",
+                "connections_tls_key_file": "/etc/hostname",
+            },
+            "needs MESSAGING_CONNECTIONS_TLS_CA_FILE",
+        ),
+        ({"connections_tls_ca_file": "/nonexistent/ca.pem"}, "not a readable file"),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_refused(values: dict[str, str], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        Settings(**cast(Any, values))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['["https://a.example", "http://localhost:3000"]', "https://a.example, http://localhost:3000"],
+)
+def test_cors_origins_are_read_as_a_json_list_or_comma_separated(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MESSAGING_CORS_ALLOWED_ORIGINS", text)
+    assert Settings().cors_allowed_origins == ["https://a.example", "http://localhost:3000"]

@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="replica base URLs (http://host:port); devices are spread round-robin over them",
     )
     parser.add_argument("--mode", choices=("load", "idle"), default="load")
+    parser.add_argument(
+        "--metrics-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help=(
+            "a replica's metrics-port base URL (http://host:9090), once per URL in the same "
+            "order: idle mode reads memory there when no --pid is given"
+        ),
+    )
     parser.add_argument("--users", type=int, default=100, help="users (paired up; even)")
     parser.add_argument("--devices", type=int, default=1, help="sockets per user")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
@@ -115,6 +125,8 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error("--rate must be positive")
     if args.pid and len(args.pid) != len(args.urls):
         parser.error("give one --pid per replica URL, in the same order")
+    if args.metrics_url and len(args.metrics_url) != len(args.urls):
+        parser.error("give one --metrics-url per replica URL, in the same order")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,15 +382,18 @@ def _run_load(plan: WorkerPlan, args: argparse.Namespace, stream: TextIO | None)
     return result
 
 
-def _memory_readings(urls: Sequence[str], pids: Sequence[int]) -> list[int | None]:
-    if pids:
-        return [probes.rss_bytes(pid) for pid in pids]
-    return [probes.metrics_rss_bytes(url) for url in urls]
+def _memory_readings(args: argparse.Namespace) -> list[int | None]:
+    """One reading per replica URL: from /proc by --pid, else from its metrics port, else none."""
+    if args.pid:
+        return [probes.rss_bytes(pid) for pid in args.pid]
+    if args.metrics_url:
+        return [probes.metrics_rss_bytes(url) for url in args.metrics_url]
+    return [None for _ in args.urls]
 
 
 def _run_idle(plan: WorkerPlan, args: argparse.Namespace, stream: TextIO | None) -> dict[str, Any]:
     started_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    before = _memory_readings(args.urls, args.pid)
+    before = _memory_readings(args)
     crew = _Crew(plan)
     crew.start()
     try:
@@ -388,7 +403,7 @@ def _run_idle(plan: WorkerPlan, args: argparse.Namespace, stream: TextIO | None)
         if stream is not None:
             stream.write(f"{sockets:,} sockets open; settling {args.settle:.0f}s\n")
         time.sleep(args.settle)
-        after = _memory_readings(args.urls, args.pid)
+        after = _memory_readings(args)
         time.sleep(max(args.hold - args.settle, 0.0))
         crew.go.set()
         done = crew.collect("done", 120.0)
@@ -400,7 +415,7 @@ def _run_idle(plan: WorkerPlan, args: argparse.Namespace, stream: TextIO | None)
         for kind, count in report["failures"].items():
             failures[kind] = failures.get(kind, 0) + int(count)
     per_socket = memory_per_socket(before, after, sockets)
-    source = "pid" if args.pid else "metrics"
+    source = "pid" if args.pid else ("metrics" if args.metrics_url else None)
     return {
         "schema": "messaging-bench/1",
         "mode": "idle",
@@ -430,7 +445,9 @@ def render_summary(result: dict[str, Any]) -> str:
     """The human-readable lines printed after a run."""
     if result["mode"] == "idle":
         per = result["memory_per_socket_bytes"]
-        per_text = "unknown (no /metrics and no --pid)" if per is None else f"{per / 1024:.1f} KiB"
+        per_text = (
+            "unknown (no --metrics-url, no --pid)" if per is None else f"{per / 1024:.1f} KiB"
+        )
         return (
             f"idle: {result['sockets']:,} sockets held, {result['alive_at_end']:,} alive at "
             f"the end, failures {result['connect_failures'] or 'none'}; "
