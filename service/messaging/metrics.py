@@ -53,6 +53,11 @@ CONNECTS = Counter(
     "Socket.IO handshakes by outcome (accepted, or the refusal's error code).",
     ["outcome"],
 )
+PROTOCOL_ERRORS = Counter(
+    "messaging_protocol_errors_total",
+    "Frames and requests refused at the transport, by kind (docs/security.md, Transport limits).",
+    ["kind"],
+)
 GRPC_REQUESTS = Counter(
     "messaging_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
 )

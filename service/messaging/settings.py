@@ -74,6 +74,21 @@ class Settings(BaseSettings):
     socketio_ping_interval_seconds: float = Field(25.0, gt=0)
     socketio_ping_timeout_seconds: float = Field(20.0, gt=0)
     cors_allowed_origins: list[str] = ["*"]
+    # The lean websocket path (websocket_transport.py and the lean event dispatch); false falls
+    # back to python-engineio's stock websocket transport and python-socketio's dispatch.
+    socketio_fast_path: bool = True
+    # Transport limits (docs/security.md, "Transport limits").
+    # A socket that has not completed the Socket.IO CONNECT this long after its Engine.IO
+    # handshake is closed (Socket.IO's own server: connectTimeout, 45 s).
+    socketio_connect_timeout_seconds: float = Field(45.0, gt=0, le=3600)
+    # Bytes written for a socket and not yet taken by its client; past this the client is a
+    # slow consumer and its connection is dropped instead of buffered.
+    socketio_max_outbound_buffer_bytes: int = Field(4_194_304, ge=65_536, le=1_073_741_824)
+    # Malformed packets (Engine.IO or Socket.IO framing) a socket may send before it is closed.
+    socketio_max_protocol_errors: int = Field(20, ge=1, le=100_000)
+    # Binary attachments one Socket.IO packet may announce (their bytes together are also held
+    # to max_payload_bytes); a packet announcing more closes the socket.
+    socketio_max_binary_attachments: int = Field(10, ge=0, le=1000)
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)
