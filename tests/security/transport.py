@@ -101,7 +101,7 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def target(database_url: str, fast_path: bool) -> AsyncIterator[Target]:
+async def target(database_url: str, fast_path: bool, **settings: str) -> AsyncIterator[Target]:
     """One replica on PostgreSQL (production mode) with the test limits, and its bystanders."""
     graph = ConnectionGraph(all_connected=True)
     server, port = await start_connections_server(graph)
@@ -114,7 +114,7 @@ async def target(database_url: str, fast_path: bool) -> AsyncIterator[Target]:
     )
     try:
         (replica,) = await cluster.start(
-            1, socketio_fast_path="true" if fast_path else "false", **LIMITS
+            1, socketio_fast_path="true" if fast_path else "false", **{**LIMITS, **settings}
         )
         alice_id, bob_id = unique("alice"), unique("bob")
         alice = Device(replica.url, cluster.token(alice_id))
