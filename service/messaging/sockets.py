@@ -551,7 +551,10 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
             return await self._refuse(eio_sid, "socketio_packet", "event before CONNECT")
         if data[0] in RESERVED_EVENTS:
             # Answered like an unknown event, by the catch-all handler; never the lifecycle one.
-            self.protocol_errors.record("reserved_event", eio_sid)
+            if self.protocol_errors.record("reserved_event", eio_sid):
+                return await self._end_session(
+                    eio_sid, goodbye=True, reason=self.eio.reason.TRANSPORT_ERROR
+                )
             catch_all = self.handlers.get(namespace or NAMESPACE, {}).get("*")
             if catch_all is None:
                 return None

@@ -118,6 +118,18 @@ async def test_a_client_that_stops_reading_is_disconnected_not_buffered_for(
     assert rss.growth < 80 * MIB, f"RSS grew by {rss.growth / MIB:.1f} MiB"
 
 
+async def test_a_frame_over_the_payload_limit_closes_the_connection_and_is_counted(
+    replica: Target,
+) -> None:
+    before = await replica.protocol_errors("frame_too_large")
+    async with raw_socket(replica, unique("big")) as ws:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send("42" + "x" * MAX_PAYLOAD)
+        assert await closed_by_server(ws, timeout=10)
+    assert await replica.protocol_errors("frame_too_large") > before
+    await replica.bystander_sends()
+
+
 async def test_a_packet_announcing_a_billion_attachments_closes_the_socket(
     replica: Target,
 ) -> None:
