@@ -35,7 +35,7 @@ from tests.security.transport import (
     target,
     unique_token,
 )
-from tests.support.service import unique
+from tests.support.service import Device, unique
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -185,6 +185,41 @@ async def test_a_socket_that_never_sends_connect_is_closed_after_the_connect_tim
                     await ws.send("3")
         assert time.monotonic() - started >= CONNECT_TIMEOUT * 0.9
     assert await replica.protocol_errors("connect_timeout") > before
+
+
+async def test_a_polling_session_that_never_sends_connect_is_closed_too(
+    replica: Target,
+) -> None:
+    base = f"{replica.replica.url}/socket.io/?EIO=4&transport=polling"
+    async with httpx.AsyncClient(timeout=30) as http:
+        opened = await http.get(base)
+        sid = json.loads(opened.text[1:])["sid"]
+        deadline = time.monotonic() + CONNECT_TIMEOUT + 15
+        while True:  # long polls: pings (answered), then the session's end
+            poll = await http.get(f"{base}&sid={sid}")
+            if poll.status_code != 200 or poll.text.startswith("1") or "\x1e1" in poll.text:
+                break
+            if poll.text.startswith("2"):
+                await http.post(f"{base}&sid={sid}", content=b"3")
+            assert time.monotonic() < deadline, "the session outlived the connect timeout"
+        await asyncio.sleep(0.2)
+        assert (await http.get(f"{base}&sid={sid}")).status_code == 400
+
+
+async def test_a_client_upgrading_from_polling_still_works(replica: Target) -> None:
+    device = Device(
+        replica.replica.url, replica.token(unique("upgrader")), transports=["polling", "websocket"]
+    )
+    await device.connect()
+    try:
+        for _ in range(50):
+            if device.client.transport() == "websocket":
+                break
+            await asyncio.sleep(0.1)
+        assert device.client.transport() == "websocket"
+        assert (await device.call("syncMessages", {}))["ok"] is True
+    finally:
+        await device.disconnect()
 
 
 @pytest.mark.parametrize(
