@@ -95,6 +95,7 @@ class Service:
             await asyncio.to_thread(db.migrate, self.settings)
         db.observe_pool(self._engine)
         await self.connections.start()
+        self._spawn(self.delivery.run_healer(), "delivery-healer")
         if self.redis is not None:
             self._spawn(self.presence.run(), "presence")
             self._spawn(self.delivery.run_publisher(), "backplane-publisher")
@@ -132,9 +133,10 @@ class Service:
         try:
             await asyncio.wait_for(self.chat.ping_database(), CHECK_TIMEOUT_SECONDS)
             self.readiness.database = True
-        except (MessagingError, TimeoutError) as exc:
+        except Exception as exc:  # whatever it is, the database did not answer: not ready
             self.readiness.database = False
-            problems.append(f"database: {exc}")
+            self.chat.database_ok = False
+            problems.append(f"database: {exc if isinstance(exc, MessagingError) else repr(exc)}")
         if self.redis is not None:
             try:
                 await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT_SECONDS)
@@ -225,7 +227,12 @@ def build_service(settings: Settings) -> Service:
         heartbeat_seconds=settings.redis_heartbeat_seconds,
         replica_ttl_seconds=settings.redis_replica_ttl_seconds,
     )
-    delivery = Delivery(server, replica_id=settings.replica_id, redis=redis)
+    delivery = Delivery(
+        server,
+        replica_id=settings.replica_id,
+        redis=redis,
+        check_seconds=settings.delivery_check_seconds,
+    )
     connections = ConnectionsChecker(
         address=settings.connections_address,
         timeout_seconds=settings.connections_timeout_seconds,
@@ -239,6 +246,7 @@ def build_service(settings: Settings) -> Service:
         presence=presence,
         cursor_key=settings.cursor_key,
     )
+    delivery.use_log(heads=chat.log_heads, events=chat.log_events)
     sockets = SocketEvents(
         verifier=verifier, chat=chat, presence=presence, delivery=delivery, server=server
     )
@@ -291,9 +299,13 @@ def create_app(
     async def readyz(response: Response) -> dict[str, Any]:
         """Ready for traffic: database and Redis reachable, and not draining."""
         state = service.readiness
-        if not state.ready:
+        ready = state.ready and service.chat.database_ok
+        if not ready:
             response.status_code = 503
-        return {"ready": state.ready, "problems": state.problems}
+        problems = state.problems
+        if state.ready and not ready:
+            problems = ["database: a request just found it unavailable"]
+        return {"ready": ready, "problems": problems}
 
     @api.get("/metrics")
     async def prometheus_metrics() -> Response:

@@ -116,11 +116,13 @@ class SocketEvents:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code, "message": exc.message}
             ) from None
-        await self.server.enter_room(sid, user_room(user_id))
         self._user_hashes[sid] = user_hash(user_id)
         first = self._presence.register(user_id, sid)
         if first:
             await self._delivery.watch(user_id)
+        # Last, with no await after it: the CONNECT packet is written before any event can be,
+        # and the socket's events start right after the position ``watch`` read.
+        await self.server.enter_room(sid, user_room(user_id))
         metrics.CONNECTS.labels(outcome="accepted").inc()
         log.info("socket connected", extra={"sid": sid, "user": user_hash(user_id)})
 
@@ -239,10 +241,16 @@ class SocketEvents:
 
     async def _sync_messages(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(SyncMessages, payload if payload is not None else {})
-        messages, has_more = await self._chat.sync(
-            user_id, after=request.after, limit=request.limit
+        page = await self._chat.sync(
+            user_id, after=request.after, since=request.since, limit=request.limit
         )
-        return {"messages": [message_json(m) for m in messages], "hasMore": has_more}
+        reply: dict[str, Any] = {
+            "messages": [message_json(m) for m in page.messages],
+            "hasMore": page.has_more,
+        }
+        if page.sync_token is not None:
+            reply["syncToken"] = page.sync_token
+        return reply
 
     # --- draining ------------------------------------------------------------------------------
 
