@@ -515,16 +515,17 @@ class Delivery:
         try:
             while True:
                 asked = time.monotonic()
+                # Pinging twice per interval: a link that went silent is noticed within one.
                 done, _ = await asyncio.wait(
                     {reader, pubsub.lost},
-                    timeout=LISTENER_PING_SECONDS,
+                    timeout=LISTENER_PING_SECONDS / 2,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if reader in done:
                     reader.result()  # raises what broke the subscription
                 if done:
                     raise ConnectionError("the subscription ended")
-                if time.monotonic() - asked > LISTENER_PING_SECONDS + STALL_SECONDS:
+                if time.monotonic() - asked > LISTENER_PING_SECONDS / 2 + STALL_SECONDS:
                     # This process was frozen: what Redis sent meanwhile is waiting in the
                     # socket. Let it be read, and judge the link by a fresh ping.
                     await asyncio.sleep(0.05)
