@@ -35,6 +35,7 @@ from messaging.cursor import (
 from messaging.delivery import Delivery, Logged
 from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
 from messaging.ids import new_message_id
+from messaging.logs import describe_error
 from messaging.payloads import iso, message_json
 from messaging.presence import Presence, PresenceInfo
 from messaging.store import ConversationRecord, MessageRecord, NewMessage
@@ -531,7 +532,7 @@ def _database_errors() -> Iterator[None]:
     except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
         if isinstance(exc, DBAPIError) and not is_unavailability(exc):
             raise
-        log.warning("database unavailable", extra={"error": repr(exc)})
+        log.warning("database unavailable", extra={"error": describe_error(exc)})
         raise Unavailable("the database is unavailable; try again") from exc
 
 
