@@ -55,6 +55,8 @@ class Outcome:
     missing_when_stopped: int
     missing_for_good: int
     healed_after_seconds: float
+    # The longest a message took from its ack to its (connected) recipient, over the whole run.
+    worst_delivery_seconds: float
     ready_after_seconds: float
     failed_sends: dict[str, int]
 
@@ -117,6 +119,18 @@ def _read_statuses_complete(traffic: Traffic, read: dict[str, set[str]]) -> bool
     )
 
 
+def _worst_delivery(traffic: Traffic) -> float:
+    worst = 0.0
+    for pair in traffic.pairs:
+        if pair.recipient.reconnects:
+            continue
+        arrived = dict(pair.recipient.received)
+        for message_id, acked_at in pair.acked:
+            if message_id in arrived:
+                worst = max(worst, arrived[message_id] - acked_at)
+    return worst
+
+
 def _check_pair(pair: Pair, read: set[str]) -> None:
     acked = [i for i, _ in pair.acked]
     order = {message_id: index for index, message_id in enumerate(acked)}
@@ -169,6 +183,7 @@ async def run(cluster: Cluster, name: str, fault: Fault) -> Outcome:
             missing_when_stopped,
             missing,
             round(healed_after, 2),
+            round(_worst_delivery(traffic), 2),
             round(ready_after, 2),
             dict(traffic.failures),
         )
