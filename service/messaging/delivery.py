@@ -60,12 +60,13 @@ LISTENER_PING_SECONDS = 2.0
 # A wake-up this much later than asked means the process was frozen (SIGSTOP, a VM pause).
 STALL_SECONDS = 1.0
 BACKOFF_START_SECONDS = 0.1
-BACKOFF_CAP_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 2.0  # a replica is ready again within seconds of Redis returning
 PUBLISH_RETRY_SECONDS = 15.0
 # How long an event that arrived ahead of its predecessor waits for it before the log is read.
 REORDER_WAIT_SECONDS = 0.5
 HEALER_TICK_SECONDS = 0.25
 HEADS_CHUNK = 500
+PENDING_LIMIT = 1000  # events waiting for a gap to be filled, per user
 
 
 def jittered(seconds: float) -> float:
@@ -242,6 +243,11 @@ class Delivery:
             return
         if first <= track.last:
             track.stale = True  # overlaps what was delivered: the log says what is new
+        elif len(track.pending) >= PENDING_LIMIT:
+            # The log cannot be read (the database is away) and events keep coming: let the
+            # log, not memory, hold them until it can.
+            track.pending.clear()
+            track.stale = True
         else:
             track.pending[first] = (last, packet, skip_sid)
             if track.gap_since is None:
