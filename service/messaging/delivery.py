@@ -99,6 +99,9 @@ class _Track:
     pending: dict[int, tuple[int, eio_packet.Packet, str | None]] = field(default_factory=dict)
     gap_since: float | None = None
     stale: bool = False
+    # A log head the last periodic check saw beyond ``last``: healed if still not delivered at
+    # the next check (anything newer may simply still be on its way).
+    behind: int | None = None
 
 
 def user_room(user_id: str) -> str:
@@ -123,7 +126,7 @@ class Delivery:
         *,
         replica_id: str,
         redis: Redis | None,
-        check_seconds: float = 5.0,
+        check_seconds: float = 2.0,
     ) -> None:
         self._server = server
         self._replica_id = replica_id
@@ -315,11 +318,17 @@ class Delivery:
                 track = self._tracks.get(user_id)
                 if track is None:
                     continue
+                head = heads[user_id]
                 if track.last is None:
-                    track.last = heads[user_id]
-                elif heads[user_id] > track.last:
+                    track.last = head
+                elif head <= track.last:
+                    track.behind = None
+                elif reason != "check" or (track.behind is not None and track.behind > track.last):
+                    track.behind = None
                     metrics.DELIVERY_HEALS.labels(reason=reason).inc()
                     await self._heal(user_id, track)
+                else:
+                    track.behind = head
 
     def check_all(self, reason: str) -> None:
         """Have every local user's log compared with what was delivered, soon."""
