@@ -146,3 +146,30 @@ async def test_writers_of_different_users_never_wait_for_each_other(
             await transaction.rollback()
             await conn.close()
     assert reply["ok"] is True, reply
+
+
+async def test_a_repeated_send_reaches_a_recipient_that_never_got_the_original(
+    svc: RunningService,
+) -> None:
+    """The original was committed by a replica that died before fanning it out (here: written
+    straight to the store); the client's retry with the same clientMessageId delivers it, once."""
+    alice, bob = unique("alice"), unique("bob")
+    svc.connect_users((alice, bob))
+    async with devices(svc, alice, bob) as [a, b]:
+        conversation = await open_conversation(svc, a, bob)
+        message_id, created_at = new_message_id()
+        original = NewMessage(
+            message_id, uuid.UUID(conversation), alice, "in doubt", created_at, "retry-1"
+        )
+        async with svc.service.chat.engine.begin() as conn:
+            await store.insert_messages(conn, [original])
+        payload = {
+            "conversationId": conversation,
+            "content": "in doubt",
+            "clientMessageId": "retry-1",
+        }
+        retried = await a.ok("sendMessage", payload)
+        got = await b.next("newMessage")
+        again = await a.ok("sendMessage", payload)
+        await b.nothing("newMessage", wait=0.5)
+    assert retried["id"] == again["id"] == got["id"] == str(message_id)
