@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
+
+import pytest
+import socketio
 
 from messaging import store
 from messaging.ids import new_message_id
@@ -173,3 +177,50 @@ async def test_a_repeated_send_reaches_a_recipient_that_never_got_the_original(
         again = await a.ok("sendMessage", payload)
         await b.nothing("newMessage", wait=0.5)
     assert retried["id"] == again["id"] == got["id"] == str(message_id)
+
+
+async def test_a_connecting_device_gets_no_live_event_before_its_connect(
+    svc: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events for a user while their device's handshake is still running (here: a slow
+    subscription) must not reach it ahead of its CONNECT: the device would take their token and
+    its catch-up sync would start past what it missed while away."""
+    alice, bob = unique("alice"), unique("bob")
+    svc.connect_users((alice, bob))
+    delivery = svc.service.delivery
+    original = delivery.watch
+
+    async def slow_watch(user_id: str) -> None:
+        await original(user_id)
+        await asyncio.sleep(1.0)
+
+    async with devices(svc, alice) as [a]:
+        conversation = await open_conversation(svc, a, bob)
+        monkeypatch.setattr(delivery, "watch", slow_watch)
+        heard: list[str] = []
+        client = socketio.AsyncClient(reconnection=False)
+
+        async def connected() -> None:
+            heard.append("connect")
+
+        async def new_message(data: Any) -> None:
+            heard.append("newMessage")
+
+        client.on("connect", connected)
+        client.on("newMessage", new_message)
+        connecting = asyncio.create_task(
+            client.connect(
+                svc.url, auth={"token": svc.token(bob)}, transports=["websocket"], wait_timeout=10
+            )
+        )
+        try:
+            await asyncio.sleep(0.5)  # the handshake is inside the slow subscription
+            for i in range(3):
+                await a.ok("sendMessage", {"conversationId": conversation, "content": str(i)})
+            await connecting
+            await a.ok("sendMessage", {"conversationId": conversation, "content": "after"})
+            await asyncio.sleep(0.5)
+        finally:
+            await client.disconnect()
+    assert heard[0] == "connect", heard
+    assert heard.count("newMessage") >= 1
