@@ -9,8 +9,9 @@ What it does (issue 3's benchmark; target: p99 under 10 ms for a 50-message page
    ``messaging migrate``, and bulk-loads one conversation with COPY, writing what the service
    writes: UUIDv7 ids from ``messaging.ids`` for each message's millisecond, created_at (about
    one message every half second, 2% sharing their predecessor's exact timestamp, so ties are
-   broken by id), ``stream_pos`` reserved from the ``message_stream`` counter in the same
-   transaction (the counter ends at the last position, as if the service had stored them).
+   broken by id), and in the same transaction each message logged as created in both
+   participants' change logs (``user_changes``, counters in ``user_streams``), as if the
+   service had stored them.
    Then VACUUM ANALYZE, as autovacuum would do after such a load.
 2. Starts the Connections stand-in and one ``messaging serve``.
 3. Page tokens for a depth are minted with ``messaging.cursor.encode_page_token`` and the key the
@@ -87,7 +88,6 @@ COLUMNS = (
     "status",
     "created_at",
     "client_message_id",
-    "stream_pos",
 )
 
 
@@ -133,7 +133,7 @@ class Dataset:
 def generate(
     count: int, conversation_id: uuid.UUID, seed: int = 7
 ) -> tuple[Dataset, Iterator[list[tuple[Any, ...]]]]:
-    """The data set and an iterator of COPY chunks (stream positions filled in by the loader)."""
+    """The data set and an iterator of COPY chunks."""
     rng = random.Random(seed)  # noqa: S311 - synthetic data, not secrets
     micros = array("q")
     ids = bytearray()
@@ -167,7 +167,6 @@ def generate(
                     status,
                     _EPOCH + timedelta(microseconds=at),
                     str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    0,  # stream_pos, set by the loader
                 )
             )
             if len(chunk) == COPY_CHUNK:
@@ -201,38 +200,46 @@ async def bulk_load(dsn: str, count: int) -> tuple[Dataset, dict[str, Any]]:
                 "INSERT INTO participants (conversation_id, user_id) VALUES ($1, $2)",
                 [(conversation_id, low), (conversation_id, high)],
             )
-            # Reserve the positions the way store.insert_messages does: the counter row moves by
-            # the batch size, and the batch takes the positions just below its new value.
-            end = await conn.fetchval(
-                "UPDATE message_stream SET position = position + $1 WHERE id = 1 "
-                "RETURNING position",
-                count,
-            )
-            position = int(end) - count + 1
             loaded = 0
             for chunk in chunks:
-                records = []
-                for row in chunk:
-                    records.append((*row[:7], position))
-                    position += 1
-                await conn.copy_records_to_table("messages", records=records, columns=COLUMNS)
-                loaded += len(records)
+                await conn.copy_records_to_table("messages", records=chunk, columns=COLUMNS)
+                loaded += len(chunk)
                 _progress(f"loaded {loaded:,} / {count:,} messages")
+            # Each participant's log, in commit (here: creation) order, as the service writes it.
+            await conn.execute(
+                "INSERT INTO user_changes (user_id, position, message_id, kind, actor_id, "
+                "changed_at) SELECT p.user_id, row_number() OVER (PARTITION BY p.user_id "
+                "ORDER BY m.created_at, m.id), m.id, 'created', m.author_id, m.created_at "
+                "FROM messages m JOIN participants p ON p.conversation_id = m.conversation_id "
+                "WHERE m.conversation_id = $1",
+                conversation_id,
+            )
+            await conn.execute(
+                "INSERT INTO user_streams (user_id, position) SELECT user_id, max(position) "
+                "FROM user_changes WHERE user_id = ANY($1::varchar[]) GROUP BY user_id "
+                "ON CONFLICT (user_id) DO UPDATE SET position = excluded.position",
+                list(USERS),
+            )
         copied = time.perf_counter() - started
-        await conn.execute("VACUUM (ANALYZE) messages")
-        await conn.execute("ANALYZE conversations, participants, message_stream")
+        await conn.execute("VACUUM (ANALYZE) messages, user_changes")
+        await conn.execute("ANALYZE conversations, participants, user_streams")
         total = time.perf_counter() - started
         sizes = await conn.fetchrow(
             "SELECT pg_total_relation_size('messages') AS total, "
             "pg_relation_size('messages') AS heap, "
             "pg_relation_size('ix_messages_conversation_id_created_at') AS history_index"
         )
-        counter = await conn.fetchval("SELECT position FROM message_stream WHERE id = 1")
-        top = await conn.fetchval("SELECT max(stream_pos) FROM messages")
+        counter = await conn.fetchval(
+            "SELECT min(position) FROM user_streams WHERE user_id = ANY($1::varchar[])",
+            list(USERS),
+        )
+        top = await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE conversation_id = $1", conversation_id
+        )
     finally:
         await conn.close()
     if counter != top:
-        raise ServerError(f"message_stream says {counter}, messages reach {top}")
+        raise ServerError(f"the change logs hold {counter} messages, the table {top}")
     _progress("")
     return dataset, {
         "messages": count,

@@ -25,11 +25,11 @@ from fastapi import FastAPI, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry  # the asyncio one: the sync Retry never retries a coroutine
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from starlette.types import ASGIApp
 
 from messaging import db, metrics
@@ -106,6 +106,7 @@ class Service:
         self._spawn(
             self.sockets.expire_sessions(self.settings.session_sweep_seconds), "session-expiry"
         )
+        self._spawn(self.delivery.run_healer(), "delivery-healer")
         if self.redis is not None:
             self._spawn(self.presence.run(), "presence")
             self._spawn(self.delivery.run_publisher(), "backplane-publisher")
@@ -145,9 +146,10 @@ class Service:
         try:
             await asyncio.wait_for(self.chat.ping_database(), CHECK_TIMEOUT_SECONDS)
             self.readiness.database = True
-        except (MessagingError, TimeoutError) as exc:
+        except Exception as exc:  # whatever it is, the database did not answer: not ready
             self.readiness.database = False
-            problems.append(f"database: {exc}")
+            self.chat.database_ok = False
+            problems.append(f"database: {exc if isinstance(exc, MessagingError) else repr(exc)}")
         if self.redis is not None:
             try:
                 await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT_SECONDS)
@@ -238,7 +240,12 @@ def build_service(settings: Settings) -> Service:
         heartbeat_seconds=settings.redis_heartbeat_seconds,
         replica_ttl_seconds=settings.redis_replica_ttl_seconds,
     )
-    delivery = Delivery(server, replica_id=settings.replica_id, redis=redis)
+    delivery = Delivery(
+        server,
+        replica_id=settings.replica_id,
+        redis=redis,
+        check_seconds=settings.delivery_check_seconds,
+    )
     connections = ConnectionsChecker(
         address=settings.connections_address,
         timeout_seconds=settings.connections_timeout_seconds,
@@ -261,6 +268,7 @@ def build_service(settings: Settings) -> Service:
         presence=presence,
         cursor_key=settings.cursor_key,
     )
+    delivery.use_log(heads=chat.log_heads, events=chat.log_events)
     limiter = RateLimiter(
         settings.rate_limit_budgets,
         redis=redis,
@@ -364,6 +372,10 @@ def _add_probes(api: FastAPI, service: Service) -> None:
     async def readyz(response: Response) -> dict[str, Any]:
         """Ready for traffic: database and Redis reachable, and not draining."""
         state = service.readiness
-        if not state.ready:
+        ready = state.ready and service.chat.database_ok
+        if not ready:
             response.status_code = 503
-        return {"ready": state.ready, "problems": state.problems}
+        problems = state.problems
+        if state.ready and not ready:
+            problems = ["database: a request just found it unavailable"]
+        return {"ready": ready, "problems": problems}

@@ -19,15 +19,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from messaging import metrics, store
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
-from messaging.cursor import decode_page_token, encode_page_token
-from messaging.delivery import Delivery
+from messaging.cursor import (
+    decode_page_token,
+    decode_sync_token,
+    encode_page_token,
+    encode_sync_token,
+)
+from messaging.delivery import Delivery, Logged
 from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
 from messaging.ids import new_message_id
 from messaging.logs import describe_error
@@ -38,6 +43,7 @@ from messaging.store import ConversationRecord, MessageRecord, NewMessage
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
+HEAL_PAGE = 200
 MAX_PAGE_SIZE = 100
 CONVERSATION_CACHE_SIZE = 100_000
 
@@ -49,6 +55,13 @@ T = TypeVar("T")
 class Page(Generic[T]):
     items: list[T]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPage:
+    messages: list[MessageRecord]
+    has_more: bool
+    sync_token: str | None  # None for ``after``: that walk skips older messages' changes
 
 
 class Chat:
@@ -77,6 +90,9 @@ class Chat:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # False from the moment a request finds the database away until a ping succeeds:
+        # readiness turns at once, not at the next periodic check.
+        self.database_ok = True
 
     @property
     def engine(self) -> AsyncEngine:
@@ -87,9 +103,13 @@ class Chat:
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """A transaction whose database failures surface as ``UNAVAILABLE``."""
-        with _database_errors():
-            async with self._engine.begin() as conn:
-                yield conn
+        try:
+            with _database_errors():
+                async with self._engine.begin() as conn:
+                    yield conn
+        except Unavailable:
+            self.database_ok = False
+            raise
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
@@ -100,12 +120,16 @@ class Chat:
         statements may see commits made between them, which every reader here tolerates. The
         committer commits each batch itself (a no-op in autocommit, needed on SQLite).
         """
-        with _database_errors():
-            async with self._engine.connect() as conn:
-                if self._engine.dialect.name == "postgresql":
-                    yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-                else:
-                    yield conn
+        try:
+            with _database_errors():
+                async with self._engine.connect() as conn:
+                    if self._engine.dialect.name == "postgresql":
+                        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    else:
+                        yield conn
+        except Unavailable:
+            self.database_ok = False
+            raise
 
     def request_started(self) -> None:
         """Count a request in flight, so a draining process can wait for them to finish."""
@@ -204,14 +228,19 @@ class Chat:
         committed_at = time.time()
         metrics.SEND_TO_COMMIT.observe(time.perf_counter() - received)
         (metrics.MESSAGES_STORED if stored else metrics.MESSAGES_DUPLICATE).inc()
-        if stored:
-            await self._deliver(
-                [other, user_id],
-                "newMessage",
-                message_json(message),
-                skip_sid=origin_sid,
-                committed_at=committed_at,
-            )
+        # A repeat is delivered again: the original's sender may have crashed between its commit
+        # and its fan-out. Devices that already have it drop it by its log position.
+        data = message_json(message)
+        await self._deliver_logged(
+            [
+                Logged(
+                    user, position, position, "newMessage", self._with_token(data, user, position)
+                )
+                for user, position in message.positions
+            ],
+            skip_sid=origin_sid,
+            committed_at=committed_at if stored else None,
+        )
         return message
 
     async def mark_delivered(
@@ -228,10 +257,13 @@ class Chat:
             if own:
                 raise Forbidden("only a recipient can mark a message delivered", details=own)
             changes = await store.advance_status(
-                conn, status="delivered", message_ids=wanted, not_author=user_id
+                conn,
+                status="delivered",
+                message_ids=wanted,
+                not_author=user_id,
+                at=datetime.now(UTC),
             )
-        await self._announce_status(user_id, changes, "delivered", origin_sid)
-        return len(changes)
+        return await self._announce_status(changes, origin_sid)
 
     async def mark_read(
         self,
@@ -252,37 +284,94 @@ class Chat:
                 conversation_id=conversation_id,
                 not_author=user_id,
                 up_to=(target.created_at, target.id),
+                at=datetime.now(UTC),
             )
-        await self._announce_status(user_id, changes, "read", origin_sid)
-        return len(changes)
+        return await self._announce_status(changes, origin_sid)
 
     async def _announce_status(
-        self,
-        user_id: str,
-        changes: Sequence[store.StatusChange],
-        status: str,
-        origin_sid: str | None,
-    ) -> None:
-        """Tell each author (and the marker's other devices) which of their messages moved."""
-        grouped: dict[tuple[uuid.UUID, str], list[str]] = {}
+        self, changes: Sequence[store.Change], origin_sid: str | None
+    ) -> int:
+        """Tell every participant's devices which messages moved; returns how many moved.
+
+        Authors learn their messages were delivered or read, the marker's other devices what it
+        marked; each event covers one conversation's run of the recipient's log.
+        """
+        await self._deliver_logged(self._status_events(changes), skip_sid=origin_sid)
+        return len({c.message_id for c in changes})
+
+    def _status_events(self, changes: Sequence[store.Change]) -> list[Logged]:
+        """One messageStatus per run of a user's log entries with the same conversation, status
+        and marker (a run is contiguous: see ``store.append_changes``)."""
+        events: list[Logged] = []
+        run: list[store.Change] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            head, tail = run[0], run[-1]
+            data = {
+                "conversationId": str(head.conversation_id),
+                "messageIds": [str(c.message_id) for c in run],
+                "status": head.kind,
+                "userId": head.actor_id,
+                "at": iso(head.changed_at),
+            }
+            events.append(
+                Logged(
+                    head.user_id,
+                    head.position,
+                    tail.position,
+                    "messageStatus",
+                    self._with_token(data, head.user_id, tail.position),
+                )
+            )
+            run.clear()
+
         for change in changes:
-            grouped.setdefault((change.conversation_id, change.author_id), []).append(
-                str(change.message_id)
+            if run:
+                last = run[-1]
+                if (
+                    change.user_id != last.user_id
+                    or change.position != last.position + 1
+                    or change.conversation_id != last.conversation_id
+                    or change.kind != last.kind
+                    or change.actor_id != last.actor_id
+                    or change.changed_at != last.changed_at
+                ):
+                    flush()
+            run.append(change)
+        flush()
+        return events
+
+    def _with_token(self, data: dict[str, Any], user_id: str, position: int) -> dict[str, Any]:
+        token = encode_sync_token(self._cursor_key, user_id=user_id, position=position)
+        return {**data, "syncToken": token}
+
+    # --- the change log, for delivery's healing -----------------------------------------------
+
+    async def log_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
+        async with self._connection() as conn:
+            return await store.log_heads(conn, user_ids)
+
+    async def log_events(self, user_id: str, after: int) -> list[Logged]:
+        """The events a device of ``user_id`` missed after ``after``, as they were sent live
+        (a message with its current state; status runs as one messageStatus each)."""
+        async with self._connection() as conn:
+            rows = await store.changes_after(
+                conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
             )
-        at = iso(datetime.now(UTC))
-        for (conversation_id, author_id), ids in grouped.items():
-            await self._deliver(
-                [author_id, user_id],
-                "messageStatus",
-                {
-                    "conversationId": str(conversation_id),
-                    "messageIds": ids,
-                    "status": status,
-                    "userId": user_id,
-                    "at": at,
-                },
-                skip_sid=origin_sid,
-            )
+        events: list[Logged] = []
+        statuses: list[store.Change] = []
+        for change, message in rows:
+            if change.kind == "created":
+                events.extend(self._status_events(statuses))
+                statuses = []
+                data = self._with_token(message_json(message), user_id, change.position)
+                events.append(Logged(user_id, change.position, change.position, "newMessage", data))
+            else:
+                statuses.append(change)
+        events.extend(self._status_events(statuses))
+        return events
 
     async def typing(
         self,
@@ -309,20 +398,45 @@ class Chat:
         return await self._presence.lookup(u for u in user_ids if u in shared)
 
     async def sync(
-        self, user_id: str, *, after: uuid.UUID | None, limit: int
-    ) -> tuple[list[MessageRecord], bool]:
-        """Messages after ``after`` in every conversation of the caller, in commit order."""
+        self, user_id: str, *, after: uuid.UUID | None, since: str | None, limit: int
+    ) -> SyncPage:
+        """Catch-up for a device.
+
+        ``since`` (a sync token): the latest state of every message changed after it, in change
+        order, and the token to resume from. ``after`` (a message id): messages created after it,
+        in commit order. Neither: every message, in commit order, with a token.
+        """
+        if after is not None and since is not None:
+            raise ValidationFailed("give `after` or `since`, not both")
         async with self._connection() as conn:
-            after_pos = 0
-            if after is not None:
-                seen = await store.visible_messages(conn, user_id=user_id, message_ids=[after])
-                if not seen:
-                    raise NotFound("`after` is not a message of yours")
-                after_pos = seen[0].stream_pos
-            rows = await store.messages_after(
-                conn, user_id=user_id, after_pos=after_pos, limit=limit + 1
-            )
-        return rows[:limit], len(rows) > limit
+            if since is not None:
+                position = decode_sync_token(self._cursor_key, since, user_id=user_id)
+                rows = await store.changed_since(
+                    conn, user_id=user_id, after_pos=position, limit=limit + 1
+                )
+                head = 0
+            else:
+                position = 0
+                if after is not None:
+                    found = await store.created_position(conn, user_id=user_id, message_id=after)
+                    if found is None:
+                        raise NotFound("`after` is not a message of yours")
+                    position = found
+                rows, head = await store.created_after(
+                    conn, user_id=user_id, after_pos=position, limit=limit + 1
+                )
+        page, has_more = rows[:limit], len(rows) > limit
+        token = None
+        if since is not None:
+            last = page[-1][1] if page else position
+            token = encode_sync_token(self._cursor_key, user_id=user_id, position=last)
+        elif after is None:
+            # From the start: every change at or below the last creation returned concerns a
+            # message of this page (nothing changes before it is created), read in the same
+            # snapshot; with nothing more to page, that holds up to the log's head.
+            last = head if not has_more else page[-1][1]
+            token = encode_sync_token(self._cursor_key, user_id=user_id, position=last)
+        return SyncPage([m for m, _ in page], has_more, token)
 
     async def history(
         self, user_id: str, *, conversation_id: uuid.UUID, page_size: int, page_token: str
@@ -357,9 +471,23 @@ class Chat:
             # The client's request succeeded; recipients will catch up with syncMessages.
             log.exception("delivery failed", extra={"event": event})
 
+    async def _deliver_logged(
+        self,
+        events: Sequence[Logged],
+        *,
+        skip_sid: str | None,
+        committed_at: float | None = None,
+    ) -> None:
+        try:
+            await self._delivery.logged(events, skip_sid=skip_sid, committed_at=committed_at)
+        except Exception:
+            # The request succeeded; devices heal from the change log.
+            log.exception("delivery failed", extra={"event": events[0].event if events else ""})
+
     async def ping_database(self) -> None:
         async with self._connection() as conn:
             await store.ping(conn)
+        self.database_ok = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,15 +526,31 @@ def _page_size(requested: int) -> int:
 
 @contextmanager
 def _database_errors() -> Iterator[None]:
-    """Turn the database being unreachable (or its pool exhausted) into ``UNAVAILABLE``."""
+    """Turn the database being unreachable, overloaded or restarting into ``UNAVAILABLE``."""
     try:
         yield
     except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
-        if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
+        if isinstance(exc, DBAPIError) and not is_unavailability(exc):
             raise
         log.warning("database unavailable", extra={"error": describe_error(exc)})
         raise Unavailable("the database is unavailable; try again") from exc
 
 
-def _is_connectivity_error(exc: DBAPIError) -> bool:
-    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
+# SQLSTATE classes and codes that mean "not now" rather than "never": connection exceptions,
+# insufficient resources (too many connections), operator intervention (admin shutdown, crash
+# shutdown, cannot connect now, statement cancelled), and a transaction that lost a race
+# (serialization failure, deadlock, lock not available) which a retry resolves.
+_RETRYABLE_CLASSES = ("08", "53", "57")
+_RETRYABLE_STATES = ("40001", "40P01", "55P03")
+
+
+def is_unavailability(exc: DBAPIError) -> bool:
+    """Whether a database error says the database is away or busy (retryable), not a bug."""
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str) and (state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_STATES):
+        return True
+    cause = getattr(orig, "__cause__", None)
+    return isinstance(orig, (OSError, TimeoutError)) or isinstance(cause, (OSError, TimeoutError))

@@ -1,4 +1,4 @@
-"""Opaque, signed page tokens for keyset pagination.
+"""Opaque, signed tokens: page tokens for keyset pagination, and sync tokens (log positions).
 
 A token is the (timestamp, id) of the last row a page returned, so the next page starts strictly
 after it whatever was inserted meanwhile (an offset would shift). It is signed with a key every
@@ -64,3 +64,31 @@ def decode_page_token(
     if not _EARLIEST <= at < _LATEST:
         raise ValidationFailed("invalid page token")
     return at, uuid.UUID(bytes=id_bytes)
+
+
+_SYNC_BODY = struct.Struct(">BQ")  # version, position in the user's change log
+
+
+def encode_sync_token(key: bytes, *, user_id: str, position: int) -> str:
+    """A position in ``user_id``'s change log, signed and bound to that user."""
+    body = _SYNC_BODY.pack(_VERSION, position)
+    token = body + _mac(key, "sync", user_id, body)
+    return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+
+
+def decode_sync_token(key: bytes, token: str, *, user_id: str) -> int:
+    """The log position a sync token stands for; ``ValidationFailed`` for anything not minted here
+    for this user (a token is only meaningful in its own user's log)."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationFailed("invalid sync token") from exc
+    if len(raw) != _SYNC_BODY.size + _MAC_BYTES:
+        raise ValidationFailed("invalid sync token")
+    body, mac = raw[: _SYNC_BODY.size], raw[_SYNC_BODY.size :]
+    if not hmac.compare_digest(mac, _mac(key, "sync", user_id, body)):
+        raise ValidationFailed("invalid sync token")
+    version, position = _SYNC_BODY.unpack(body)
+    if version != _VERSION:
+        raise ValidationFailed("invalid sync token")
+    return int(position)

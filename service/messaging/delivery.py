@@ -5,14 +5,27 @@ local rooms at once, and, with Redis, published on one channel per recipient use
 (``deliver:{userId}``). A replica subscribes only to the channels of users it holds sockets for,
 so it never decodes traffic meant for other replicas' users (python-socketio's
 AsyncRedisManager puts every event of the cluster on one channel, which every replica decodes).
+An event is encoded once, on the replica where it happens: the Socket.IO packet text travels
+through Redis as is and is written to the receiving sockets without being decoded again.
 
-The listener is supervised: it pings Redis, and when its connection breaks or goes quiet it
-resubscribes with doubling back-off, while ``messaging_backplane_listener_up`` says whether it is
-healthy. An event is encoded once, on the replica where it happens: the Socket.IO packet text
-travels through Redis as is and is written to the receiving sockets without being decoded and
-encoded again. Publishing never blocks a sender: events go through a bounded queue drained by
-one task that pipelines PUBLISH commands; if Redis is away they are dropped and counted,
-because PostgreSQL holds every message and clients catch up with ``syncMessages``.
+Delivery heals itself. Every event about a message covers a range of positions of the
+recipient's change log (``Logged``). For each user with sockets here the replica remembers the
+last position it delivered to them and delivers only the next one: a repeat (a retried publish, a
+deduplicated send delivered again) is dropped, an event that overtook another waits briefly for
+it, and a gap (a lost publish, a lost subscription, this process frozen, Redis restarted) is filled
+from the change log in PostgreSQL, in order. The log is read when a gap shows, whenever the
+subscription is (re)established, after the event loop stalled, and every few seconds as a
+backstop (one query for all the users here), so a connected device gets every change within a
+few seconds of a fault healing, without reconnecting. A socket joins its user's room only at the
+very end of its handshake, after the replica knows the user's current position: it never gets a
+live event before its CONNECT, nor one past a change it was not sent (live or by its own sync).
+
+The listener is supervised: a dropped connection is noticed at once and a silent one within one
+ping interval (a ping unanswered by the next), after a freeze of the process it reads what Redis
+buffered before judging the link, and it resubscribes with jittered back-off that resets after a
+good subscription. Publishing never blocks a sender: events go through a bounded queue drained
+by one task that pipelines PUBLISH commands; a failed batch is retried for a while, then dropped
+and counted (the receivers heal from the log).
 """
 
 from __future__ import annotations
@@ -20,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -42,8 +57,51 @@ PUBLISH_BATCH = 512
 PUBLISH_TIMEOUT_SECONDS = 2.0
 SUBSCRIBE_WAIT_SECONDS = 1.0
 LISTENER_PING_SECONDS = 2.0
+# A wake-up this much later than asked means the process was frozen (SIGSTOP, a VM pause).
+STALL_SECONDS = 1.0
 BACKOFF_START_SECONDS = 0.1
-BACKOFF_CAP_SECONDS = 5.0
+BACKOFF_CAP_SECONDS = 2.0  # a replica is ready again within seconds of Redis returning
+PUBLISH_RETRY_SECONDS = 15.0
+# How long an event that arrived ahead of its predecessor waits for it before the log is read.
+REORDER_WAIT_SECONDS = 0.5
+HEALER_TICK_SECONDS = 0.25
+HEADS_CHUNK = 500
+PENDING_LIMIT = 1000  # events waiting for a gap to be filled, per user
+
+
+def jittered(seconds: float) -> float:
+    """Between half and all of ``seconds``, so replicas that failed together retry apart."""
+    return seconds * random.uniform(0.5, 1.0)  # noqa: S311 - timing jitter, not a secret
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """An event about messages for one user, covering positions ``first..last`` of their log."""
+
+    user_id: str
+    first: int
+    last: int
+    event: str
+    data: dict[str, Any]
+
+
+# The change log, read through the rules layer (this module writes no SQL): each user's last
+# position, and the events a user's devices missed after a position (a page of them, in order).
+LogHeads = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
+LogEvents = Callable[[str, int], Awaitable[list[Logged]]]
+
+
+@dataclass(slots=True)
+class _Track:
+    """What this replica delivered to one user's sockets here."""
+
+    last: int | None = None  # None: not known yet (the database was away at the handshake)
+    pending: dict[int, tuple[int, eio_packet.Packet, str | None]] = field(default_factory=dict)
+    gap_since: float | None = None
+    stale: bool = False
+    # A log head the last periodic check saw beyond ``last``: healed if still not delivered at
+    # the next check (anything newer may simply still be on its way).
+    behind: int | None = None
 
 
 def user_room(user_id: str) -> str:
@@ -63,13 +121,25 @@ class Delivery:
     """Sends server-to-client events to users, locally and through the Redis backplane."""
 
     def __init__(
-        self, server: socketio.AsyncServer, *, replica_id: str, redis: Redis | None
+        self,
+        server: socketio.AsyncServer,
+        *,
+        replica_id: str,
+        redis: Redis | None,
+        check_seconds: float = 2.0,
     ) -> None:
         self._server = server
         self._replica_id = replica_id
         self._redis = redis
+        self._check_seconds = check_seconds
         self._queue: asyncio.Queue[tuple[list[str], bytes]] = asyncio.Queue(PUBLISH_QUEUE_LIMIT)
         self._watched: set[str] = set()
+        self._tracks: dict[str, _Track] = {}
+        self._heads: LogHeads | None = None
+        self._events: LogEvents | None = None
+        self._wake_healer = asyncio.Event()
+        self._check_all: str | None = None  # why every user's log must be checked, if it must
+        self._subscribed = False
         self._pubsub: RedisWire | None = None
         self._control = f"{CHANNEL_PREFIX}replica:{replica_id}"
         self._own_header = orjson.dumps({"o": replica_id})[:-1] + b","
@@ -88,6 +158,11 @@ class Delivery:
     @property
     def listener_healthy(self) -> bool:
         return self._redis is None or self._listener_healthy.is_set()
+
+    def use_log(self, *, heads: LogHeads, events: LogEvents) -> None:
+        """Where gaps are filled from (the rules layer, built after this object)."""
+        self._heads = heads
+        self._events = events
 
     async def to_users(
         self,
@@ -115,6 +190,189 @@ class Delivery:
         except asyncio.QueueFull:
             metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc()
 
+    async def logged(
+        self,
+        events: Sequence[Logged],
+        *,
+        skip_sid: str | None = None,
+        committed_at: float | None = None,
+    ) -> None:
+        """Deliver events about messages, each to its user's sockets (except ``skip_sid``)."""
+        now = time.time()
+        for item in events:
+            packet = event_packet(item.event, item.data)
+            await self._offer(item.user_id, item.first, item.last, packet, skip_sid)
+            if self._redis is None:
+                continue
+            header = orjson.dumps(
+                {
+                    "o": self._replica_id,
+                    "s": skip_sid,
+                    "t": now,
+                    "c": committed_at,
+                    "f": item.first,
+                    "l": item.last,
+                }
+            )
+            try:
+                self._queue.put_nowait(([item.user_id], header + b"\n" + packet.data.encode()))
+            except asyncio.QueueFull:
+                metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc()
+        if committed_at is not None and events:
+            self._delivered_local.observe(time.time() - committed_at)
+
+    # --- in order, once: the per-user sequence ----------------------------------------------
+
+    async def _offer(
+        self,
+        user_id: str,
+        first: int,
+        last: int,
+        packet: eio_packet.Packet,
+        skip_sid: str | None,
+    ) -> None:
+        """Deliver positions ``first..last`` of ``user_id``'s log if they are the next ones."""
+        track = self._tracks.get(user_id)
+        if track is None:
+            return  # no socket of this user here
+        if track.last is not None and last <= track.last:
+            metrics.DELIVERY_DUPLICATES.inc()
+            return
+        if track.last is None or first == track.last + 1:
+            track.last = last
+            await self._emit_local([user_id], packet, skip_sid)
+            if track.pending:
+                await self._flush(user_id, track)
+            return
+        if first <= track.last:
+            track.stale = True  # overlaps what was delivered: the log says what is new
+        elif len(track.pending) >= PENDING_LIMIT:
+            # The log cannot be read (the database is away) and events keep coming: let the
+            # log, not memory, hold them until it can.
+            track.pending.clear()
+            track.stale = True
+        else:
+            track.pending[first] = (last, packet, skip_sid)
+            if track.gap_since is None:
+                track.gap_since = time.monotonic()
+        self._wake_healer.set()
+
+    async def _flush(self, user_id: str, track: _Track) -> None:
+        """Deliver what waited for a gap that has just been filled."""
+        while track.pending and track.last is not None:
+            first = min(track.pending)
+            if first > track.last + 1:
+                break
+            last, packet, skip_sid = track.pending.pop(first)
+            if last <= track.last:
+                continue
+            if first <= track.last:
+                track.stale = True
+                continue
+            track.last = last
+            await self._emit_local([user_id], packet, skip_sid)
+        track.gap_since = time.monotonic() if track.pending else None
+
+    async def _heal(self, user_id: str, track: _Track) -> int:
+        """Deliver, from the log, everything after what this user's sockets here were sent."""
+        assert self._events is not None and self._heads is not None
+        healed = 0
+        if track.last is None:
+            track.last = (await self._heads([user_id]))[user_id]
+        while self._tracks.get(user_id) is track:
+            after = track.last
+            events = await self._events(user_id, after)
+            progressed = False
+            for item in events:
+                if self._tracks.get(user_id) is not track:
+                    return healed
+                if item.last <= track.last:
+                    continue
+                if item.first > track.last + 1:
+                    break  # delivered live meanwhile up to a later run: read again from there
+                waiting = track.pending.pop(item.first, None)
+                if waiting is not None and waiting[0] == item.last and item.first > track.last:
+                    # The live event that waited: same content, and it knows whom to skip.
+                    _, packet, skip_sid = waiting
+                else:
+                    packet, skip_sid = event_packet(item.event, _rest(item, track.last)), None
+                track.last = item.last
+                progressed = True
+                healed += 1
+                await self._emit_local([user_id], packet, skip_sid)
+            if not events or not progressed:
+                break
+        track.stale = False
+        await self._flush(user_id, track)
+        if healed:
+            metrics.DELIVERY_HEALED.inc(healed)
+        return healed
+
+    async def _check(self, user_ids: Sequence[str], reason: str) -> None:
+        """Compare users' logs with what their sockets here got; heal those behind."""
+        assert self._heads is not None
+        for start in range(0, len(user_ids), HEADS_CHUNK):
+            chunk = user_ids[start : start + HEADS_CHUNK]
+            heads = await self._heads(chunk)
+            for user_id in chunk:
+                track = self._tracks.get(user_id)
+                if track is None:
+                    continue
+                head = heads[user_id]
+                if track.last is None:
+                    track.last = head
+                elif head <= track.last:
+                    track.behind = None
+                elif reason != "check" or (track.behind is not None and track.behind > track.last):
+                    track.behind = None
+                    metrics.DELIVERY_HEALS.labels(reason=reason).inc()
+                    await self._heal(user_id, track)
+                else:
+                    track.behind = head
+
+    def check_all(self, reason: str) -> None:
+        """Have every local user's log compared with what was delivered, soon."""
+        self._check_all = reason
+        self._wake_healer.set()
+
+    async def run_healer(self) -> None:
+        """Fill gaps: when one shows, after a resubscription or a stall, and every few seconds."""
+        last_tick = time.monotonic()
+        next_check = last_tick + self._check_seconds
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_healer.wait(), HEALER_TICK_SECONDS)
+            self._wake_healer.clear()
+            now = time.monotonic()
+            if now - last_tick > HEALER_TICK_SECONDS + STALL_SECONDS:
+                log.warning("event loop stalled", extra={"seconds": round(now - last_tick, 1)})
+                self._check_all = self._check_all or "stalled"
+            last_tick = now
+            if self._heads is None:
+                continue
+            reason = self._check_all
+            if reason is None and now >= next_check:
+                reason = "check"
+            try:
+                if reason is not None:
+                    self._check_all = None
+                    next_check = now + jittered(self._check_seconds) + self._check_seconds / 2
+                    await self._check(list(self._tracks), reason)
+                for user_id, track in list(self._tracks.items()):
+                    waited = track.gap_since is not None and now - track.gap_since >= (
+                        REORDER_WAIT_SECONDS
+                    )
+                    if track.stale or waited:
+                        metrics.DELIVERY_HEALS.labels(reason="gap").inc()
+                        await self._heal(user_id, track)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The database is away: try again shortly (the gaps are still marked).
+                self._check_all = reason or self._check_all or "check"
+                log.warning("healing delivery failed", extra={"error": repr(exc)})
+                await asyncio.sleep(jittered(1.0))
+
     async def _emit_local(
         self, users: list[str], packet: eio_packet.Packet, skip_sid: str | None
     ) -> None:
@@ -133,32 +391,41 @@ class Delivery:
     # --- subscriptions -------------------------------------------------------------------------
 
     async def watch(self, user_id: str) -> None:
-        """Start receiving ``user_id``'s events from other replicas (first socket of a user).
+        """Start delivering ``user_id``'s events here (their first socket on this replica).
 
-        Waits (briefly) for Redis to confirm the subscription, so an event published right after
-        the socket's handshake is not missed; if Redis is slow or away, the socket connects
-        anyway and catches up with syncMessages.
+        Waits (briefly) for Redis to confirm the subscription, then reads the user's position, so
+        the socket (which joins its room right after) gets every change after that position:
+        live, or healed from the log. If Redis or the database is slow or away, the socket
+        connects anyway; the healer catches up when they are back.
         """
         self._watched.add(user_id)
-        if self._pubsub is None or not self._listener_healthy.is_set():
-            return
-        channel = user_channel(user_id)
-        future = self._pending.get(channel)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._pending[channel] = future
+        track = self._tracks.setdefault(user_id, _Track())
+        if self._pubsub is not None and self._listener_healthy.is_set():
+            channel = user_channel(user_id)
+            future = self._pending.get(channel)
+            if future is None:
+                future = asyncio.get_running_loop().create_future()
+                self._pending[channel] = future
+                try:
+                    self._pubsub.send([command("SUBSCRIBE", channel)])
+                except (RedisError, OSError) as exc:
+                    self._pending.pop(channel, None)
+                    log.warning("subscribe failed", extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_WAIT_SECONDS)
+        if self._heads is not None and track.last is None:
             try:
-                self._pubsub.send([command("SUBSCRIBE", channel)])
-            except (RedisError, OSError) as exc:
-                self._pending.pop(channel, None)
-                log.warning("subscribe failed", extra={"error": repr(exc)})
+                heads = await asyncio.wait_for(self._heads([user_id]), SUBSCRIBE_WAIT_SECONDS)
+            except Exception as exc:
+                log.warning("reading a user's log position failed", extra={"error": repr(exc)})
                 return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_WAIT_SECONDS)
+            if track.last is None:
+                track.last = heads[user_id]
 
     async def unwatch(self, user_id: str) -> None:
         """Stop receiving ``user_id``'s events (their last socket here is gone)."""
         self._watched.discard(user_id)
+        self._tracks.pop(user_id, None)
         if self._pubsub is None or not self._listener_healthy.is_set():
             return
         with contextlib.suppress(RedisError, OSError):
@@ -167,14 +434,22 @@ class Delivery:
     # --- background tasks ----------------------------------------------------------------------
 
     async def run_publisher(self) -> None:
-        """Drain the publish queue in pipelined batches, forever (one write per batch)."""
+        """Drain the publish queue in pipelined batches, forever (one write per batch).
+
+        A batch that failed is sent again, first, once Redis answers (receivers drop what they
+        already had); one that kept failing for ``PUBLISH_RETRY_SECONDS`` is dropped and counted,
+        and the receivers fill the gap from the change log.
+        """
         assert self._redis is not None
         wire: RedisWire | None = None
+        carried: list[bytes] = []
+        failing_since = 0.0
+        backoff = BACKOFF_START_SECONDS
         while True:
-            batch = [await self._queue.get()]
+            batch = [] if carried else [await self._queue.get()]
             while len(batch) < PUBLISH_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            commands = [
+            commands = carried + [
                 command("PUBLISH", user_channel(user_id), envelope)
                 for users, envelope in batch
                 for user_id in users
@@ -183,19 +458,36 @@ class Delivery:
                 if wire is None or not wire.connected:
                     wire = await RedisWire.open(self._redis)
                 await asyncio.wait_for(wire.execute(commands), PUBLISH_TIMEOUT_SECONDS)
-                self._published.inc(len(batch))
+                if carried:
+                    metrics.BACKPLANE_PUBLISHED.labels(outcome="retried").inc(len(carried))
+                    log.info("backplane publishing again", extra={"retried": len(carried)})
+                self._published.inc(len(commands) - len(carried))
+                carried = []
+                backoff = BACKOFF_START_SECONDS
             except (RedisError, OSError, TimeoutError) as exc:
-                metrics.BACKPLANE_PUBLISHED.labels(outcome="failed").inc(len(batch))
-                log.warning("backplane publish failed", extra={"error": repr(exc)})
+                if not carried:
+                    failing_since = time.monotonic()
+                    log.warning("backplane publish failed", extra={"error": repr(exc)})
+                metrics.BACKPLANE_PUBLISHED.labels(outcome="failed").inc(
+                    len(commands) - len(carried)
+                )
+                carried = commands[-PUBLISH_QUEUE_LIMIT:]
+                if time.monotonic() - failing_since > PUBLISH_RETRY_SECONDS:
+                    metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc(len(carried))
+                    log.warning("backplane publishes dropped", extra={"events": len(carried)})
+                    carried = []
                 if wire is not None:
                     wire.close()
                     wire = None
+                await asyncio.sleep(jittered(backoff))
+                backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
 
     async def run_listener(self) -> None:
         """Receive other replicas' events for our users, resubscribing whenever the link breaks."""
         assert self._redis is not None
         backoff = BACKOFF_START_SECONDS
         while True:
+            self._subscribed = False
             try:
                 await self._listen_once()
             except asyncio.CancelledError:
@@ -209,8 +501,10 @@ class Delivery:
                 self._listener_healthy.clear()
                 metrics.BACKPLANE_LISTENER_UP.set(0)
                 await self._close_pubsub()
+            if self._subscribed:
+                backoff = BACKOFF_START_SECONDS  # it worked for a while: start over
             metrics.BACKPLANE_LISTENER_RESTARTS.inc()
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(jittered(backoff))
             backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
 
     async def _listen_once(self) -> None:
@@ -221,7 +515,8 @@ class Delivery:
 
         def on_push(reply: list[Any]) -> None:
             # Called from the connection's data_received: queue, and wake the reader once for
-            # every message that arrived in this read.
+            # every message that arrived in this read. Hearing anything proves the link.
+            self._last_heard = time.monotonic()
             received.append(reply)
             arrived.set()
 
@@ -231,15 +526,28 @@ class Delivery:
         pubsub.send([command("SUBSCRIBE", *channels)])
         self._last_heard = time.monotonic()
         reader = asyncio.create_task(self._read(received, arrived), name="backplane-reader")
+        ping_sent: float | None = None
         try:
             while True:
-                done, _ = await asyncio.wait({reader, pubsub.lost}, timeout=LISTENER_PING_SECONDS)
+                asked = time.monotonic()
+                # Pinging twice per interval: a link that went silent is noticed within one.
+                done, _ = await asyncio.wait(
+                    {reader, pubsub.lost},
+                    timeout=LISTENER_PING_SECONDS / 2,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if reader in done:
                     reader.result()  # raises what broke the subscription
                 if done:
                     raise ConnectionError("the subscription ended")
-                if time.monotonic() - self._last_heard > 3 * LISTENER_PING_SECONDS:
-                    raise TimeoutError("no reply from Redis within three ping intervals")
+                if time.monotonic() - asked > LISTENER_PING_SECONDS / 2 + STALL_SECONDS:
+                    # This process was frozen: what Redis sent meanwhile is waiting in the
+                    # socket. Let it be read, and judge the link by a fresh ping.
+                    await asyncio.sleep(0.05)
+                    ping_sent = None
+                elif ping_sent is not None and self._last_heard < ping_sent:
+                    raise TimeoutError("no reply from Redis within one ping interval")
+                ping_sent = time.monotonic()
                 pubsub.send([command("PING")])  # the reply (a pong) counts as hearing from Redis
         finally:
             reader.cancel()
@@ -250,7 +558,6 @@ class Delivery:
         while True:
             await arrived.wait()
             arrived.clear()
-            self._last_heard = time.monotonic()
             batch = received[:]
             received.clear()
             for reply in batch:
@@ -268,8 +575,11 @@ class Delivery:
             channel = reply[1].decode()
             if channel == self._control:
                 self._listener_healthy.set()
+                self._subscribed = True
                 metrics.BACKPLANE_LISTENER_UP.set(1)
                 log.info("backplane listener subscribed", extra={"users": len(self._watched)})
+                # Whatever was published while we were not subscribed is in the log.
+                self.check_all("resubscribed")
             future = self._pending.pop(channel, None)
             if future is not None and not future.done():
                 future.set_result(None)
@@ -285,7 +595,11 @@ class Delivery:
         metrics.BACKPLANE_LAG.observe(max(0.0, time.time() - envelope["t"]))
         user_id = channel[len(CHANNEL_PREFIX) :].decode()
         packet = eio_packet.Packet(eio_packet.MESSAGE, data=text.decode())
-        await self._emit_local([user_id], packet, envelope["s"])
+        first = envelope.get("f")
+        if first is None:
+            await self._emit_local([user_id], packet, envelope["s"])
+        else:
+            await self._offer(user_id, first, envelope["l"], packet, envelope["s"])
         if envelope["c"] is not None:
             self._delivered_remote.observe(max(0.0, time.time() - envelope["c"]))
 
@@ -297,3 +611,12 @@ class Delivery:
         self._pending.clear()
         if pubsub is not None:
             pubsub.close()
+
+
+def _rest(item: Logged, delivered: int) -> dict[str, Any]:
+    """An event's data without the positions already delivered (a status run is one message id
+    per position, in order); other events cover one position."""
+    skip = delivered + 1 - item.first
+    if skip <= 0 or item.event != "messageStatus":
+        return item.data
+    return {**item.data, "messageIds": item.data["messageIds"][skip:]}

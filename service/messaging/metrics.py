@@ -106,6 +106,19 @@ BACKPLANE_LAST_HEARTBEAT = Gauge(
     "messaging_backplane_last_heartbeat_timestamp_seconds",
     "Unix time the backplane listener last heard from Redis (messages or its own ping).",
 )
+DELIVERY_HEALED = Counter(
+    "messaging_delivery_healed_total",
+    "Events a replica delivered to its sockets from the change log after a gap in live delivery.",
+)
+DELIVERY_HEALS = Counter(
+    "messaging_delivery_heals_total",
+    "Times a replica read a user's change log to fill a gap, by what triggered it.",
+    ["reason"],
+)
+DELIVERY_DUPLICATES = Counter(
+    "messaging_delivery_duplicates_dropped_total",
+    "Live events dropped because the user's sockets here already had them (by log position).",
+)
 REGISTRY_ERRORS = Counter(
     "messaging_presence_registry_errors_total",
     "Failed writes to the Redis connection registry (presence may lag until resync).",
@@ -182,5 +195,7 @@ def prime(
         CONNECTIONS_CHECKS.labels(result=result, source=source)
     for path in ("local", "backplane"):
         COMMIT_TO_DELIVER.labels(path=path)
-    for outcome in ("published", "failed", "dropped"):
+    for outcome in ("published", "failed", "retried", "dropped"):
         BACKPLANE_PUBLISHED.labels(outcome=outcome)
+    for reason in ("gap", "check", "resubscribed", "stalled"):
+        DELIVERY_HEALS.labels(reason=reason)

@@ -123,6 +123,7 @@ class GetPresence(Request):
 
 class SyncMessages(Request):
     after: uuid.UUID | None = None
+    since: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     limit: int = Field(DEFAULT_SYNC_LIMIT, ge=1, le=MAX_SYNC_LIMIT, strict=True)
 
 

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     redis_url: str = ""
     redis_heartbeat_seconds: float = Field(5.0, gt=0, le=300)
     redis_replica_ttl_seconds: float = Field(15.0, gt=0, le=3600)
+    # How often a replica compares its users' change logs with what it delivered (the backstop of
+    # self-healing delivery: a change still undelivered one check later is filled from the log;
+    # gaps it notices itself are filled at once).
+    delivery_check_seconds: float = Field(2.0, ge=0.5, le=300)
 
     jwt_algorithms: list[Literal["HS256", "RS256", "ES256"]] = ["HS256"]
     jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
@@ -328,12 +332,14 @@ class Settings(BaseSettings):
         """Key for page-token signatures, never one a client can know.
 
         The dedicated secret when set; else a key derived from the HS256 secret (every replica
-        has it; derived, so a page token never signs with the JWT key itself); else, in dev mode
-        only (production refuses to start), a random key of this process.
+        has it, so page and sync tokens work on any replica; derived, so a token never signs with
+        the JWT key itself; the development secret included: whoever knows it can forge any
+        JWT already); else, in dev mode only (production refuses to start), a random key of this
+        process.
         """
         if secret := self.cursor_secret.get_secret_value():
             return secret.encode()
         jwt_secret = self.jwt_secret.get_secret_value()
-        if "HS256" in self.jwt_algorithms and jwt_secret != DEV_JWT_SECRET:
+        if "HS256" in self.jwt_algorithms and jwt_secret:
             return hmac.new(jwt_secret.encode(), b"messaging page tokens", hashlib.sha256).digest()
         return secrets.token_bytes(32)

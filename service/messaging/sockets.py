@@ -321,10 +321,16 @@ class SocketEvents:
 
     async def _sync_messages(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(SyncMessages, payload if payload is not None else {})
-        messages, has_more = await self._chat.sync(
-            user_id, after=request.after, limit=request.limit
+        page = await self._chat.sync(
+            user_id, after=request.after, since=request.since, limit=request.limit
         )
-        return {"messages": [message_json(m) for m in messages], "hasMore": has_more}
+        reply: dict[str, Any] = {
+            "messages": [message_json(m) for m in page.messages],
+            "hasMore": page.has_more,
+        }
+        if page.sync_token is not None:
+            reply["syncToken"] = page.sync_token
+        return reply
 
     async def _reauthenticate(self, user_id: str, sid: str, payload: Any) -> Any:
         if not isinstance(payload, dict):

@@ -4,19 +4,21 @@ The caller owns the transaction (``async with engine.begin() as conn``), so logi
 decides what commits together. Statements are written with SQLAlchemy Core and run unchanged on
 PostgreSQL and SQLite.
 
-Stream positions: ``syncMessages`` walks messages in ``stream_pos`` order, and a client must never
-see position N+1 before position N has committed (else it syncs past N and misses it forever).
-``insert_messages`` takes positions from the one-row ``message_stream`` table with an UPDATE, whose
-row lock is held until commit: the next writer gets its positions only after this one committed or
-rolled back, so positions are handed out in commit order with nothing in flight below them (the
-guarantee Synapse gets from tracking in-flight stream ids).
+Change logs: every change to a message (created, a status moved) is appended to the log of each
+participant of its conversation (``user_changes``), at the next position of that user's counter
+(``user_streams``). The counter row is updated in the same transaction and its row lock is held
+until commit, so a user's positions become visible in order: once a reader sees position N of a
+user's log, nothing below N can still commit. A sync token is such a position, so a client that
+resumes from it never skips a change that committed late. Writers of different users never wait
+for each other (no cluster-wide lock or row); writers that touch several users lock their counter
+rows in user order, so two of them cannot deadlock.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,9 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from messaging.tables import (
     UTCDateTime,
     conversations,
-    message_stream,
     messages,
     participants,
+    user_changes,
+    user_streams,
 )
 
 STATUS_ORDER = {"sent": 0, "delivered": 1, "read": 2}
@@ -44,7 +47,8 @@ class MessageRecord:
     status: str
     created_at: datetime
     client_message_id: str | None
-    stream_pos: int
+    # The message's position in each participant's change log, when this call just wrote it.
+    positions: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +76,6 @@ class ConversationSummary:
     activity_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class StatusChange:
-    message_id: uuid.UUID
-    conversation_id: uuid.UUID
-    author_id: str
-
-
 _MESSAGE_COLUMNS = (
     messages.c.id,
     messages.c.conversation_id,
@@ -87,7 +84,6 @@ _MESSAGE_COLUMNS = (
     messages.c.status,
     messages.c.created_at,
     messages.c.client_message_id,
-    messages.c.stream_pos,
 )
 
 
@@ -100,7 +96,6 @@ def _message(row: Any) -> MessageRecord:
         status=row.status,
         created_at=row.created_at,
         client_message_id=row.client_message_id,
-        stream_pos=row.stream_pos,
     )
 
 
@@ -115,15 +110,6 @@ def _insert(conn: AsyncConnection, table: Any) -> Any:
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
-
-
-async def ensure_stream_row(conn: AsyncConnection) -> None:
-    """The ``message_stream`` row exists from the first migration; this guards hand-made schemas."""
-    await conn.execute(
-        _insert(conn, message_stream)
-        .values(id=1, position=0)
-        .on_conflict_do_nothing(index_elements=[message_stream.c.id])
-    )
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -276,15 +262,16 @@ async def _unread_counts(
 async def insert_messages(
     conn: AsyncConnection, batch: Sequence[NewMessage]
 ) -> list[tuple[MessageRecord, bool]]:
-    """Store a batch of new messages.
+    """Store a batch of new messages, each logged as "created" for every participant.
 
     Returns, for each input in order, the stored message and whether this call stored it; a
     repeated ``(author_id, client_message_id)`` returns the original message instead (also when the
-    repeat is inside the same batch).
+    repeat is inside the same batch). Either way the record carries its log positions, so a
+    repeat can be delivered again to whoever missed the original.
 
-    On PostgreSQL it is one statement (position and rows together), so on a connection in
+    On PostgreSQL it is one statement (rows, counters and log together), so on a connection in
     autocommit mode the whole batch is one round trip and one implicit transaction; elsewhere
-    the caller's transaction holds the two statements.
+    the caller's transaction holds the statements.
     """
     first_of_key: dict[tuple[str, str], int] = {}
     unique: list[NewMessage] = []
@@ -297,12 +284,12 @@ async def insert_messages(
         unique.append(item)
 
     if conn.dialect.name == "postgresql":
-        start, inserted_ids = await _insert_postgres(conn, unique)
+        positions = await _insert_postgres(conn, unique)
     else:
-        start, inserted_ids = await _insert_portable(conn, unique)
+        positions = await _insert_portable(conn, unique)
     stored: dict[uuid.UUID, MessageRecord] = {}
-    for offset, item in enumerate(unique):
-        if item.id in inserted_ids:
+    for item in unique:
+        if item.id in positions:
             stored[item.id] = MessageRecord(
                 id=item.id,
                 conversation_id=item.conversation_id,
@@ -311,9 +298,9 @@ async def insert_messages(
                 status="sent",
                 created_at=item.created_at,
                 client_message_id=item.client_message_id,
-                stream_pos=start + offset,
+                positions=tuple(sorted(positions[item.id].items())),
             )
-    originals = await _originals(conn, [u for u in unique if u.id not in inserted_ids])
+    originals = await _originals(conn, [u for u in unique if u.id not in positions])
 
     results: list[tuple[MessageRecord, bool]] = []
     for item in batch:
@@ -328,29 +315,44 @@ async def insert_messages(
     return results
 
 
-# Takes the batch's positions and inserts its rows in one statement: the UPDATE's row lock is
-# taken first (the INSERT reads its result) and held until the statement's transaction ends.
+# Inserts the rows, bumps the counter of every participant of the inserted messages (in user
+# order: the row locks are taken in that order, so concurrent batches cannot deadlock) and logs
+# each message at the positions just below each counter's new value, in one statement.
 _INSERT_BATCH_POSTGRES = """
-WITH counter AS (
-    UPDATE message_stream SET position = position + $7 WHERE id = 1 RETURNING position
-), incoming AS (
+WITH incoming AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::varchar[], $4::text[],
                          $5::timestamptz[], $6::varchar[]) WITH ORDINALITY
         AS r(id, conversation_id, author_id, content, created_at, client_message_id, ord)
+), inserted AS (
+    INSERT INTO messages (id, conversation_id, author_id, content, status, created_at,
+                          client_message_id)
+    SELECT id, conversation_id, author_id, content, 'sent', created_at, client_message_id
+    FROM incoming ORDER BY ord
+    ON CONFLICT (author_id, client_message_id) DO NOTHING
+    RETURNING id, conversation_id, author_id, created_at
+), targets AS (
+    SELECT p.user_id, i.id, i.author_id, i.created_at,
+           row_number() OVER (PARTITION BY p.user_id ORDER BY r.ord) AS nth,
+           count(*) OVER (PARTITION BY p.user_id) AS n
+    FROM inserted i
+    JOIN incoming r ON r.id = i.id
+    JOIN participants p ON p.conversation_id = i.conversation_id
+), bumped AS (
+    INSERT INTO user_streams AS s (user_id, position)
+    SELECT DISTINCT user_id, n FROM targets ORDER BY user_id
+    ON CONFLICT (user_id) DO UPDATE SET position = s.position + excluded.position
+    RETURNING s.user_id, s.position
 )
-INSERT INTO messages (id, conversation_id, author_id, content, status, created_at,
-                      client_message_id, stream_pos)
-SELECT r.id, r.conversation_id, r.author_id, r.content, 'sent', r.created_at,
-       r.client_message_id, counter.position - $7 + r.ord
-FROM incoming r, counter
-ON CONFLICT (author_id, client_message_id) DO NOTHING
-RETURNING id, stream_pos
+INSERT INTO user_changes (user_id, position, message_id, kind, actor_id, changed_at)
+SELECT t.user_id, b.position - t.n + t.nth, t.id, 'created', t.author_id, t.created_at
+FROM targets t JOIN bumped b ON b.user_id = t.user_id
+RETURNING user_id, position, message_id
 """
 
 
 async def _insert_postgres(
     conn: AsyncConnection, unique: Sequence[NewMessage]
-) -> tuple[int, set[uuid.UUID]]:
+) -> dict[uuid.UUID, dict[str, int]]:
     result = await conn.exec_driver_sql(
         _INSERT_BATCH_POSTGRES,
         (
@@ -360,31 +362,17 @@ async def _insert_postgres(
             [m.content for m in unique],
             [m.created_at for m in unique],
             [m.client_message_id for m in unique],
-            len(unique),
         ),
     )
-    positions: dict[uuid.UUID, int] = {row.id: row.stream_pos for row in result}
-    if not positions:
-        # Every row was a repeat; the positions were still taken (gaps are harmless).
-        return 0, set()
-    # Positions follow input order: recover the batch's first one from any inserted row.
-    index = {m.id: i for i, m in enumerate(unique)}
-    some_id, some_pos = next(iter(positions.items()))
-    return some_pos - index[some_id], set(positions)
+    positions: dict[uuid.UUID, dict[str, int]] = {}
+    for row in result:
+        positions.setdefault(row.message_id, {})[row.user_id] = row.position
+    return positions
 
 
 async def _insert_portable(
     conn: AsyncConnection, unique: Sequence[NewMessage]
-) -> tuple[int, set[uuid.UUID]]:
-    end = (
-        await conn.execute(
-            update(message_stream)
-            .where(message_stream.c.id == 1)
-            .values(position=message_stream.c.position + len(unique))
-            .returning(message_stream.c.position)
-        )
-    ).scalar_one()
-    start = end - len(unique) + 1
+) -> dict[uuid.UUID, dict[str, int]]:
     rows = [
         {
             "id": item.id,
@@ -394,17 +382,122 @@ async def _insert_portable(
             "status": "sent",
             "created_at": item.created_at,
             "client_message_id": item.client_message_id,
-            "stream_pos": start + offset,
         }
-        for offset, item in enumerate(unique)
+        for item in unique
     ]
-    inserted = await conn.execute(
-        _insert(conn, messages)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=[messages.c.author_id, messages.c.client_message_id])
-        .returning(messages.c.id)
+    inserted = set(
+        (
+            await conn.execute(
+                _insert(conn, messages)
+                .values(rows)
+                .on_conflict_do_nothing(
+                    index_elements=[messages.c.author_id, messages.c.client_message_id]
+                )
+                .returning(messages.c.id)
+            )
+        ).scalars()
     )
-    return start, set(inserted.scalars())
+    logged = await append_changes(
+        conn,
+        [
+            LogEntry(m.conversation_id, m.id, "created", m.author_id, m.created_at)
+            for m in unique
+            if m.id in inserted
+        ],
+    )
+    positions: dict[uuid.UUID, dict[str, int]] = {}
+    for change in logged:
+        positions.setdefault(change.message_id, {})[change.user_id] = change.position
+    return positions
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """A change to log for every participant of ``conversation_id``."""
+
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    kind: str
+    actor_id: str | None
+    changed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a user's change log."""
+
+    user_id: str
+    position: int
+    message_id: uuid.UUID
+    kind: str
+    actor_id: str | None
+    changed_at: datetime
+    conversation_id: uuid.UUID
+
+
+async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> list[Change]:
+    """Log ``entries`` for every participant, in the order given; call inside a transaction.
+
+    Each user's share is contiguous and in input order, so one event per user can announce a run
+    of changes with the range of positions it covers.
+    """
+    if not entries:
+        return []
+    conversation_ids = list({e.conversation_id for e in entries})
+    members: dict[uuid.UUID, list[str]] = {}
+    for row in await conn.execute(
+        select(participants.c.conversation_id, participants.c.user_id).where(
+            participants.c.conversation_id.in_(conversation_ids)
+        )
+    ):
+        members.setdefault(row.conversation_id, []).append(row.user_id)
+    per_user: dict[str, list[LogEntry]] = {}
+    for entry in entries:
+        for user_id in members.get(entry.conversation_id, ()):
+            per_user.setdefault(user_id, []).append(entry)
+    if not per_user:
+        return []
+    statement = _insert(conn, user_streams).values(
+        [{"user_id": u, "position": len(per_user[u])} for u in sorted(per_user)]
+    )
+    bumped = await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[user_streams.c.user_id],
+            set_={"position": user_streams.c.position + statement.excluded.position},
+        ).returning(user_streams.c.user_id, user_streams.c.position)
+    )
+    changes: list[Change] = []
+    for row in bumped:
+        mine = per_user[row.user_id]
+        start = row.position - len(mine) + 1
+        changes.extend(
+            Change(
+                row.user_id,
+                start + i,
+                e.message_id,
+                e.kind,
+                e.actor_id,
+                e.changed_at,
+                e.conversation_id,
+            )
+            for i, e in enumerate(mine)
+        )
+    await conn.execute(
+        user_changes.insert().values(
+            [
+                {
+                    "user_id": c.user_id,
+                    "position": c.position,
+                    "message_id": c.message_id,
+                    "kind": c.kind,
+                    "actor_id": c.actor_id,
+                    "changed_at": c.changed_at,
+                }
+                for c in changes
+            ]
+        )
+    )
+    return changes
 
 
 async def _originals(
@@ -418,12 +511,31 @@ async def _originals(
             tuple_(messages.c.author_id, messages.c.client_message_id).in_(keys)
         )
     )
+    records = [_message(row) for row in rows]
+    positions = await created_positions(conn, [r.id for r in records])
     found = {}
-    for row in rows:
-        record = _message(row)
+    for record in records:
         assert record.client_message_id is not None
-        found[(record.author_id, record.client_message_id)] = record
+        key = (record.author_id, record.client_message_id)
+        found[key] = replace(record, positions=positions.get(record.id, ()))
     return found
+
+
+async def created_positions(
+    conn: AsyncConnection, message_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[tuple[str, int], ...]]:
+    """Where each message was logged as created, per participant."""
+    if not message_ids:
+        return {}
+    rows = await conn.execute(
+        select(user_changes.c.message_id, user_changes.c.user_id, user_changes.c.position)
+        .where(user_changes.c.message_id.in_(message_ids), user_changes.c.kind == "created")
+        .order_by(user_changes.c.user_id)
+    )
+    found: dict[uuid.UUID, list[tuple[str, int]]] = {}
+    for row in rows:
+        found.setdefault(row.message_id, []).append((row.user_id, row.position))
+    return {k: tuple(v) for k, v in found.items()}
 
 
 async def get_message(conn: AsyncConnection, message_id: uuid.UUID) -> MessageRecord | None:
@@ -457,11 +569,14 @@ async def advance_status(
     conversation_id: uuid.UUID | None = None,
     not_author: str,
     up_to: tuple[datetime, uuid.UUID] | None = None,
-) -> list[StatusChange]:
-    """Move messages forward to ``status``; messages already there or beyond are left alone.
+    at: datetime,
+) -> list[Change]:
+    """Move messages forward to ``status`` and log it; messages already there are left alone.
 
     The WHERE clause only admits lower statuses, and PostgreSQL re-checks it after waiting on a
-    concurrent writer's row lock, so two racing updates can never move a status backwards.
+    concurrent writer's row lock, so two racing updates can never move a status backwards. Each
+    moved message is logged (kind ``status``, actor ``not_author``, the marker) for every
+    participant, grouped by conversation and in id (creation) order.
     """
     lower = [s for s, rank in STATUS_ORDER.items() if rank < STATUS_ORDER[status]]
     conditions = [messages.c.status.in_(lower), messages.c.author_id != not_author]
@@ -475,9 +590,10 @@ async def advance_status(
         update(messages)
         .where(*conditions)
         .values(status=status)
-        .returning(messages.c.id, messages.c.conversation_id, messages.c.author_id)
+        .returning(messages.c.id, messages.c.conversation_id)
     )
-    return [StatusChange(row.id, row.conversation_id, row.author_id) for row in rows]
+    moved = sorted((row.conversation_id, row.id) for row in rows)
+    return await append_changes(conn, [LogEntry(c, m, status, not_author, at) for c, m in moved])
 
 
 async def history_page(
@@ -495,18 +611,119 @@ async def history_page(
     return [_message(row) for row in await conn.execute(query)]
 
 
-async def messages_after(
-    conn: AsyncConnection, *, user_id: str, after_pos: int, limit: int
-) -> list[MessageRecord]:
-    """Messages of every conversation of ``user_id`` past a stream position, oldest first."""
-    mine = select(participants.c.conversation_id).where(participants.c.user_id == user_id)
+def _log_of(user_id: str) -> Any:
+    return user_changes.c.user_id == user_id
+
+
+async def log_heads(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, int]:
+    """The last position of each user's log (users with no log yet are at 0)."""
+    heads = dict.fromkeys(user_ids, 0)
     rows = await conn.execute(
-        select(*_MESSAGE_COLUMNS)
-        .where(messages.c.conversation_id.in_(mine), messages.c.stream_pos > after_pos)
-        .order_by(messages.c.stream_pos)
+        select(user_streams.c.user_id, user_streams.c.position).where(
+            user_streams.c.user_id.in_(list(user_ids))
+        )
+    )
+    heads.update({row.user_id: row.position for row in rows})
+    return heads
+
+
+async def created_position(
+    conn: AsyncConnection, *, user_id: str, message_id: uuid.UUID
+) -> int | None:
+    """Where ``message_id`` was logged as created in ``user_id``'s log (None: not theirs)."""
+    return (
+        await conn.execute(
+            select(user_changes.c.position).where(
+                _log_of(user_id),
+                user_changes.c.message_id == message_id,
+                user_changes.c.kind == "created",
+            )
+        )
+    ).scalar()
+
+
+async def created_after(
+    conn: AsyncConnection, *, user_id: str, after_pos: int, limit: int
+) -> tuple[list[tuple[MessageRecord, int]], int]:
+    """Messages created after a position of the user's log, in log order, with their positions;
+    and the log's last position, read in the same statement (the same snapshot)."""
+    head = (
+        select(func.coalesce(func.max(user_streams.c.position), 0))
+        .where(user_streams.c.user_id == user_id)
+        .scalar_subquery()
+    )
+    rows = (
+        await conn.execute(
+            select(*_MESSAGE_COLUMNS, user_changes.c.position, head.label("head"))
+            .join(messages, messages.c.id == user_changes.c.message_id)
+            .where(
+                _log_of(user_id),
+                user_changes.c.position > after_pos,
+                user_changes.c.kind == "created",
+            )
+            .order_by(user_changes.c.position)
+            .limit(limit)
+        )
+    ).all()
+    if not rows:
+        return [], after_pos
+    return [(_message(row), row.position) for row in rows], int(rows[0].head)
+
+
+async def changed_since(
+    conn: AsyncConnection, *, user_id: str, after_pos: int, limit: int
+) -> list[tuple[MessageRecord, int]]:
+    """The latest state of each message changed after a position, ordered by its last change.
+
+    One statement, so one snapshot: the positions returned and the states read agree.
+    """
+    latest = (
+        select(user_changes.c.message_id, func.max(user_changes.c.position).label("position"))
+        .where(_log_of(user_id), user_changes.c.position > after_pos)
+        .group_by(user_changes.c.message_id)
+        .subquery()
+    )
+    rows = await conn.execute(
+        select(*_MESSAGE_COLUMNS, latest.c.position)
+        .join(latest, latest.c.message_id == messages.c.id)
+        .order_by(latest.c.position)
         .limit(limit)
     )
-    return [_message(row) for row in rows]
+    return [(_message(row), row.position) for row in rows]
+
+
+async def changes_after(
+    conn: AsyncConnection, *, user_id: str, after_pos: int, limit: int
+) -> list[tuple[Change, MessageRecord]]:
+    """Every entry of the user's log after a position, with its message's current state."""
+    rows = await conn.execute(
+        select(
+            *_MESSAGE_COLUMNS,
+            user_changes.c.position,
+            user_changes.c.kind,
+            user_changes.c.actor_id,
+            user_changes.c.changed_at,
+        )
+        .join(messages, messages.c.id == user_changes.c.message_id)
+        .where(_log_of(user_id), user_changes.c.position > after_pos)
+        .order_by(user_changes.c.position)
+        .limit(limit)
+    )
+    return [
+        (
+            Change(
+                user_id,
+                row.position,
+                row.id,
+                row.kind,
+                row.actor_id,
+                row.changed_at,
+                row.conversation_id,
+            ),
+            _message(row),
+        )
+        for row in rows
+    ]
 
 
 async def ping(conn: AsyncConnection) -> None:

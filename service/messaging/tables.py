@@ -105,8 +105,9 @@ messages = Table(
     Column("status", String(16), nullable=False, server_default="sent"),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("client_message_id", String(64), nullable=True),
-    # Position in the commit-ordered message stream that syncMessages walks (see store.py).
-    Column("stream_pos", BigInteger(), nullable=False, unique=True),
+    # The cluster-wide stream position of schema 0001, written only by pods of that release during
+    # a rolling upgrade (a trigger of migration 0002 logs their messages); NULL for newer rows.
+    Column("stream_pos", BigInteger(), nullable=True, unique=True),
     UniqueConstraint("author_id", "client_message_id"),
     CheckConstraint("status IN ('sent', 'delivered', 'read')", name="known_status"),
     # History pages: newest first within a conversation, keyset on (created_at, id).
@@ -114,12 +115,42 @@ messages = Table(
     Index(None, "conversation_id", "stream_pos"),
 )
 
-# One row: the last stream position handed out. Taking its row lock serialises message commits,
-# so stream positions are in commit order and a reader never sees a later position before an
-# earlier one has committed.
+# Schema 0001's one-row counter, kept only for pods of that release during a rolling upgrade: the
+# write path no longer takes its row lock (see user_streams).
 message_stream = Table(
     "message_stream",
     metadata,
     Column("id", BigInteger(), primary_key=True),
     Column("position", BigInteger(), nullable=False),
+)
+
+# Each user's change log: every change to a message of their conversations (created, a status
+# moved; later edits, deletes, reactions) takes the next position of every participant's log.
+# ``syncToken`` is a position in the caller's log. A user's counter row is locked by the
+# transactions that append to their log, so a user's positions become visible in order (nothing
+# commits below a visible position later), while transactions touching different users never
+# wait for each other: there is no cluster-wide lock or row on the write path.
+user_streams = Table(
+    "user_streams",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("position", BigInteger(), nullable=False),
+)
+
+user_changes = Table(
+    "user_changes",
+    metadata,
+    Column("user_id", USER_ID, primary_key=True),
+    Column("position", BigInteger(), primary_key=True),
+    Column(
+        "message_id",
+        Uuid(),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(16), nullable=False),
+    # Who made the change (the author for "created", the marker for a status).
+    Column("actor_id", USER_ID, nullable=True),
+    Column("changed_at", UTCDateTime(), nullable=False),
+    Index(None, "message_id"),
 )

@@ -56,3 +56,54 @@ async def test_pooled_connections_cut_while_idle_are_replaced_not_failed(
         assert int(killed) >= 1
         for _ in range(3):
             assert (await a.call("syncMessages", {}))["ok"]
+
+
+async def test_a_database_that_refuses_more_connections_means_unavailable_and_not_ready(
+    postgres_server: PostgresServer, postgres_database: str
+) -> None:
+    """``too many connections`` (SQLSTATE 53300) is the database being busy, not a bug: the
+    client may retry (``UNAVAILABLE``, not ``INTERNAL``), and the replica is unready at once."""
+    role = f"limited_{unique('r').replace('-', '_')}"
+    database = postgres_database.rsplit("/", 1)[1]
+    postgres_server.psql("postgres", f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+    postgres_server.psql(database, f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')
+    url = postgres_database.replace("postgres@", f"{role}@", 1)
+    graph = ConnectionGraph(all_connected=True)
+    async with running_service(service_settings(url), graph, "postgres") as svc:
+        alice, bob = unique("alice"), unique("bob")
+        async with devices(svc, alice) as [a]:
+            created = await a.call("createConversation", {"participantId": bob})
+            synced = await a.call("syncMessages", {})
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{svc.url}/readyz")
+    assert created["error"]["code"] == "UNAVAILABLE", created
+    assert synced["error"]["code"] == "UNAVAILABLE", synced
+    assert ready.status_code == 503
+
+
+async def test_a_request_that_finds_the_database_gone_turns_readiness_at_once(
+    pg_svc: RunningService, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pooled connections terminated by an administrator (SQLSTATE 57P01) and used without a
+    ping fail the request as ``UNAVAILABLE``; /readyz says 503 from that moment, before the next
+    periodic check, and recovers once a ping succeeds."""
+    monkeypatch.setattr(db, "IDLE_BEFORE_PING_SECONDS", 3600.0)  # never ping on checkout
+    alice = unique("alice")
+    database = pg_svc.settings.database_url.rsplit("/", 1)[1]
+    terminate = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )
+    async with devices(pg_svc, alice) as [a]:
+        assert (await a.call("syncMessages", {}))["ok"]
+        await asyncio.to_thread(postgres_server.psql, "postgres", terminate)
+        replies = [await a.call("syncMessages", {}) for _ in range(3)]
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"{pg_svc.url}/readyz")
+            await pg_svc.service.check_readiness()
+            again = await http.get(f"{pg_svc.url}/readyz")
+    failed = [r for r in replies if not r["ok"]]
+    assert failed, "the test needs a request that met a terminated connection"
+    assert {r["error"]["code"] for r in failed} == {"UNAVAILABLE"}
+    assert ready.status_code == 503
+    assert again.status_code == 200

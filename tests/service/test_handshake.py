@@ -79,7 +79,9 @@ async def test_long_polling_transport_works_as_well_as_websocket(svc: RunningSer
         assert (await http.post("/socket.io/", params=params, content=call)).text == "OK"
         ack = (await http.get("/socket.io/", params=params)).text
         assert ack.startswith("431")
-        assert json.loads(ack[3:]) == [{"ok": True, "data": {"messages": [], "hasMore": False}}]
+        [reply] = json.loads(ack[3:])
+        assert reply["ok"] is True
+        assert (reply["data"]["messages"], reply["data"]["hasMore"]) == ([], False)
         await http.post("/socket.io/", params=params, content="1")  # Engine.IO close
 
 

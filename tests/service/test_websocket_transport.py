@@ -89,7 +89,8 @@ async def test_malformed_packets_are_ignored_and_the_socket_keeps_working(
             await ws.send(junk)
         await ws.send('425["syncMessages",{}]')
         reply = await _ack(ws, 5)
-        assert reply == {"ok": True, "data": {"messages": [], "hasMore": False}}
+        assert reply["ok"] is True
+        assert (reply["data"]["messages"], reply["data"]["hasMore"]) == ([], False)
 
 
 async def test_a_message_larger_than_the_payload_limit_closes_the_connection(

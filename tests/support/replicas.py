@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import pytest_asyncio
@@ -139,6 +140,19 @@ class Cluster:
     graph: ConnectionGraph
     workdir: Path
     replicas: list[Replica] = field(default_factory=list)
+    connections_server: grpc.aio.Server | None = None
+
+    async def stop_connections(self) -> None:
+        """Take the Connections service down (its address refuses connections)."""
+        if self.connections_server is not None:
+            await self.connections_server.stop(0)
+            self.connections_server = None
+
+    async def start_connections(self) -> None:
+        """Bring the Connections service back on the same address."""
+        if self.connections_server is None:
+            port = int(self.connections_address.rsplit(":", 1)[1])
+            self.connections_server, _ = await start_connections_server(self.graph, port=port)
 
     def token(self, user: str) -> str:
         return mint_token(Settings(jwt_secret=JWT_SECRET), user)
@@ -146,6 +160,11 @@ class Cluster:
     def add(self, **settings: str) -> Replica:
         name = f"replica-{len(self.replicas)}-{uuid.uuid4().hex[:4]}"
         http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+        # The kernel may hand out a just-released port again.
+        while grpc_port == http_port:
+            grpc_port = free_port()
+        while metrics_port in (http_port, grpc_port):
+            metrics_port = free_port()
         env = dict(os.environ)
         env.update(
             {
@@ -168,6 +187,10 @@ class Cluster:
         )
         if self.redis is not None:
             env["MESSAGING_REDIS_URL"] = self.redis.url
+        # Runs the replicas from another source tree (the test process keeps this one), e.g. to
+        # measure a previous release under the same tests.
+        if other_source := os.environ.get("MESSAGING_TEST_REPLICA_SOURCE"):
+            env["PYTHONPATH"] = other_source
         env.update({f"MESSAGING_{k.upper()}": v for k, v in settings.items()})
         replica = Replica(
             name, env, self.workdir / f"{name}.log", http_port, grpc_port, metrics_port
@@ -211,12 +234,13 @@ async def cluster(cluster_database: str, redis_server: RedisControl) -> AsyncIte
         connections_address=f"127.0.0.1:{port}",
         graph=graph,
         workdir=workdir,
+        connections_server=server,
     )
     try:
         yield deployment
     finally:
         deployment.stop()
-        await server.stop(0)
+        await deployment.stop_connections()
         redis_server.start()
 
 

@@ -61,6 +61,25 @@ class PostgresServer:
     port: int
     user: str
     bin_dir: Path
+    data_dir: Path | None = None
+    options: str = ""
+    run_as: tuple[str, ...] = ()
+
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.data_dir is not None
+        subprocess.run(
+            [*self.run_as, str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the server the way an operator would (fast: clients are disconnected)."""
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start(self) -> None:
+        assert self.data_dir is not None
+        self._pg_ctl("-o", self.options, "-l", str(self.data_dir.parent / "postgres.log"),
+                     "-w", "start")  # fmt: skip
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql+asyncpg://{self.user}@{self.host}:{self.port}/{database}"
@@ -151,7 +170,15 @@ def postgres_server() -> Iterator[PostgresServer]:
 
     atexit.register(stop)
     try:
-        yield PostgresServer(host="127.0.0.1", port=port, user="postgres", bin_dir=bin_dir)
+        yield PostgresServer(
+            host="127.0.0.1",
+            port=port,
+            user="postgres",
+            bin_dir=bin_dir,
+            data_dir=data,
+            options=options,
+            run_as=tuple(prefix),
+        )
     finally:
         stop()
         atexit.unregister(stop)

@@ -162,11 +162,17 @@ class Device:
     client: socketio.AsyncClient = field(init=False)
     inbox: dict[str, asyncio.Queue[Any]] = field(default_factory=dict)
     connect_error: Any = None
+    # The syncToken of every event received, in arrival order, taken off the event so it
+    # compares equal to the Message of the sender's ack (whose token is another user's).
+    sync_tokens: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.client = socketio.AsyncClient(reconnection=False)
 
         async def record(event: str, data: Any = None) -> None:
+            if isinstance(data, dict) and "syncToken" in data:
+                data = dict(data)
+                self.sync_tokens.append(data.pop("syncToken"))
             self.queue(event).put_nowait(data)
 
         async def refused(data: Any = None) -> None:

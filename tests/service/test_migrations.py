@@ -1,0 +1,131 @@
+"""Schema migrations upgrade a live database in place, keeping what it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from messaging import store, tables
+from messaging.db import alembic_config
+from tests.support.servers import PostgresServer
+
+ALICE, BOB, CAROL = "alice", "bob", "carol"
+
+
+async def _write_with_schema_0001(url: str) -> tuple[list[uuid.UUID], uuid.UUID]:
+    """Data as the previous release wrote it: stream positions from the one-row counter."""
+    engine = create_async_engine(url)
+    ab, ac = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC) - timedelta(hours=1)
+    ids = []
+    async with engine.begin() as conn:
+        for conversation, other in ((ab, BOB), (ac, CAROL)):
+            await conn.execute(
+                tables.conversations.insert().values(
+                    id=conversation, user_low=ALICE, user_high=other, created_at=now
+                )
+            )
+            await conn.execute(
+                tables.participants.insert().values(
+                    [{"conversation_id": conversation, "user_id": u} for u in (ALICE, other)]
+                )
+            )
+        for position, (conversation, status) in enumerate(
+            [(ab, "read"), (ac, "sent"), (ab, "sent"), (ab, "delivered")], start=1
+        ):
+            message_id = uuid.uuid4()
+            ids.append(message_id)
+            await conn.execute(
+                tables.messages.insert().values(
+                    id=message_id,
+                    conversation_id=conversation,
+                    author_id=ALICE,
+                    content=f"m{position}",
+                    status=status,
+                    created_at=now + timedelta(seconds=position),
+                    client_message_id=None,
+                    stream_pos=position,
+                )
+            )
+        await conn.execute(tables.message_stream.update().values(position=4))
+    await engine.dispose()
+    return ids, ab
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_upgrading_from_the_first_schema_logs_every_message_for_every_participant(
+    backend: str, request: pytest.FixtureRequest, tmp_path: object
+) -> None:
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path}/upgrade.db"
+    config = alembic_config(url)
+    await asyncio.to_thread(command.upgrade, config, "0001")
+    ids, ab = await _write_with_schema_0001(url)
+
+    await asyncio.to_thread(command.upgrade, config, "head")
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            heads = await store.log_heads(conn, [ALICE, BOB, CAROL])
+            alices, _ = await store.created_after(conn, user_id=ALICE, after_pos=0, limit=10)
+            bobs, _ = await store.created_after(conn, user_id=BOB, after_pos=0, limit=10)
+            carols = await store.changed_since(conn, user_id=CAROL, after_pos=0, limit=10)
+        # The new code writes into the upgraded database: positions continue after the backfill.
+        async with engine.begin() as conn:
+            new_id = uuid.uuid4()
+            [(stored, created)] = await store.insert_messages(
+                conn,
+                [store.NewMessage(new_id, ab, BOB, "after the upgrade", datetime.now(UTC), None)],
+            )
+    finally:
+        await engine.dispose()
+    assert heads == {ALICE: 4, BOB: 3, CAROL: 1}
+    assert [m.id for m, _ in alices] == ids  # in the old stream order, not id order
+    assert [p for _, p in alices] == [1, 2, 3, 4]
+    assert [m.id for m, _ in bobs] == [ids[0], ids[2], ids[3]]
+    assert [(m.id, m.status) for m, _ in carols] == [(ids[1], "sent")]
+    assert [m.status for m, _ in alices] == ["read", "sent", "sent", "delivered"]
+    assert created and dict(stored.positions) == {ALICE: 5, BOB: 4}
+
+
+async def test_a_pod_of_the_previous_release_still_writing_during_the_rollout_is_logged(
+    postgres_server: PostgresServer,
+) -> None:
+    """Old pods keep sending (with a stream position) until the rollout replaces them; a trigger
+    logs their messages so synced devices do not miss them."""
+    url = postgres_server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
+    config = alembic_config(url)
+    await asyncio.to_thread(command.upgrade, config, "0001")
+    _, ab = await _write_with_schema_0001(url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            # What store.insert_messages of schema 0001 ran.
+            await conn.execute(
+                text(
+                    "WITH counter AS (UPDATE message_stream SET position = position + 1 "
+                    "WHERE id = 1 RETURNING position) "
+                    "INSERT INTO messages (id, conversation_id, author_id, content, status, "
+                    "created_at, client_message_id, stream_pos) "
+                    "SELECT :id, :c, 'alice', 'old pod', 'sent', now(), NULL, position "
+                    "FROM counter"
+                ),
+                {"id": uuid.uuid4(), "c": ab},
+            )
+        async with engine.connect() as conn:
+            bobs = await store.changed_since(conn, user_id=BOB, after_pos=3, limit=10)
+    finally:
+        await engine.dispose()
+    assert [m.content for m, _ in bobs] == ["old pod"]
+    assert [p for _, p in bobs] == [4]
