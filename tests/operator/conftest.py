@@ -31,6 +31,13 @@ RBAC = ROOT / "deploy" / "operator"
 OPERATOR_NAMESPACE = "messaging-system"
 OPERATOR_ACCOUNT = "messaging-operator"
 RESYNC_SECONDS = 3
+# Where the autoscaler reads the pods' /metrics. The operator's default (0) is each cluster's
+# spec.service.metricsPort (9090), where the service serves /metrics once it reads
+# MESSAGING_METRICS_PORT; until that service change is merged, the live autoscaling tests run
+# today's service, which serves /metrics on its HTTP port. Flip to 0 (or 9090) then.
+POD_METRICS_PORT = 8000
+# Short leader-election timings, so a takeover in the tests takes seconds, not half a minute.
+LEASE_ARGS = ("--lease-seconds", "8", "--renew-deadline-seconds", "6", "--retry-seconds", "2")
 
 
 def free_port() -> int:
@@ -88,8 +95,14 @@ def operator_kubeconfig(cluster: K8sCluster, directory: Path) -> Path:
 
 
 def start_operator(
-    cluster: K8sCluster, workdir: Path, *args: str, kubeconfig: Path
+    cluster: K8sCluster,
+    workdir: Path,
+    *args: str,
+    kubeconfig: Path,
+    lease: str = "messaging-operator",
 ) -> RunningOperator:
+    """A real operator process, up once its liveness endpoint answers (a standby that waits for
+    the Lease answers it too)."""
     metrics_port, liveness_port = free_port(), free_port()
     log = workdir / f"operator-{metrics_port}.log"
     env = {**cluster.env(), "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
@@ -108,6 +121,13 @@ def start_operator(
                 "--autoscale-seconds",
                 "1",
                 "--verbose",
+                "--pod-metrics-port",
+                str(POD_METRICS_PORT),
+                "--lease-namespace",
+                OPERATOR_NAMESPACE,
+                "--lease-name",
+                lease,
+                *LEASE_ARGS,
                 *args,
             ],
             stdout=sink,
@@ -153,6 +173,7 @@ def operator_identity(k8s_cluster: K8sCluster, messaging_crd: Path) -> str:
         RBAC / "service-account.yaml",
         RBAC / "cluster-role.yaml",
         RBAC / "cluster-role-binding.yaml",
+        RBAC / "leader-election-role.yaml",
     )
     return f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 

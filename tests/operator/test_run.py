@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from messaging_operator import run
-from messaging_operator.reconcile import OperatorConfig
+from messaging_operator.memo import OperatorConfig
 
 
 def test_no_namespace_means_every_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,6 +51,7 @@ def test_the_registry_holds_every_handler() -> None:
         "child-jobs",
         "child-services",
         "child-poddisruptionbudgets",
+        "child-pods",
     }
 
 
