@@ -155,6 +155,33 @@ def verdict_changes_status(verdict: ScalingVerdict, previous: Mapping[str, Any])
     return True
 
 
+def _autoscaled(
+    memo: Runtime, namespace: str, name: str, body: Mapping[str, Any]
+) -> tuple[ClusterSpec, Mapping[str, Any]] | None:
+    """The spec and the Deployment of a cluster the autoscaler should look at, if any."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except InvalidSpecError:
+        return None  # the reconcile pass reports it
+    if spec.paused or not spec.autoscaling.enabled or memo.memory(namespace, name).terminating:
+        return None
+    deployment = memo.cache.get(DEPLOYMENT, namespace, name)
+    return None if deployment is None else (spec, deployment)
+
+
+def _record(
+    decision: scaling.Decision, stored: Mapping[str, Any], current: int, now: float
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"recommendations": persisted_window(decision.recommendations, stored)}
+    if decision.desired != current:
+        record["lastScaleTime"] = _iso(now)
+    elif stored.get("lastScaleTime"):
+        record["lastScaleTime"] = stored["lastScaleTime"]
+    return record
+
+
 async def autoscale_once(
     memo: Runtime, namespace: str, name: str, body: Mapping[str, Any]
 ) -> scaling.Decision | None:
@@ -163,20 +190,11 @@ async def autoscale_once(
     It costs no API request unless the verdict changes something: then the reconcile pass
     writes the count and the status.
     """
-    if body.get("metadata", {}).get("deletionTimestamp"):
+    found = _autoscaled(memo, namespace, name, body)
+    if found is None:
         return None
-    try:
-        spec = parse_spec(body.get("spec") or {})
-    except InvalidSpecError:
-        return None  # the reconcile pass reports it
-    if spec.paused or not spec.autoscaling.enabled:
-        return None
+    spec, deployment = found
     memory = memo.memory(namespace, name)
-    if memory.terminating:
-        return None
-    deployment = memo.cache.get(DEPLOYMENT, namespace, name)
-    if deployment is None:
-        return None
     previous_status = body.get("status") or {}
     current = replicas.starting_point(
         previous_status.get("desiredReplicas"), observe.live_replicas(deployment)
@@ -221,7 +239,9 @@ async def autoscale_once(
         memo.metrics.connected_sockets.labels(namespace, name).set(sockets)
     if direction != "none":
         reason = "ScaledUp" if direction == "up" else "ScaledDown"
-        post_event(body, status.Event("Normal", reason, decision.message))
+        if not await post_event(memo.api, body, status.Event("Normal", reason, decision.message)):
+            memory.terminating = True
+            return decision
         log.info("%s/%s %s: %s", namespace, name, reason, decision.message)
     if verdict_changes_status(verdict, previous_status):
         await run_reconcile(memo, namespace, name, verdict)

@@ -584,3 +584,35 @@ def pod_disruption_budget(owner: Owner, spec: ClusterSpec) -> Body:
             "selector": {"matchLabels": selector_labels(owner.name, SERVER)},
         },
     }
+
+
+# ---- Events -----------------------------------------------------------------------------------
+
+
+def kubernetes_event(
+    involved: Mapping[str, Any], *, type_: str, reason: str, message: str, now: str
+) -> Body:
+    """A core/v1 Event about the MessagingCluster, as `kubectl describe` shows it."""
+    meta = involved["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "reportingInstance": MANAGED_BY,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

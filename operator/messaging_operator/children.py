@@ -12,13 +12,17 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
-
-import kopf
 
 from messaging_operator import builders, observe, status
 from messaging_operator.builders import Body, Owner
-from messaging_operator.errors import KubeConflictError, KubeNotFoundError
+from messaging_operator.errors import (
+    KubeConflictError,
+    KubeError,
+    KubeForbiddenError,
+    KubeNotFoundError,
+)
 from messaging_operator.kube import (
     CLUSTER,
     DEPLOYMENT,
@@ -38,11 +42,33 @@ log = logging.getLogger(__name__)
 
 # Kinds whose objects the label-selected watches keep in the cache; others are read with a GET.
 WATCHED = frozenset({DEPLOYMENT.plural, JOB.plural, SERVICE.plural, PDB.plural})
+# Kinds created once and never changed (a migration Job per image): a plain create, so the
+# operator needs no patch permission on them.
+CREATE_ONLY = frozenset({JOB.plural})
 
 
-def post_event(body: Mapping[str, Any], event: status.Event) -> None:
-    # kopf.event() only reads apiVersion, kind and metadata from the body; a plain dict serves.
-    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def post_event(api: KubeClient, body: Mapping[str, Any], event: status.Event) -> bool:
+    """Post one Event, once: Events are auxiliary, so a refusal is logged, never retried.
+
+    Returns False when the namespace is being deleted (nothing more should be written there).
+    """
+    try:
+        await api.create(
+            builders.kubernetes_event(
+                body, type_=event.type, reason=event.reason, message=event.message, now=now_iso()
+            )
+        )
+    except KubeForbiddenError as e:
+        if e.namespace_terminating:
+            return False
+        log.warning("could not post the Event %s: %s", event.reason, e)
+    except KubeError as e:
+        log.warning("could not post the Event %s: %s", event.reason, e)
+    return True
 
 
 @dataclass
@@ -100,30 +126,41 @@ class Pass:
     async def ensure(self, desired: Mapping[str, Any]) -> Body | None:
         """Create or update one child so it matches `desired`; None when the name is taken.
 
-        Absent: created (a 409 means someone else's object, or one the cache has not seen yet:
-        read it and decide). Present and ours: applied only when it differs.
+        Absent: created. Present and ours: applied only when it differs. Present and not
+        ours: left alone, and reported as a conflict.
         """
         kind = kind_of(desired)
         name = str(desired["metadata"]["name"])
         stamped = observe.stamp(desired)
         current = await self.observed(kind, name)
-        if current is None:
+        if current is None and kind.plural in WATCHED:
+            # The cache has not seen it: someone else's object (not labelled as ours), or one
+            # the watch has not delivered yet. Look before writing anything.
+            current = await self.api.find(kind, self.namespace, name)
+        if current is not None:
+            self._remember(kind, current)
+            if not observe.owned_by(current, self.uid):
+                self._conflict(kind, name)
+                return None
+            if not observe.needs_apply(stamped, current):
+                return current
+        if current is None and kind.plural in CREATE_ONLY:
             try:
                 created = await self.api.create(stamped)
             except KubeConflictError:
-                current = await self.api.get(kind, self.namespace, name)
-            else:
-                self._remember(kind, created)
-                self.created.add((kind.plural, name))
-                return created
-        self._remember(kind, current)
-        if not observe.owned_by(current, self.uid):
-            self._conflict(kind, name)
-            return None
-        if not observe.needs_apply(stamped, current):
-            return current
+                self._conflict(kind, name)  # appeared since the look: not ours to take
+                return None
+            self._remember(kind, created)
+            self.created.add((kind.plural, name))
+            return created
+        if current is not None and kind.plural in CREATE_ONLY:
+            return current  # never changed once created
+        # Server-side apply creates as well as updates, so the operator is one field manager
+        # from the start and a field it stops setting is removed on the next apply.
         applied = await self.api.apply(stamped)
         self._remember(kind, applied)
+        if current is None:
+            self.created.add((kind.plural, name))
         return applied
 
     async def remove(self, kind: Kind, name: str) -> None:
@@ -352,7 +389,10 @@ class Pass:
         except KubeNotFoundError:
             log.info("%s/%s was deleted before its status was written", self.namespace, self.name)
 
-    def post_events(self) -> None:
-        for event in self.events:
-            post_event(self.body, event)
-        self.events.clear()
+    async def post_events(self) -> bool:
+        """False when the namespace turned out to be terminating."""
+        events, self.events = self.events, []
+        for event in events:
+            if not await post_event(self.api, self.body, event):
+                return False
+        return True

@@ -56,9 +56,11 @@ SECRET = Kind("v1", "Secret", "secrets")
 POD = Kind("v1", "Pod", "pods")
 PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+EVENT = Kind("v1", "Event", "events")
 
 _KINDS = {
-    (k.api_version, k.kind): k for k in (CLUSTER, DEPLOYMENT, JOB, SERVICE, SECRET, POD, PDB, LEASE)
+    (k.api_version, k.kind): k
+    for k in (CLUSTER, DEPLOYMENT, JOB, SERVICE, SECRET, POD, PDB, LEASE, EVENT)
 }
 
 

@@ -13,14 +13,13 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from messaging_operator import builders, observe, replicas, status
 from messaging_operator.builders import Owner
-from messaging_operator.children import Pass
+from messaging_operator.children import Pass, now_iso
 from messaging_operator.errors import (
     InvalidSpecError,
     KubeError,
@@ -49,10 +48,6 @@ class ScalingVerdict:
 class Outcome:
     phase: str
     recheck: bool  # waits on something no watch reports (a Secret): look again soon
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _server_selector(name: str) -> str:
@@ -88,7 +83,7 @@ async def reconcile(
             return None  # the namespace and everything in it are on their way out: no Events
         # RBAC is fixed by an administrator, not by waiting; say so where users look.
         run.events.append(status.Event("Warning", "Forbidden", str(e)))
-        run.post_events()
+        await run.post_events()
         raise
 
 
@@ -114,7 +109,7 @@ async def _report_invalid(run: Pass, reason: str, message: str) -> None:
     new, events = status.compute_status(obs, previous, now=now_iso())
     run.events.extend(events)
     await run.write_status(new)
-    run.post_events()
+    await run.post_events()
 
 
 async def _read_secrets(run: Pass, spec: ClusterSpec) -> observe.SecretReading:
@@ -126,7 +121,7 @@ async def _read_secrets(run: Pass, spec: ClusterSpec) -> observe.SecretReading:
 
 async def _reconcile_valid(
     run: Pass, owner: Owner, spec: ClusterSpec, verdict: ScalingVerdict | None
-) -> Outcome:
+) -> Outcome | None:
     name, previous = run.name, run.previous
     paused = spec.paused
     reading = await _read_secrets(run, spec)
@@ -183,7 +178,8 @@ async def _reconcile_valid(
     new, events = status.compute_status(obs, previous, now=now_iso())
     run.events.extend(events)
     await run.write_status(new)
-    run.post_events()
+    if not await run.post_events():
+        return None  # the namespace is being deleted
     return Outcome(phase=str(new["phase"]), recheck=bool(problems or conflicts))
 
 

@@ -167,8 +167,7 @@ async def on_startup(
     memo: Runtime, logger: kopf.Logger, settings: kopf.OperatorSettings, **_: Any
 ) -> None:
     """Open the shared clients once; every handler finds them in its memo."""
-    if "api" not in memo.clients:  # the leader election opened it already
-        memo.clients["api"] = await KubeClient.connect(lambda: login(logger, settings))
+    memo.clients["api"] = await KubeClient.connect(lambda: login(logger, settings))
     memo.clients["http"] = aiohttp.ClientSession()
 
 
@@ -224,8 +223,8 @@ async def run_elected(
     args: argparse.Namespace, settings: kopf.OperatorSettings, memo: Runtime, config: OperatorConfig
 ) -> int:
     """Wait for the Lease, then run kopf while renewing it; losing it stops everything."""
+    # Its own client: the handlers' one is closed by kopf's cleanup before the Lease is released.
     api = await KubeClient.connect(lambda: login(kopf_logger, settings))
-    memo.clients["api"] = api
     identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     election = LeaderElection(
         api,

@@ -164,6 +164,43 @@ def stop_operator(running: RunningOperator) -> None:
             running.process.wait(timeout=10)
 
 
+def lease_holder(cluster: K8sCluster, lease: str = "messaging-operator") -> str:
+    result = cluster.kubectl(
+        "get", "lease", lease, "-n", OPERATOR_NAMESPACE,
+        "-o", "jsonpath={.spec.holderIdentity}", check=False,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def leads(cluster: K8sCluster, running: RunningOperator, lease: str = "messaging-operator") -> bool:
+    """The Lease's holder identity is <host>-<pid>-<random>."""
+    return f"-{running.process.pid}-" in lease_holder(cluster, lease)
+
+
+def hand_over(
+    cluster: K8sCluster, current: RunningOperator, workdir: Path, *args: str
+) -> RunningOperator:
+    """Start another operator (a standby at first), stop `current` (a clean exit hands the
+    Lease back) and wait until the new one leads."""
+    new = start_operator(cluster, workdir, *args, kubeconfig=current.kubeconfig)
+    stop_operator(current)
+    wait_until(lambda: leads(cluster, new), timeout=60, what="the new operator leading")
+    return new
+
+
+def restore_session_operator(
+    cluster: K8sCluster, session: RunningOperator, acting: RunningOperator, workdir: Path
+) -> None:
+    """After a test replaced the session's operator: one with the session's settings leads
+    again, and the session fixture's handle points at it."""
+    replacement = hand_over(cluster, acting, workdir, *SESSION_ARGS)
+    session.process, session.log = replacement.process, replacement.log
+    session.metrics_port = replacement.metrics_port
+
+
+SESSION_ARGS = ("--all-namespaces",)
+
+
 @pytest.fixture(scope="session")
 def operator_identity(k8s_cluster: K8sCluster, messaging_crd: Path) -> str:
     """The ServiceAccount, ClusterRole and binding exactly as deploy/operator/ ships them."""
@@ -185,7 +222,8 @@ def operator(
     """One operator for the session, watching every namespace (each test has its own)."""
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = operator_kubeconfig(k8s_cluster, workdir)
-    running = start_operator(k8s_cluster, workdir, "--all-namespaces", kubeconfig=kubeconfig)
+    running = start_operator(k8s_cluster, workdir, *SESSION_ARGS, kubeconfig=kubeconfig)
+    wait_until(lambda: leads(k8s_cluster, running), timeout=60, what="the operator leading")
     try:
         yield running
     finally:
