@@ -270,16 +270,12 @@ class Pass:
         return state, record
 
     async def remove_managed_redis(self) -> None:
-        """After a switch to external Redis: the managed one's objects go (ours only)."""
+        """After a switch to external Redis the managed one stops (ours only). Its password
+        Secret stays, for a switch back, until the cluster is deleted: the operator has no
+        permission to delete Secrets."""
         name = builders.redis_name(self.name)
-        had_managed = bool(self.previous.get("redis", {}).get("managed"))
-        if not had_managed and self.cache.get(DEPLOYMENT, self.namespace, name) is None:
-            return
         await self.remove(DEPLOYMENT, name)
         await self.remove(SERVICE, name)
-        secret = await self.api.find(SECRET, self.namespace, name)
-        if secret is not None and observe.owned_by(secret, self.uid):
-            await self.api.delete(SECRET, self.namespace, name)
 
     # ---- migrations ------------------------------------------------------------------------
 

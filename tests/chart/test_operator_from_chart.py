@@ -82,14 +82,21 @@ def token_kubeconfig(cluster: K8sCluster, account: str, namespace: str, path: Pa
     return cluster.service_account_kubeconfig(account, namespace, path, duration="1h")
 
 
-def operator_process_args(container: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+def operator_process_args(
+    container: dict[str, Any], namespace: str
+) -> tuple[list[str], dict[str, str]]:
     """The container's command line and environment, with the image's `messaging` replaced by
-    the same console script of this virtualenv."""
+    the same console script of this virtualenv (and the pod's namespace filled in, as the
+    kubelet does for a fieldRef)."""
     command = [*container["command"], *container.get("args", [])]
     assert command[0] == "messaging", command
     script = Path(sys.executable).parent / "messaging"
     env: dict[str, str] = {}
     for item in container.get("env", []):
+        field_ref = (item.get("valueFrom") or {}).get("fieldRef") or {}
+        if field_ref.get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+            continue
         assert "value" in item, f"only literal values can be reproduced here: {item}"
         env[item["name"]] = item["value"]
     return [str(script), *command[1:]], env
@@ -122,7 +129,7 @@ def operator_as_the_chart_runs_it(
     cluster: K8sCluster, installed: NamespacedRelease, workdir: Path
 ) -> Iterator[ChartOperator]:
     (container,) = installed.deployment["spec"]["template"]["spec"]["containers"]
-    argv, rendered_env = operator_process_args(container)
+    argv, rendered_env = operator_process_args(container, installed.namespace)
     kubeconfig = token_kubeconfig(
         cluster, installed.account, installed.namespace, workdir / "operator.kubeconfig"
     )

@@ -212,9 +212,7 @@ def test_switching_to_external_redis_removes_the_managed_one(
     )
 
     def managed_gone() -> bool:
-        return all(
-            kube.get(kind, "chat-redis") is None for kind in ("Deployment", "Service", "Secret")
-        )
+        return all(kube.get(kind, "chat-redis") is None for kind in ("Deployment", "Service"))
 
     wait_until(managed_gone, timeout=60, what="the managed Redis removed")
     wait_until(

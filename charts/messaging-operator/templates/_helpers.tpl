@@ -88,11 +88,11 @@ explained in deploy/operator/README.md and must stay in step with deploy/operato
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
-# Secrets: read the referenced ones; create the generated Redis password (never changed) and
-# delete it after a switch to external Redis. No list, no watch, no patch.
+# Secrets: read the referenced ones; create the generated Redis password (never changed).
+# No list, no watch, no patch, no delete.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, delete]
+  verbs: [get, create]
 # Pods: watched (label-selected) for the autoscaler; the least-connected get
 # controller.kubernetes.io/pod-deletion-cost before a scale-down.
 - apiGroups: [""]
