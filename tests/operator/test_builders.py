@@ -140,7 +140,7 @@ def test_managed_redis_url_expands_the_password_defined_before_it() -> None:
 def test_external_redis_and_public_key_auth_come_from_their_secrets() -> None:
     spec = parse_spec(PRODUCTION_SPEC)
     env = env_of({"env": builders.messaging_env(OWNER, spec)})
-    assert env["MESSAGING_REDIS_URL"] == {"secretKeyRef": {"name": "chat-redis", "key": "url"}}
+    assert env["MESSAGING_REDIS_URL"] == {"secretKeyRef": {"name": "chat-redis-url", "key": "url"}}
     assert "REDIS_PASSWORD" not in env
     assert env["MESSAGING_JWT_PUBLIC_KEY"] == {
         "secretKeyRef": {"name": "chat-jwt", "key": "public.pem"}

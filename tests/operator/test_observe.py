@@ -106,7 +106,7 @@ def test_the_secrets_the_pods_read_are_all_checked() -> None:
     assert set(secret_refs(parse_spec(MINIMAL_SPEC))) == {"dsn", "jwt"}
     refs = secret_refs(parse_spec(PRODUCTION_SPEC))
     assert set(refs) == {"dsn", "publicKey", "redisUrl"}
-    assert refs["redisUrl"].name == "chat-redis"
+    assert refs["redisUrl"].name == "chat-redis-url"
 
 
 def secret(**data: str) -> dict[str, Any]:
