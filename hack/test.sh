@@ -3,6 +3,7 @@
 #
 #   hack/test.sh                 # everything (what CI runs: .ci/run calls exactly this)
 #   hack/test.sh tests/service   # pytest arguments narrow the run; the checks always run
+#   hack/test.sh --quick         # lint, types and the tests that need no server: installs only .venv
 #
 # Installs (only what is missing): PostgreSQL, Redis and promtool from Debian packages, the
 # pinned Python dependencies into .venv, the Node.js test clients into tests/node, and the
@@ -14,6 +15,39 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 started=$SECONDS
 step() { printf '\n=== %s (%ss)\n' "$*" "$((SECONDS - started))"; }
+
+quick=false
+if [[ ${1:-} == --quick ]]; then
+  quick=true
+  shift
+fi
+
+python_dependencies() {
+  step "python dependencies (.venv, pinned by constraints.txt)"
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
+}
+
+static_checks() {
+  step "static checks"
+  .venv/bin/ruff check .
+  .venv/bin/ruff format --check .
+  .venv/bin/mypy
+  .venv/bin/lint-imports
+  hack/gen-protos.sh --check
+}
+
+if $quick; then
+  python_dependencies
+  static_checks
+  step "tests that need no server (unit tests, pure operator logic)"
+  # Tests that need a control plane are marked k8s at collection (tests/support/k8s.py); the
+  # operator's pure modules (spec, builders, scaling, status) are tested without one.
+  .venv/bin/pytest tests/unit tests/operator -m "not k8s" "$@"
+  step "done"
+  exit 0
+fi
 
 step "system packages"
 missing=()
@@ -32,10 +66,7 @@ if ((${#missing[@]})); then
   $sudo rm -f /usr/sbin/policy-rc.d
 fi
 
-step "python dependencies (.venv, pinned by constraints.txt)"
-[[ -x .venv/bin/python ]] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,bench]'
+python_dependencies
 
 step "node test clients (tests/node)"
 (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
@@ -43,12 +74,7 @@ step "node test clients (tests/node)"
 step "kubernetes control plane binaries"
 hack/k8s-tools.sh
 
-step "static checks"
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy
-.venv/bin/lint-imports
-hack/gen-protos.sh --check
+static_checks
 
 step "tests"
 .venv/bin/pytest "$@"
