@@ -197,10 +197,12 @@ class KubeClient:
         except KubeNotFoundError:
             return None
 
-    async def list(self, kind: Kind, namespace: str, selector: str) -> list[Body]:
+    async def list(
+        self, kind: Kind, namespace: str, selector: str, *, page_size: int = _LIST_PAGE
+    ) -> list[Body]:
         """Every page: the API server cuts long lists into chunks linked by `continue`."""
         items: list[Body] = []
-        params = {"labelSelector": selector, "limit": str(_LIST_PAGE)}
+        params = {"labelSelector": selector, "limit": str(page_size)}
         while True:
             result = await self._request("GET", kind.collection(namespace), params=params)
             items.extend(result.get("items") or [])
