@@ -90,8 +90,13 @@ def test_the_default_values_render_a_cluster_wide_operator(k8s_cluster: K8sClust
             "RoleBinding",
             "Service",
             "Deployment",
+            "ValidatingAdmissionPolicy",  # writes only to the operator's own objects
+            "ValidatingAdmissionPolicyBinding",
         ]
     )
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    (condition,) = policy["spec"]["matchConditions"]
+    assert "system:serviceaccount:ops:r-messaging-operator" in condition["expression"]
     lease_role = one(docs, "Role")
     assert lease_role["metadata"]["namespace"] == "ops"
     binding = one(docs, "ClusterRoleBinding")

@@ -68,6 +68,7 @@ def test_helm_install_brings_the_operator_up_and_uninstall_removes_what_it_insta
     assert {kind for kind, _, _ in objects} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
         "Role", "RoleBinding",  # the leader-election Lease
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }  # fmt: skip
     assert all(exists(k8s_cluster, *o) for o in objects)
     assert "CustomResourceDefinition" not in {kind for kind, _, _ in objects}

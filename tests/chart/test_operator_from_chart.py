@@ -363,3 +363,44 @@ def test_uninstalling_the_whole_platform_deletes_the_cluster_before_the_operator
         scope = ["-n", meta["namespace"]] if meta.get("namespace") else []
         gone = k8s_cluster.kubectl("get", doc["kind"], meta["name"], *scope, check=False)
         assert "NotFound" in gone.stderr, (doc["kind"], meta["name"])
+
+
+def deployment_manifest(name: str, labels: dict[str, str]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name, **labels}},
+                    "spec": {"containers": [{"name": "c", "image": "registry.example/x:1"}]},
+                },
+            },
+        }
+    )
+
+
+def test_the_admission_policy_lets_the_operator_write_only_its_own_objects(
+    k8s_cluster: K8sCluster, namespaced_release: NamespacedRelease
+) -> None:
+    """RBAC allows creating any Deployment in a watched namespace; the chart's
+    ValidatingAdmissionPolicy refuses one the operator would not have labelled as its own."""
+    identity = namespaced_release.identity
+
+    def create(name: str, labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return k8s_cluster.kubectl(
+            "create", "--dry-run=server", "-f", "-", "--as", identity,
+            "-n", namespaced_release.watched,
+            input=deployment_manifest(name, labels), check=False,
+        )  # fmt: skip
+
+    def refused() -> bool:
+        result = create("not-ours", {"team": "payments"})
+        return result.returncode != 0 and "writes only objects labelled" in result.stderr
+
+    # The API server compiles a new policy within a second or so.
+    wait_until(refused, timeout=30, what="the admission policy refusing a foreign Deployment")
+    ours = create("ours", {"app.kubernetes.io/managed-by": "messaging-operator"})
+    assert ours.returncode == 0, ours.stderr

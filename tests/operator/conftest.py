@@ -203,7 +203,8 @@ SESSION_ARGS = ("--all-namespaces",)
 
 @pytest.fixture(scope="session")
 def operator_identity(k8s_cluster: K8sCluster, messaging_crd: Path) -> str:
-    """The ServiceAccount, ClusterRole and binding exactly as deploy/operator/ ships them."""
+    """The ServiceAccount, ClusterRole, binding, Lease Role and admission policy exactly as
+    deploy/operator/ ships them."""
     k8s_cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     _apply(
         k8s_cluster,
@@ -211,6 +212,7 @@ def operator_identity(k8s_cluster: K8sCluster, messaging_crd: Path) -> str:
         RBAC / "cluster-role.yaml",
         RBAC / "cluster-role-binding.yaml",
         RBAC / "leader-election-role.yaml",
+        RBAC / "admission-policy.yaml",
     )
     return f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 
