@@ -91,3 +91,31 @@ def test_idle_clusters_cost_no_writes_and_a_few_reads_per_minute(
         assert all(r.verb in ("get", "list") for r in mine), summary(mine)
     finally:
         restore_session_operator(k8s_cluster, operator, measuring, tmp_path)
+
+
+def test_a_cluster_waiting_for_a_secret_looks_again_soon_while_idle_ones_do_not_poll(
+    operator: RunningOperator, k8s_cluster: K8sCluster, kube: Kube, tmp_path: Path
+) -> None:
+    """Secrets are not watched (that would take list/watch on every Secret): a cluster that
+    waits for one rechecks every few seconds, far sooner than the resync (55 s here)."""
+    measuring = hand_over(k8s_cluster, operator, tmp_path, *MEASURED)
+    try:
+        kube.create(secret("chat-db", "dsn", "postgresql://m:pw@postgres.apps.svc:5432/m"))
+        kube.create(cluster("waiting"))
+
+        def reason() -> str:
+            mc = kube.get("MessagingCluster", "waiting") or {}
+            ready = [
+                c for c in (mc.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"
+            ]
+            return str(ready[0]["reason"]) if ready else ""
+
+        wait_until(lambda: reason() == "SecretNotFound", timeout=60, what="SecretNotFound")
+        kube.create(secret("chat-jwt", "secret", "a-test-secret-that-is-at-least-32-bytes-long"))
+        wait_until(
+            lambda: reason() not in ("", "SecretNotFound"),
+            timeout=30,  # well below the 55 s resync: only the recheck explains it
+            what="the new Secret noticed",
+        )
+    finally:
+        restore_session_operator(k8s_cluster, operator, measuring, tmp_path)
