@@ -3,7 +3,8 @@
 It is the only owner of the messaging Deployment's replica count while `autoscaling.enabled` is
 true. Its verdict (the count, the stabilization window's history, the ScalingActive condition)
 goes into the MessagingCluster's status through the ordinary reconcile pass, so a restarted
-operator resumes with the same window, and no second writer touches the Deployment.
+operator resumes with the window, and no second writer touches the Deployment. It reads the
+Deployment and the pods from the watch-fed cache, so a steady cluster costs no API request.
 """
 
 from __future__ import annotations
@@ -17,16 +18,12 @@ from typing import Any
 
 import kopf
 
-from messaging_operator import builders, scaling, scraping, status
+from messaging_operator import builders, observe, replicas, scaling, scraping, status
+from messaging_operator.children import post_event
 from messaging_operator.errors import InvalidSpecError, KubeError
-from messaging_operator.kube import CLUSTER, DEPLOYMENT, POD, KubeClient
-from messaging_operator.reconcile import (
-    OperatorConfig,
-    Runtime,
-    ScalingVerdict,
-    post_event,
-    run_reconcile,
-)
+from messaging_operator.kube import DEPLOYMENT, POD, KubeClient
+from messaging_operator.memo import OperatorConfig, Runtime
+from messaging_operator.reconcile import ScalingVerdict, run_reconcile
 from messaging_operator.spec import GROUP, PLURAL, VERSION, ClusterSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -115,76 +112,153 @@ async def mark_deletion_costs(
         )
 
 
-async def autoscale_once(memo: Runtime, namespace: str, name: str) -> scaling.Decision | None:
-    """One autoscaler pass; the caller holds the cluster's gate."""
-    api = memo.api
-    body = await api.find(CLUSTER, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
+def window_from_status(
+    record: Mapping[str, Any], current: int, now: float
+) -> tuple[scaling.Recommendation, ...]:
+    """The window after a restart: what the status kept, with the recommendations that still
+    hold the count up restamped to now, so a restart can delay a scale-down but never hasten it
+    (the status is not rewritten on every pass, so its times may be old)."""
+    return tuple(
+        scaling.Recommendation(
+            at=max(rec.at, now) if rec.replicas >= current else rec.at, replicas=rec.replicas
+        )
+        for rec in history_from_status(record)
+    )
+
+
+def persisted_window(
+    window: Sequence[scaling.Recommendation], stored: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The window as the status keeps it: rewritten only when its counts change, not when the
+    same recommendation merely got a newer time (that would be a status write every pass)."""
+    old = stored.get("recommendations") or []
+    if [item.get("replicas") for item in old] == [rec.replicas for rec in window]:
+        return list(old)
+    return history_to_status(window)
+
+
+def verdict_changes_status(verdict: ScalingVerdict, previous: Mapping[str, Any]) -> bool:
+    if previous.get("desiredReplicas") != verdict.desired:
+        return True
+    if previous.get("connectedSockets") != verdict.sockets:
+        return True
+    if (previous.get("scaling") or {}) != dict(verdict.record):
+        return True
+    for cond in previous.get("conditions") or []:
+        if cond.get("type") == status.SCALING_ACTIVE:
+            c = verdict.condition
+            return (cond.get("status"), cond.get("reason"), cond.get("message")) != (
+                c.status,
+                c.reason,
+                c.message,
+            )
+    return True
+
+
+def _autoscaled(
+    memo: Runtime, namespace: str, name: str, body: Mapping[str, Any]
+) -> tuple[ClusterSpec, Mapping[str, Any]] | None:
+    """The spec and the Deployment of a cluster the autoscaler should look at, if any."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
         return None
     try:
         spec = parse_spec(body.get("spec") or {})
     except InvalidSpecError:
         return None  # the reconcile pass reports it
-    if spec.paused or not spec.autoscaling.enabled:
+    if spec.paused or not spec.autoscaling.enabled or memo.memory(namespace, name).terminating:
         return None
-    deployment = await api.find(DEPLOYMENT, namespace, name)
-    if deployment is None:
-        return None
-    # The count the operator last chose, not the live field: a hand edit of the Deployment is
-    # drift to undo, not a new starting point.
-    recorded = (body.get("status") or {}).get("desiredReplicas")
-    live = int((deployment.get("spec") or {}).get("replicas") or 0)
-    current = recorded if isinstance(recorded, int) and recorded > 0 else live
-    selector = builders.label_selector(builders.selector_labels(name, builders.SERVER))
-    pods = await api.list(POD, namespace, selector)
-    classified = [pod_sample(pod) for pod in pods]
-    readable = [(s.name, ip) for s, ip in classified if s.ready and not s.gone and ip]
-    values = await scraping.read_pods(memo.http, readable, memo.config.pod_metrics_port)
-    samples = [replace(s, sockets=values.get(s.name)) for s, _ in classified]
+    deployment = memo.cache.get(DEPLOYMENT, namespace, name)
+    return None if deployment is None else (spec, deployment)
 
-    previous = (body.get("status") or {}).get("scaling") or {}
-    now = time.time()
-    decision = scaling.decide(
-        current, samples, policy_for(spec), history_from_status(previous), now=now
-    )
-    if decision.desired < current:
-        await mark_deletion_costs(api, namespace, pods, samples)
-    record: dict[str, Any] = {"recommendations": history_to_status(decision.recommendations)}
+
+def _record(
+    decision: scaling.Decision, stored: Mapping[str, Any], current: int, now: float
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"recommendations": persisted_window(decision.recommendations, stored)}
     if decision.desired != current:
         record["lastScaleTime"] = _iso(now)
-    elif previous.get("lastScaleTime"):
-        record["lastScaleTime"] = previous["lastScaleTime"]
+    elif stored.get("lastScaleTime"):
+        record["lastScaleTime"] = stored["lastScaleTime"]
+    return record
+
+
+async def autoscale_once(
+    memo: Runtime, namespace: str, name: str, body: Mapping[str, Any]
+) -> scaling.Decision | None:
+    """One autoscaler pass from the cache and the pods' metrics; the caller holds the gate.
+
+    It costs no API request unless the verdict changes something: then the reconcile pass
+    writes the count and the status.
+    """
+    found = _autoscaled(memo, namespace, name, body)
+    if found is None:
+        return None
+    spec, deployment = found
+    memory = memo.memory(namespace, name)
+    previous_status = body.get("status") or {}
+    current = replicas.starting_point(
+        previous_status.get("desiredReplicas"), observe.live_replicas(deployment)
+    )
+    pods = memo.cache.select(POD, namespace, builders.selector_labels(name, builders.SERVER))
+    classified = [pod_sample(pod) for pod in pods]
+    readable = [(s.name, ip) for s, ip in classified if s.ready and not s.gone and ip]
+    port = memo.config.pod_metrics_port or spec.service.metrics_port
+    values = await scraping.read_pods(memo.http, readable, port)
+    samples = [replace(s, sockets=values.get(s.name)) for s, _ in classified]
+
+    stored = previous_status.get("scaling") or {}
+    now = time.time()
+    window = memory.window
+    if window is None:
+        window = window_from_status(stored, current, now)
+    decision = scaling.decide(current, samples, policy_for(spec), window, now=now)
+    memory.window = decision.recommendations
+    if decision.desired < current:
+        await mark_deletion_costs(memo.api, namespace, pods, samples)
+    record: dict[str, Any] = {"recommendations": persisted_window(decision.recommendations, stored)}
+    if decision.desired != current:
+        record["lastScaleTime"] = _iso(now)
+    elif stored.get("lastScaleTime"):
+        record["lastScaleTime"] = stored["lastScaleTime"]
     condition = status.Condition(
         status.SCALING_ACTIVE,
         "True" if decision.able else "False",
         decision.reason,
         decision.message,
     )
+    sockets = int(decision.sockets) if decision.sockets is not None else None
     verdict = ScalingVerdict(
-        desired=decision.desired, condition=condition, record=record, sockets=int(decision.sockets)
+        desired=decision.desired, condition=condition, record=record, sockets=sockets
     )
     direction = (
         "up" if decision.desired > current else "down" if decision.desired < current else "none"
     )
     memo.metrics.scale_decisions.labels(direction).inc()
     memo.metrics.desired_replicas.labels(namespace, name).set(decision.desired)
-    memo.metrics.connected_sockets.labels(namespace, name).set(decision.sockets)
+    if sockets is not None:
+        memo.metrics.connected_sockets.labels(namespace, name).set(sockets)
     if direction != "none":
         reason = "ScaledUp" if direction == "up" else "ScaledDown"
-        post_event(body, status.Event("Normal", reason, decision.message))
+        if not await post_event(memo.api, body, status.Event("Normal", reason, decision.message)):
+            memory.terminating = True
+            return decision
         log.info("%s/%s %s: %s", namespace, name, reason, decision.message)
-    await run_reconcile(memo, namespace, name, verdict)
+    if verdict_changes_status(verdict, previous_status):
+        await run_reconcile(memo, namespace, name, verdict)
     return decision
 
 
-async def on_autoscale(name: str, namespace: str | None, memo: Runtime, **_: Any) -> None:
+async def on_autoscale(
+    name: str, namespace: str | None, body: kopf.Body, memo: Runtime, **_: Any
+) -> None:
     assert namespace is not None  # the CRD is namespaced
 
     async def once() -> None:
         try:
-            await autoscale_once(memo, namespace, name)
+            await autoscale_once(memo, namespace, name, body)
         except KubeError as e:
-            raise kopf.TemporaryError(str(e), delay=memo.config.retry_seconds) from e
+            delay = e.retry_after or memo.config.retry_seconds
+            raise kopf.TemporaryError(str(e), delay=delay) from e
 
     await memo.gate(namespace, name).run(once)
 

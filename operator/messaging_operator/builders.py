@@ -35,6 +35,8 @@ IMAGE_ANNOTATION = "messaging.platform.io/image"
 CONFIG_HASH_ANNOTATION = "messaging.platform.io/config-hash"
 REDIS_PASSWORD_KEY = "password"  # noqa: S105 - the key name inside the Secret
 MESSAGING_CONTAINER = "messaging"
+GRPC_TLS_DIR = "/etc/messaging/grpc-tls"
+GRPC_TLS_VOLUME = "grpc-tls"
 
 Body = dict[str, Any]
 
@@ -258,6 +260,8 @@ def messaging_env(owner: Owner, spec: ClusterSpec) -> list[Body]:
         env.append({"name": "MESSAGING_REDIS_URL", "value": managed_redis_url_template(owner)})
     elif spec.redis.external is not None:
         env.append(_secret_env("MESSAGING_REDIS_URL", spec.redis.external.url_secret_ref))
+        if spec.redis.external.cluster:
+            env.append({"name": "MESSAGING_REDIS_CLUSTER", "value": "true"})
     auth = spec.auth
     env.append({"name": "MESSAGING_JWT_ALGORITHMS", "value": json.dumps(list(auth.algorithms))})
     if auth.jwt_secret_ref is not None:
@@ -281,7 +285,63 @@ def messaging_env(owner: Owner, spec: ClusterSpec) -> list[Body]:
         },
         {"name": "MESSAGING_LOG_FORMAT", "value": "json"},
         {"name": "MESSAGING_LOG_LEVEL", "value": spec.log_level},
+        {"name": "MESSAGING_METRICS_HOST", "value": "0.0.0.0"},
+        {"name": "MESSAGING_METRICS_PORT", "value": str(spec.service.metrics_port)},
+        {"name": "MESSAGING_CORS_ALLOWED_ORIGINS", "value": json.dumps(spec.cors.allowed_origins)},
     ]
+    env += _webhook_env(spec) + _attachments_env(spec) + _tls_env(spec)
+    return env
+
+
+def _webhook_env(spec: ClusterSpec) -> list[Body]:
+    """MESSAGING_WEBHOOKS lists the endpoints; each secret comes in its own variable by reference,
+    named in the list (`secretEnv`), so no secret value is ever in the pod spec."""
+    if not spec.webhooks:
+        return []
+    env: list[Body] = []
+    hooks = []
+    for i, hook in enumerate(spec.webhooks):
+        secret_env = f"MESSAGING_WEBHOOK_{i}_SECRET"
+        env.append(_secret_env(secret_env, hook.secret_ref))
+        hooks.append({"url": hook.url, "secretEnv": secret_env, "events": list(hook.events)})
+    env.append({"name": "MESSAGING_WEBHOOKS", "value": json.dumps(hooks)})
+    return env
+
+
+def _attachments_env(spec: ClusterSpec) -> list[Body]:
+    s3 = spec.attachments.s3
+    if s3 is None:
+        return [{"name": "MESSAGING_ATTACHMENTS_BACKEND", "value": "off"}]
+    creds = s3.credentials_secret_ref
+    env: list[Body] = [
+        {"name": "MESSAGING_ATTACHMENTS_BACKEND", "value": "s3"},
+        {"name": "MESSAGING_S3_BUCKET", "value": s3.bucket},
+    ]
+    if s3.endpoint:
+        env.append({"name": "MESSAGING_S3_ENDPOINT_URL", "value": s3.endpoint})
+    if s3.region:
+        env.append({"name": "MESSAGING_S3_REGION", "value": s3.region})
+    env += [
+        _secret_env(
+            "MESSAGING_S3_ACCESS_KEY_ID", SecretKeyRef(name=creds.name, key=creds.access_key_id_key)
+        ),
+        _secret_env(
+            "MESSAGING_S3_SECRET_ACCESS_KEY",
+            SecretKeyRef(name=creds.name, key=creds.secret_access_key_key),
+        ),
+    ]
+    return env
+
+
+def _tls_env(spec: ClusterSpec) -> list[Body]:
+    if spec.tls is None:
+        return []
+    env: list[Body] = [
+        {"name": "MESSAGING_GRPC_TLS_CERT_FILE", "value": f"{GRPC_TLS_DIR}/tls.crt"},
+        {"name": "MESSAGING_GRPC_TLS_KEY_FILE", "value": f"{GRPC_TLS_DIR}/tls.key"},
+    ]
+    if spec.tls.client_auth:
+        env.append({"name": "MESSAGING_GRPC_TLS_CLIENT_CA_FILE", "value": f"{GRPC_TLS_DIR}/ca.crt"})
     return env
 
 
@@ -313,6 +373,7 @@ def messaging_pod_template(owner: Owner, spec: ClusterSpec, image: str, secrets_
         "ports": [
             {"name": "http", "containerPort": HTTP_CONTAINER_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_CONTAINER_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": spec.service.metrics_port, "protocol": "TCP"},
         ],
         "env": messaging_env(owner, spec),
         "resources": dict(spec.resources),
@@ -351,6 +412,13 @@ def messaging_pod_template(owner: Owner, spec: ClusterSpec, image: str, secrets_
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],
     }
+    if spec.tls is not None:
+        container["volumeMounts"].append(
+            {"name": GRPC_TLS_VOLUME, "mountPath": GRPC_TLS_DIR, "readOnly": True}
+        )
+        pod_spec["volumes"].append(
+            {"name": GRPC_TLS_VOLUME, "secret": {"secretName": spec.tls.secret_name}}
+        )
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = _image_pull_secrets(spec)
     spread = spec.topology_spread
@@ -371,7 +439,7 @@ def messaging_pod_template(owner: Owner, spec: ClusterSpec, image: str, secrets_
             "annotations": {
                 CONFIG_HASH_ANNOTATION: secrets_hash,
                 "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(HTTP_CONTAINER_PORT),
+                "prometheus.io/port": str(spec.service.metrics_port),
                 "prometheus.io/path": "/metrics",
             },
         },
@@ -454,7 +522,9 @@ def migration_job(owner: Owner, spec: ClusterSpec, image: str) -> Body:
 
 
 def http_service(owner: Owner, spec: ClusterSpec) -> Body:
-    """HTTP and Socket.IO (plus the metrics port); ClientIP affinity keeps long-polling sticky."""
+    """HTTP and Socket.IO only: /metrics stays off this (possibly public) Service; Prometheus
+    scrapes the pods' `metrics` port directly (the chart's PodMonitor). ClientIP affinity keeps
+    long-polling sticky."""
     options = spec.service
     service_spec: Body = {
         "type": options.type,
@@ -464,13 +534,6 @@ def http_service(owner: Owner, spec: ClusterSpec) -> Body:
             {
                 "name": "http",
                 "port": options.http_port,
-                "targetPort": "http",
-                "protocol": "TCP",
-                "appProtocol": "http",
-            },
-            {
-                "name": "metrics",
-                "port": options.metrics_port,
                 "targetPort": "http",
                 "protocol": "TCP",
                 "appProtocol": "http",
@@ -520,4 +583,36 @@ def pod_disruption_budget(owner: Owner, spec: ClusterSpec) -> Body:
             "maxUnavailable": spec.pod_disruption_budget.max_unavailable,
             "selector": {"matchLabels": selector_labels(owner.name, SERVER)},
         },
+    }
+
+
+# ---- Events -----------------------------------------------------------------------------------
+
+
+def kubernetes_event(
+    involved: Mapping[str, Any], *, type_: str, reason: str, message: str, now: str
+) -> Body:
+    """A core/v1 Event about the MessagingCluster, as `kubectl describe` shows it."""
+    meta = involved["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": MANAGED_BY},
+        "reportingComponent": MANAGED_BY,
+        "reportingInstance": MANAGED_BY,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
     }

@@ -19,12 +19,23 @@ class KubeError(OperatorError):
     """A Kubernetes API call failed; ``status`` is the HTTP status (0 when none was received)."""
 
     def __init__(
-        self, message: str, *, status: int = 0, reason: str = "", causes: tuple[str, ...] = ()
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        reason: str = "",
+        causes: tuple[str, ...] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.causes = causes  # details.causes[].reason, e.g. NamespaceTerminating
+        self.retry_after = retry_after  # seconds, from a 429's Retry-After header
+
+    @property
+    def namespace_terminating(self) -> bool:
+        return "NamespaceTerminating" in self.causes or "is being terminated" in str(self)
 
     @property
     def retryable(self) -> bool:

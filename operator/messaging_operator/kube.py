@@ -55,8 +55,13 @@ SERVICE = Kind("v1", "Service", "services")
 SECRET = Kind("v1", "Secret", "secrets")
 POD = Kind("v1", "Pod", "pods")
 PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
+LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+EVENT = Kind("v1", "Event", "events")
 
-_KINDS = {(k.api_version, k.kind): k for k in (CLUSTER, DEPLOYMENT, JOB, SERVICE, SECRET, POD, PDB)}
+_KINDS = {
+    (k.api_version, k.kind): k
+    for k in (CLUSTER, DEPLOYMENT, JOB, SERVICE, SECRET, POD, PDB, LEASE, EVENT)
+}
 
 
 def kind_of(body: Mapping[str, Any]) -> Kind:
@@ -75,6 +80,27 @@ _ERRORS: dict[int, type[KubeError]] = {
 
 
 _UNDECODABLE = "failed to convert new object"
+_LIST_PAGE = 500
+# 429 Too Many Requests (API Priority and Fairness): wait as told, a few times, then give up.
+_THROTTLE_RETRIES = 3
+_MAX_RETRY_AFTER = 10.0
+
+
+def _retry_after(header: str | None) -> float:
+    try:
+        return min(_MAX_RETRY_AFTER, max(0.0, float(header or "1")))
+    except ValueError:
+        return 1.0
+
+
+def _decode(payload: bytes) -> Any:
+    """JSON, or a plain-text body (the API server answers some 404s and 503s in text)."""
+    if not payload:
+        return {}
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return {"message": payload.decode(errors="replace").strip()[:500]}
 
 
 def _session(info: kopf.ConnectionInfo, timeout_s: float) -> aiohttp.ClientSession:
@@ -111,7 +137,9 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Any:
         data = None if body is None else json.dumps(body)
-        for attempt in (1, 2):
+        relogged = False
+        throttled = 0
+        while True:
             try:
                 async with self._session.request(
                     method,
@@ -122,14 +150,20 @@ class KubeClient:
                 ) as response:
                     payload = await response.read()
                     status = response.status
+                    retry_after = response.headers.get("Retry-After")
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise KubeUnavailableError(f"{method} {path}: {type(e).__name__}: {e}") from e
-            if status == 401 and attempt == 1:
+            if status == 401 and not relogged:
                 # Projected service-account tokens rotate: log in again once, then retry.
+                relogged = True
                 await self._relogin()
                 continue
+            if status == 429 and throttled < _THROTTLE_RETRIES:
+                throttled += 1
+                await asyncio.sleep(_retry_after(retry_after))
+                continue
             break
-        decoded = json.loads(payload) if payload else {}
+        decoded = _decode(payload)
         if status >= 400:
             body = decoded if isinstance(decoded, dict) else {}
             causes = tuple(
@@ -145,6 +179,7 @@ class KubeClient:
                 status=status,
                 reason=str(body.get("reason", "")),
                 causes=causes,
+                retry_after=_retry_after(retry_after) if status == 429 else None,
             )
         return decoded
 
@@ -162,11 +197,19 @@ class KubeClient:
         except KubeNotFoundError:
             return None
 
-    async def list(self, kind: Kind, namespace: str, selector: str) -> list[Body]:
-        result = await self._request(
-            "GET", kind.collection(namespace), params={"labelSelector": selector}
-        )
-        return cast(list[Body], result.get("items") or [])
+    async def list(
+        self, kind: Kind, namespace: str, selector: str, *, page_size: int = _LIST_PAGE
+    ) -> list[Body]:
+        """Every page: the API server cuts long lists into chunks linked by `continue`."""
+        items: list[Body] = []
+        params = {"labelSelector": selector, "limit": str(page_size)}
+        while True:
+            result = await self._request("GET", kind.collection(namespace), params=params)
+            items.extend(result.get("items") or [])
+            token = (result.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            params = {**params, "continue": str(token)}
 
     async def create(self, body: Mapping[str, Any]) -> Body:
         kind = kind_of(body)
@@ -217,6 +260,20 @@ class KubeClient:
                 params={"fieldManager": FIELD_MANAGER},
                 body=patch,
                 content_type="application/merge-patch+json",
+            ),
+        )
+
+    async def replace(self, body: Mapping[str, Any]) -> Body:
+        """PUT: an update guarded by the body's resourceVersion (409 when someone was first)."""
+        kind = kind_of(body)
+        meta = body["metadata"]
+        return cast(
+            Body,
+            await self._request(
+                "PUT",
+                kind.item(meta["namespace"], meta["name"]),
+                params={"fieldManager": FIELD_MANAGER},
+                body=body,
             ),
         )
 

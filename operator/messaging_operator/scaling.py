@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from messaging_operator.replicas import clamp
+
 # Reasons, as the ScalingActive condition and the Events show them.
 SCALED_UP = "ScaledUp"
 SCALED_DOWN = "ScaledDown"
@@ -63,7 +65,7 @@ class Decision:
     able: bool  # metrics were available, so the autoscaler is actively deciding
     reason: str
     message: str
-    sockets: float  # total across pods with metrics
+    sockets: float | None  # total across pods with metrics; None when none could be read
     ratio: float | None  # mean sockets per pod over target
 
 
@@ -164,20 +166,20 @@ def decide(
     calc = calculate(current, pods, policy)
     if calc is None:
         # Like the HPA: without metrics, only the bounds are enforced.
-        bounded = max(low, min(high, current))
+        bounded = clamp(current, low, high)
         return Decision(
             desired=bounded,
             recommendations=tuple(history),
             able=False,
             reason=NO_METRICS,
             message="no ready pod reported messaging_connected_sockets",
-            sockets=0.0,
+            sockets=None,
             ratio=None,
         )
     chosen, kept = stabilize(
         current, calc.replicas, history, now=now, window=policy.stabilization_seconds
     )
-    desired = max(low, min(high, chosen))
+    desired = clamp(chosen, low, high)
     load = (
         f"{calc.sockets:.0f} sockets on {current} pod{'' if current == 1 else 's'}, "
         f"{calc.ratio:.2f} of the target {policy.target_per_pod:.0f} per pod"

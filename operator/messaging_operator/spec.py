@@ -78,6 +78,7 @@ class ManagedRedis(_Model):
 
 class ExternalRedis(_Model):
     url_secret_ref: SecretKeyRef
+    cluster: bool = False  # a Redis Cluster: sharded pub/sub (MESSAGING_REDIS_CLUSTER)
 
 
 class Redis(_Model):
@@ -175,6 +176,52 @@ class SocketIO(_Model):
     )
 
 
+class Cors(_Model):
+    allowed_origins: list[str] = Field(default_factory=list, max_length=100)
+
+
+WebhookEvent = Literal[
+    "message.created",
+    "message.updated",
+    "message.deleted",
+    "message.read",
+    "conversation.created",
+    "conversation.updated",
+    "message.reported",
+    "notification.requested",
+]
+
+
+class Webhook(_Model):
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    secret_ref: SecretKeyRef
+    events: list[WebhookEvent] = Field(default_factory=list)  # empty: every type
+
+
+class S3Credentials(_Model):
+    name: str = Field(min_length=1)
+    access_key_id_key: str = Field("accessKeyId", min_length=1)
+    secret_access_key_key: str = Field("secretAccessKey", min_length=1)
+
+
+class S3(_Model):
+    endpoint: str = ""  # empty: the AWS endpoint of the region
+    bucket: str = Field(min_length=1)
+    region: str = ""
+    credentials_secret_ref: S3Credentials
+
+
+class Attachments(_Model):
+    s3: S3 | None = None  # absent: attachments are off
+
+
+class Tls(_Model):
+    """gRPC TLS from a kubernetes.io/tls Secret (tls.crt, tls.key; ca.crt for client certs)."""
+
+    secret_name: str = Field(min_length=1)
+    client_auth: bool = False  # mutual TLS: clients must present a certificate signed by ca.crt
+
+
 class Override(_Model):
     # A strategic-merge patch for the messaging pods' template ({metadata, spec}).
     pod_template: dict[str, Any] | None = None
@@ -198,13 +245,12 @@ class ClusterSpec(_Model):
     migrations: Migrations = Field(default_factory=Migrations)
     socketio: SocketIO = Field(default_factory=SocketIO)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    cors: Cors = Field(default_factory=Cors)
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=20)
+    attachments: Attachments = Field(default_factory=Attachments)
+    tls: Tls | None = None
     override: Override = Field(default_factory=Override)
     paused: bool = False
-
-    def fixed_replicas(self) -> int:
-        """The replica count when the operator does not autoscale: /scale's count, within bounds."""
-        wanted = self.replicas.count if self.replicas.count is not None else self.replicas.min
-        return max(self.replicas.min, min(self.replicas.max, wanted))
 
 
 def parse_spec(raw: object) -> ClusterSpec:

@@ -28,13 +28,16 @@ WARNING_REASONS = frozenset(
     {
         "InvalidSpec",
         "ChildRejected",
+        "NameConflict",
         "SecretNotFound",
+        "InvalidRedisURL",
         "MigrationFailed",
-        "RedisNotReady",
-        "FailedGetPodsMetric",
         "Forbidden",
     }
 )
+# Reasons every healthy start-up passes through (Redis still starting, pods not serving metrics
+# yet): Warnings only when the condition falls back to them from True.
+WARNING_AFTER_TRUE = frozenset({"RedisNotReady", "FailedGetPodsMetric", "NoReadyReplicas"})
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 JobState = Literal["absent", "running", "succeeded", "failed"]
@@ -92,7 +95,9 @@ class Observation:
     autoscaling_enabled: bool = True
     spec_error: str | None = None
     spec_error_reason: str = "InvalidSpec"  # or ChildRejected: the API server refused a child
-    missing_secrets: tuple[str, ...] = ()
+    missing_secrets: tuple[str, ...] = ()  # one sentence per Secret or key that is not there
+    invalid_secrets: tuple[str, ...] = ()  # one sentence per value that cannot work
+    conflicts: tuple[str, ...] = ()  # names taken by objects the operator did not create
     redis: RedisState | None = None
     migration: MigrationState | None = None
     deployment: DeploymentState | None = None
@@ -122,17 +127,24 @@ def compute_conditions(obs: Observation, previous: Mapping[str, Any]) -> list[Co
 def _ready(obs: Observation) -> Condition:  # noqa: PLR0911 - a ladder of causes reads best
     if obs.spec_error is not None:
         return Condition(READY, "False", obs.spec_error_reason, obs.spec_error)
+    if obs.conflicts:
+        return Condition(READY, "False", "NameConflict", _conflicts(obs.conflicts))
     if obs.missing_secrets:
         return Condition(READY, "False", "SecretNotFound", _missing(obs.missing_secrets))
+    if obs.invalid_secrets:
+        return Condition(READY, "False", "InvalidRedisURL", _missing(obs.invalid_secrets))
     dep = obs.deployment
     if obs.migration is not None and obs.migration.state == "failed":
         return Condition(READY, "False", "MigrationFailed", obs.migration.message)
     if obs.redis is not None and not obs.redis.ready:
         return Condition(READY, "False", "RedisNotReady", obs.redis.message)
-    if obs.migration is not None and obs.migration.state != "succeeded":
+    if obs.paused and (dep is None or dep.image != obs.target_image):
         return Condition(
-            READY, "False", "Migrating", f"waiting for the migrations of {obs.target_image}"
+            READY, "False", "Paused", f"spec.paused is true: {obs.target_image} is not rolled out"
         )
+    if obs.migration is not None and obs.migration.state != "succeeded":
+        waiting = obs.migration.message or f"waiting for the migrations of {obs.target_image}"
+        return Condition(READY, "False", "Migrating", waiting)
     if dep is None:
         return Condition(READY, "False", "DeploymentMissing", "the messaging Deployment is absent")
     if dep.image != obs.target_image or not dep.rolled_out:
@@ -190,7 +202,10 @@ def _migrations_complete(obs: Observation, previous: Mapping[str, Any]) -> Condi
             f"job {mig.job_name} is migrating the database for {mig.image}",
         )
     return Condition(
-        MIGRATIONS_COMPLETE, "False", "MigrationPending", f"no migration job yet for {mig.image}"
+        MIGRATIONS_COMPLETE,
+        "False",
+        "MigrationPending",
+        mig.message or f"no migration job yet for {mig.image}",
     )
 
 
@@ -212,27 +227,44 @@ def _scaling_active(obs: Observation, previous: Mapping[str, Any]) -> Condition:
     return Condition(SCALING_ACTIVE, "Unknown", "Waiting", "the autoscaler has not run yet")
 
 
-def _missing(names: Sequence[str]) -> str:
-    return "missing secret keys: " + ", ".join(names)
+def _missing(problems: Sequence[str]) -> str:
+    return "; ".join(problems)
 
 
-def compute_phase(obs: Observation, conditions: Sequence[Condition]) -> str:  # noqa: PLR0911
-    by_type = {c.type: c for c in conditions}
+def _conflicts(names: Sequence[str]) -> str:
+    return "; ".join(names) + ": rename or remove it, the operator never takes over such objects"
+
+
+def compute_phase(obs: Observation, previous_phase: object = None) -> str:  # noqa: PLR0911
+    """Pending -> Migrating -> Running on the way up; Degraded only for a real problem.
+
+    Pending: waiting for Secrets or Redis. Migrating: spec.image is not serving yet (its Job
+    runs, or its first pods start). A healthy rollout or scale-up is Running: capacity never
+    drops below the current count (maxUnavailable 0).
+    """
     dep = obs.deployment
     serving = dep is not None and dep.ready_replicas > 0
+    enough = dep is not None and dep.ready_replicas >= max(
+        1, min(obs.min_replicas, obs.desired_replicas)
+    )
+    starting = previous_phase in (None, "", PENDING, MIGRATING)
     if obs.spec_error is not None:
         return FAILED
-    if obs.migration is not None and obs.migration.state == "failed":
+    if obs.conflicts or (obs.migration is not None and obs.migration.state == "failed"):
         return DEGRADED if serving else FAILED
-    if obs.missing_secrets:
+    if obs.missing_secrets or obs.invalid_secrets:
         return DEGRADED if serving else PENDING
-    if obs.migration is not None and obs.migration.state in ("absent", "running"):
+    if obs.paused:
+        return RUNNING if enough else DEGRADED if serving else PENDING
+    if obs.redis is not None and not obs.redis.ready:
+        return DEGRADED if serving else PENDING
+    if obs.migration is not None and obs.migration.state != "succeeded":
         return MIGRATING
-    if by_type[READY].status == "True":
-        if dep is not None and dep.ready_replicas < min(obs.min_replicas, obs.desired_replicas):
-            return DEGRADED
+    if enough:
         return RUNNING
-    return DEGRADED if serving else PENDING
+    if starting:
+        return MIGRATING  # the migrated image's first pods are starting
+    return DEGRADED
 
 
 def merge_conditions(
@@ -274,9 +306,9 @@ def transition_events(
             continue
         if cond.type == SCALING_ACTIVE and not flipped:
             continue  # scale decisions post their own Events
-        kind: Literal["Normal", "Warning"] = (
-            "Warning" if cond.reason in WARNING_REASONS else "Normal"
-        )
+        fell = old is not None and old.get("status") == "True"
+        warn = cond.reason in WARNING_REASONS or (fell and cond.reason in WARNING_AFTER_TRUE)
+        kind: Literal["Normal", "Warning"] = "Warning" if warn else "Normal"
         events.append(Event(kind, cond.reason, f"{cond.type}={cond.status}: {cond.message}"))
     return events
 
@@ -286,7 +318,7 @@ def compute_status(
 ) -> tuple[dict[str, Any], list[Event]]:
     """The whole status subresource to write, and the Events the change deserves."""
     conditions = compute_conditions(obs, previous)
-    phase = compute_phase(obs, conditions)
+    phase = compute_phase(obs, previous.get("phase"))
     old_conditions = previous.get("conditions") or []
     status: dict[str, Any] = {
         "observedGeneration": obs.generation,

@@ -55,7 +55,7 @@ def wait_established(cluster: K8sCluster, crd: str) -> None:
 @pytest.fixture(scope="session")
 def monitoring_crds(k8s_cluster: K8sCluster) -> None:
     k8s_cluster.kubectl("apply", "--server-side", "-f", str(MONITORING_CRDS))
-    for crd in ("servicemonitors", "prometheusrules"):
+    for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
         wait_established(k8s_cluster, f"{crd}.monitoring.coreos.com")
 
 

@@ -5,6 +5,7 @@ real API server (`kubectl apply --dry-run=server`): defaults, the production-lik
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +36,10 @@ def kind_cluster_spec() -> dict[str, Any]:
 def values_args(values: str) -> list[str]:
     path = VALUES_FILES[values]
     return ["-f", str(path)] if path else []
+
+
+def is_lease_rbac(doc: dict[str, Any]) -> bool:
+    return str(doc["metadata"]["name"]).endswith("-leader-election")
 
 
 def test_the_chart_crd_is_identical_to_the_top_level_crd() -> None:
@@ -77,8 +82,23 @@ def test_the_default_values_render_a_cluster_wide_operator(k8s_cluster: K8sClust
     docs = documents(render(k8s_cluster))
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"]
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",  # the leader-election Lease, in the release namespace only
+            "RoleBinding",
+            "Service",
+            "Deployment",
+            "ValidatingAdmissionPolicy",  # writes only to the operator's own objects
+            "ValidatingAdmissionPolicyBinding",
+        ]
     )
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    (condition,) = policy["spec"]["matchConditions"]
+    assert "system:serviceaccount:ops:r-messaging-operator" in condition["expression"]
+    lease_role = one(docs, "Role")
+    assert lease_role["metadata"]["namespace"] == "ops"
     binding = one(docs, "ClusterRoleBinding")
     account = one(docs, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
@@ -96,7 +116,8 @@ def test_the_production_values_render_namespaced_rbac_and_monitoring(
     assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
     watched = yaml.safe_load(PRODUCTION_VALUES.read_text())["watch"]["namespaces"]
     for kind in ("Role", "RoleBinding"):
-        assert sorted(d["metadata"]["namespace"] for d in by_kind(docs, kind)) == sorted(watched)
+        watching = [d for d in by_kind(docs, kind) if not is_lease_rbac(d)]
+        assert sorted(d["metadata"]["namespace"] for d in watching) == sorted(watched)
     for binding in by_kind(docs, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "ops"
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -104,10 +125,12 @@ def test_the_production_values_render_namespaced_rbac_and_monitoring(
     assert container["args"] == expected
     assert container["resources"]["limits"] == {"cpu": "1", "memory": "384Mi"}
 
-    monitors = by_kind(docs, "ServiceMonitor")
+    monitors = by_kind(docs, "ServiceMonitor") + by_kind(docs, "PodMonitor")
     assert len(monitors) == 2
-    clusters = next(m for m in monitors if m["metadata"]["name"].endswith("-clusters"))
+    clusters = one(docs, "PodMonitor")  # the pods' own metrics port: no Service exposes it
+    assert clusters["metadata"]["name"].endswith("-clusters")
     assert clusters["spec"]["namespaceSelector"] == {"matchNames": watched}
+    assert clusters["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
 
     rule = one(docs, "PrometheusRule")
@@ -119,20 +142,25 @@ def test_the_production_values_render_namespaced_rbac_and_monitoring(
     assert json.loads(dashboard["data"]["messaging.json"]) == shipped_dashboard
 
 
-def test_the_deployment_is_one_recreated_non_root_replica_with_a_liveness_probe(
+def test_the_deployment_runs_a_leader_and_a_standby_non_root_with_a_liveness_probe(
     k8s_cluster: K8sCluster,
 ) -> None:
     deployment = one(documents(render(k8s_cluster)), "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2  # one leads through the Lease, one waits
+    assert spec["strategy"]["type"] == "RollingUpdate"
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert isinstance(pod["securityContext"]["runAsUser"], int)
     (container,) = pod["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert env["MESSAGING_OPERATOR_LEASE_NAME"] == deployment["metadata"]["name"]
+    lease_ns = next(
+        e for e in container["env"] if e["name"] == "MESSAGING_OPERATOR_LEASE_NAMESPACE"
+    )
+    assert lease_ns["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     liveness_port = next(p for p in container["ports"] if p["name"] == "liveness")
     assert env["MESSAGING_OPERATOR_LIVENESS"] == (
         f"http://0.0.0.0:{liveness_port['containerPort']}/healthz"
@@ -151,8 +179,50 @@ def test_the_rbac_rules_are_the_ones_deploy_operator_documents(
     roles = by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
     assert roles
     shipped = yaml.safe_load((ROOT / "deploy" / "operator" / "cluster-role.yaml").read_text())
+    lease = next(
+        yaml.safe_load_all((ROOT / "deploy" / "operator" / "leader-election-role.yaml").read_text())
+    )
     for role in roles:
-        assert role["rules"] == shipped["rules"]
+        if is_lease_rbac(role):
+            names = {"r-messaging-operator"}
+            assert {n for r in role["rules"] for n in r.get("resourceNames", [])} == names
+            assert [r["verbs"] for r in role["rules"]] == [r["verbs"] for r in lease["rules"]]
+        else:
+            assert role["rules"] == shipped["rules"]
+
+
+GRANTS = Path(__file__).with_name("rbac-grants.txt")
+
+
+def grants(docs: list[dict[str, Any]]) -> set[str]:
+    """Every (scope, API group, resource, verb, names) the chart's roles grant, one per line."""
+    found = set()
+    for role in by_kind(docs, "ClusterRole") + by_kind(docs, "Role"):
+        scope = "cluster" if role["kind"] == "ClusterRole" else "namespace"
+        for rule in role["rules"]:
+            names = ",".join(rule.get("resourceNames", [])) or "*"
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        found.add(f"{scope} {group or 'core'} {resource} {verb} {names}")
+    return found
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_every_permission_the_chart_grants_is_on_the_reviewed_list(
+    k8s_cluster: K8sCluster, values: str
+) -> None:
+    """A new verb or resource must be added to rbac-grants.txt on purpose, in review."""
+    granted = grants(documents(render(k8s_cluster, *values_args(values))))
+    listed = {
+        line.strip()
+        for line in GRANTS.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    scope = "cluster" if values == "default" else "namespace"
+    expected = {g for g in listed if g.startswith(scope) or "leases" in g}
+    assert sorted(granted - expected) == [], "granted but not on the reviewed list"
+    assert sorted(expected - granted) == [], "on the list but no longer granted"
 
 
 @pytest.mark.parametrize(

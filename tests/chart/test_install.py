@@ -54,19 +54,21 @@ def test_helm_install_brings_the_operator_up_and_uninstall_removes_what_it_insta
     wait_established(k8s_cluster, CRD_NAME)
     operator = deployment(k8s_cluster, fullname, k8s_namespace)
     assert condition(operator, "Available") == "True"
-    assert operator["status"]["readyReplicas"] == 1
+    assert operator["status"]["readyReplicas"] == 2  # a leader and a standby
     pods = json.loads(
         k8s_cluster.kubectl(
             "get", "pods", "-n", k8s_namespace, "-o", "json",
             "-l", f"app.kubernetes.io/instance={release}",
         ).stdout
     )["items"]  # fmt: skip
-    assert [p["status"]["phase"] for p in pods] == ["Running"]
+    assert [p["status"]["phase"] for p in pods] == ["Running", "Running"]
 
     manifest = documents(k8s_cluster.helm("get", "manifest", release, "-n", k8s_namespace).stdout)
     objects = [(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in manifest]
     assert {kind for kind, _, _ in objects} == {
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment",
+        "Role", "RoleBinding",  # the leader-election Lease
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }  # fmt: skip
     assert all(exists(k8s_cluster, *o) for o in objects)
     assert "CustomResourceDefinition" not in {kind for kind, _, _ in objects}
@@ -105,7 +107,9 @@ def installed_cluster_wide(k8s_cluster: K8sCluster) -> Iterator[str]:
         ("patch", "pods", "yes"),
         ("list", "secrets", "no"),
         ("delete", "secrets", "no"),
-        ("delete", "deployments.apps", "no"),
+        ("delete", "deployments.apps", "yes"),  # the managed Redis after a switch to external
+        ("patch", "secrets", "no"),
+        ("update", "deployments.apps", "no"),
         ("create", "pods", "no"),
         ("delete", "messagingclusters.messaging.platform.io", "no"),
         ("create", "clusterroles.rbac.authorization.k8s.io", "no"),

@@ -82,14 +82,21 @@ def token_kubeconfig(cluster: K8sCluster, account: str, namespace: str, path: Pa
     return cluster.service_account_kubeconfig(account, namespace, path, duration="1h")
 
 
-def operator_process_args(container: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+def operator_process_args(
+    container: dict[str, Any], namespace: str
+) -> tuple[list[str], dict[str, str]]:
     """The container's command line and environment, with the image's `messaging` replaced by
-    the same console script of this virtualenv."""
+    the same console script of this virtualenv (and the pod's namespace filled in, as the
+    kubelet does for a fieldRef)."""
     command = [*container["command"], *container.get("args", [])]
     assert command[0] == "messaging", command
     script = Path(sys.executable).parent / "messaging"
     env: dict[str, str] = {}
     for item in container.get("env", []):
+        field_ref = (item.get("valueFrom") or {}).get("fieldRef") or {}
+        if field_ref.get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+            continue
         assert "value" in item, f"only literal values can be reproduced here: {item}"
         env[item["name"]] = item["value"]
     return [str(script), *command[1:]], env
@@ -122,7 +129,7 @@ def operator_as_the_chart_runs_it(
     cluster: K8sCluster, installed: NamespacedRelease, workdir: Path
 ) -> Iterator[ChartOperator]:
     (container,) = installed.deployment["spec"]["template"]["spec"]["containers"]
-    argv, rendered_env = operator_process_args(container)
+    argv, rendered_env = operator_process_args(container, installed.namespace)
     kubeconfig = token_kubeconfig(
         cluster, installed.account, installed.namespace, workdir / "operator.kubeconfig"
     )
@@ -356,3 +363,44 @@ def test_uninstalling_the_whole_platform_deletes_the_cluster_before_the_operator
         scope = ["-n", meta["namespace"]] if meta.get("namespace") else []
         gone = k8s_cluster.kubectl("get", doc["kind"], meta["name"], *scope, check=False)
         assert "NotFound" in gone.stderr, (doc["kind"], meta["name"])
+
+
+def deployment_manifest(name: str, labels: dict[str, str]) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name, **labels}},
+                    "spec": {"containers": [{"name": "c", "image": "registry.example/x:1"}]},
+                },
+            },
+        }
+    )
+
+
+def test_the_admission_policy_lets_the_operator_write_only_its_own_objects(
+    k8s_cluster: K8sCluster, namespaced_release: NamespacedRelease
+) -> None:
+    """RBAC allows creating any Deployment in a watched namespace; the chart's
+    ValidatingAdmissionPolicy refuses one the operator would not have labelled as its own."""
+    identity = namespaced_release.identity
+
+    def create(name: str, labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return k8s_cluster.kubectl(
+            "create", "--dry-run=server", "-f", "-", "--as", identity,
+            "-n", namespaced_release.watched,
+            input=deployment_manifest(name, labels), check=False,
+        )  # fmt: skip
+
+    def refused() -> bool:
+        result = create("not-ours", {"team": "payments"})
+        return result.returncode != 0 and "writes only objects labelled" in result.stderr
+
+    # The API server compiles a new policy within a second or so.
+    wait_until(refused, timeout=30, what="the admission policy refusing a foreign Deployment")
+    ours = create("ours", {"app.kubernetes.io/managed-by": "messaging-operator"})
+    assert ours.returncode == 0, ours.stderr

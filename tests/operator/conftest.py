@@ -31,6 +31,13 @@ RBAC = ROOT / "deploy" / "operator"
 OPERATOR_NAMESPACE = "messaging-system"
 OPERATOR_ACCOUNT = "messaging-operator"
 RESYNC_SECONDS = 3
+# Where the autoscaler reads the pods' /metrics. The operator's default (0) is each cluster's
+# spec.service.metricsPort (9090), where the service serves /metrics once it reads
+# MESSAGING_METRICS_PORT; until that service change is merged, the live autoscaling tests run
+# today's service, which serves /metrics on its HTTP port. Flip to 0 (or 9090) then.
+POD_METRICS_PORT = 8000
+# Short leader-election timings, so a takeover in the tests takes seconds, not half a minute.
+LEASE_ARGS = ("--lease-seconds", "8", "--renew-deadline-seconds", "6", "--retry-seconds", "2")
 
 
 def free_port() -> int:
@@ -88,8 +95,14 @@ def operator_kubeconfig(cluster: K8sCluster, directory: Path) -> Path:
 
 
 def start_operator(
-    cluster: K8sCluster, workdir: Path, *args: str, kubeconfig: Path
+    cluster: K8sCluster,
+    workdir: Path,
+    *args: str,
+    kubeconfig: Path,
+    lease: str = "messaging-operator",
 ) -> RunningOperator:
+    """A real operator process, up once its liveness endpoint answers (a standby that waits for
+    the Lease answers it too)."""
     metrics_port, liveness_port = free_port(), free_port()
     log = workdir / f"operator-{metrics_port}.log"
     env = {**cluster.env(), "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
@@ -108,6 +121,13 @@ def start_operator(
                 "--autoscale-seconds",
                 "1",
                 "--verbose",
+                "--pod-metrics-port",
+                str(POD_METRICS_PORT),
+                "--lease-namespace",
+                OPERATOR_NAMESPACE,
+                "--lease-name",
+                lease,
+                *LEASE_ARGS,
                 *args,
             ],
             stdout=sink,
@@ -144,15 +164,55 @@ def stop_operator(running: RunningOperator) -> None:
             running.process.wait(timeout=10)
 
 
+def lease_holder(cluster: K8sCluster, lease: str = "messaging-operator") -> str:
+    result = cluster.kubectl(
+        "get", "lease", lease, "-n", OPERATOR_NAMESPACE,
+        "-o", "jsonpath={.spec.holderIdentity}", check=False,
+    )  # fmt: skip
+    return result.stdout.strip()
+
+
+def leads(cluster: K8sCluster, running: RunningOperator, lease: str = "messaging-operator") -> bool:
+    """The Lease's holder identity is <host>-<pid>-<random>."""
+    return f"-{running.process.pid}-" in lease_holder(cluster, lease)
+
+
+def hand_over(
+    cluster: K8sCluster, current: RunningOperator, workdir: Path, *args: str
+) -> RunningOperator:
+    """Start another operator (a standby at first), stop `current` (a clean exit hands the
+    Lease back) and wait until the new one leads."""
+    new = start_operator(cluster, workdir, *args, kubeconfig=current.kubeconfig)
+    stop_operator(current)
+    wait_until(lambda: leads(cluster, new), timeout=60, what="the new operator leading")
+    return new
+
+
+def restore_session_operator(
+    cluster: K8sCluster, session: RunningOperator, acting: RunningOperator, workdir: Path
+) -> None:
+    """After a test replaced the session's operator: one with the session's settings leads
+    again, and the session fixture's handle points at it."""
+    replacement = hand_over(cluster, acting, workdir, *SESSION_ARGS)
+    session.process, session.log = replacement.process, replacement.log
+    session.metrics_port = replacement.metrics_port
+
+
+SESSION_ARGS = ("--all-namespaces",)
+
+
 @pytest.fixture(scope="session")
 def operator_identity(k8s_cluster: K8sCluster, messaging_crd: Path) -> str:
-    """The ServiceAccount, ClusterRole and binding exactly as deploy/operator/ ships them."""
+    """The ServiceAccount, ClusterRole, binding, Lease Role and admission policy exactly as
+    deploy/operator/ ships them."""
     k8s_cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
     _apply(
         k8s_cluster,
         RBAC / "service-account.yaml",
         RBAC / "cluster-role.yaml",
         RBAC / "cluster-role-binding.yaml",
+        RBAC / "leader-election-role.yaml",
+        RBAC / "admission-policy.yaml",
     )
     return f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 
@@ -164,7 +224,8 @@ def operator(
     """One operator for the session, watching every namespace (each test has its own)."""
     workdir = tmp_path_factory.mktemp("operator")
     kubeconfig = operator_kubeconfig(k8s_cluster, workdir)
-    running = start_operator(k8s_cluster, workdir, "--all-namespaces", kubeconfig=kubeconfig)
+    running = start_operator(k8s_cluster, workdir, *SESSION_ARGS, kubeconfig=kubeconfig)
+    wait_until(lambda: leads(k8s_cluster, running), timeout=60, what="the operator leading")
     try:
         yield running
     finally:

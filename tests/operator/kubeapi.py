@@ -30,6 +30,7 @@ PATHS = {
     "Event": "/api/v1/namespaces/{ns}/events",
     "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets",
     "ResourceQuota": "/api/v1/namespaces/{ns}/resourcequotas",
+    "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
 }
 
 

@@ -21,7 +21,7 @@ PRODUCTION_SPEC: dict[str, Any] = {
         "targetConnectionsPerPod": 5000,
         "scaleDownStabilizationSeconds": 600,
     },
-    "redis": {"external": {"urlSecretRef": {"name": "chat-redis", "key": "url"}}},
+    "redis": {"external": {"urlSecretRef": {"name": "chat-redis-url", "key": "url"}}},
     "auth": {
         "algorithms": ["RS256"],
         "publicKeySecretRef": {"name": "chat-jwt", "key": "public.pem"},

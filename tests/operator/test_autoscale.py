@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from messaging_operator import status
 from messaging_operator.autoscale import (
     deletion_costs,
     history_from_status,
     history_to_status,
+    persisted_window,
     pod_sample,
     policy_for,
+    verdict_changes_status,
+    window_from_status,
 )
+from messaging_operator.reconcile import ScalingVerdict
 from messaging_operator.scaling import PodSample, Recommendation
 from messaging_operator.spec import parse_spec
 from tests.operator.samples import MINIMAL_SPEC
@@ -78,3 +83,43 @@ def test_the_policy_comes_from_the_spec() -> None:
     assert (policy.min_replicas, policy.max_replicas) == (2, 10)
     assert policy.target_per_pod == 800 and policy.stabilization_seconds == 60
     assert policy.tolerance == 0.1
+
+
+def test_a_steady_window_is_not_rewritten_when_only_its_times_move() -> None:
+    stored = {"recommendations": [{"time": "2023-11-14T22:13:20Z", "replicas": 4}]}
+    newer = [Recommendation(at=1_700_000_300.0, replicas=4)]
+    assert persisted_window(newer, stored) == stored["recommendations"]
+    changed = [Recommendation(at=1_700_000_300.0, replicas=4), Recommendation(1_700_000_315.0, 3)]
+    assert persisted_window(changed, stored) == history_to_status(changed)
+
+
+def test_after_a_restart_the_window_can_only_delay_a_scale_down() -> None:
+    record = {
+        "recommendations": [
+            {"time": "2023-11-14T22:13:20Z", "replicas": 6},
+            {"time": "2023-11-14T22:13:35Z", "replicas": 2},
+        ]
+    }
+    now = 1_700_001_000.0
+    window = window_from_status(record, current=4, now=now)
+    # The recommendation above the current count counts from the restart; lower ones keep time.
+    assert window[0] == Recommendation(at=now, replicas=6)
+    assert window[1] == Recommendation(at=1_700_000_015.0, replicas=2)
+
+
+def test_only_a_verdict_that_changes_the_status_costs_a_pass() -> None:
+    cond = status.Condition(status.SCALING_ACTIVE, "False", "FailedGetPodsMetric", "none")
+    verdict = ScalingVerdict(
+        desired=2, condition=cond, record={"recommendations": []}, sockets=None
+    )
+    previous: dict[str, Any] = {
+        "desiredReplicas": 2,
+        "scaling": {"recommendations": []},
+        "conditions": [
+            {"type": "ScalingActive", "status": "False", "reason": "FailedGetPodsMetric",
+             "message": "none"}
+        ],
+    }  # fmt: skip
+    assert not verdict_changes_status(verdict, previous)
+    assert verdict_changes_status(verdict, {**previous, "desiredReplicas": 3})
+    assert verdict_changes_status(verdict, {**previous, "connectedSockets": 0})

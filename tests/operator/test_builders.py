@@ -101,7 +101,11 @@ def test_deployment_probes_grace_period_and_pre_stop_fit_the_drain() -> None:
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "http": 8000,
         "grpc": 50051,
+        "metrics": 9090,
     }
+    assert env["MESSAGING_METRICS_HOST"] == "0.0.0.0"
+    assert env["MESSAGING_METRICS_PORT"] == "9090"
+    assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9090"
     assert (
         dep["spec"]["template"]["metadata"]["annotations"][builders.CONFIG_HASH_ANNOTATION] == "abc"
     )
@@ -136,7 +140,7 @@ def test_managed_redis_url_expands_the_password_defined_before_it() -> None:
 def test_external_redis_and_public_key_auth_come_from_their_secrets() -> None:
     spec = parse_spec(PRODUCTION_SPEC)
     env = env_of({"env": builders.messaging_env(OWNER, spec)})
-    assert env["MESSAGING_REDIS_URL"] == {"secretKeyRef": {"name": "chat-redis", "key": "url"}}
+    assert env["MESSAGING_REDIS_URL"] == {"secretKeyRef": {"name": "chat-redis-url", "key": "url"}}
     assert "REDIS_PASSWORD" not in env
     assert env["MESSAGING_JWT_PUBLIC_KEY"] == {
         "secretKeyRef": {"name": "chat-jwt", "key": "public.pem"}
@@ -193,14 +197,13 @@ def test_one_migration_job_per_image_named_by_its_hash() -> None:
     assert not all(job_labels.get(k) == v for k, v in server.items())
 
 
-def test_services_expose_http_metrics_and_grpc_with_optional_client_ip_affinity() -> None:
+def test_services_expose_http_and_grpc_but_never_metrics() -> None:
     minimal = parse_spec(MINIMAL_SPEC)
     http = builders.http_service(OWNER, minimal)
     assert http["spec"]["sessionAffinity"] == "None"
     assert "sessionAffinityConfig" not in http["spec"]
     assert {p["name"]: (p["port"], p["targetPort"]) for p in http["spec"]["ports"]} == {
         "http": (8000, "http"),
-        "metrics": (9090, "http"),
     }
     grpc = builders.grpc_service(OWNER, minimal)
     assert grpc["metadata"]["name"] == "chat-grpc"
@@ -233,3 +236,71 @@ def test_managed_redis_requires_its_password_and_rolls_when_it_changes() -> None
 def test_the_config_hash_is_stable_and_changes_with_any_value() -> None:
     assert builders.config_hash({"a": "1", "b": "2"}) == builders.config_hash({"b": "2", "a": "1"})
     assert builders.config_hash({"a": "1"}) != builders.config_hash({"a": "2"})
+
+
+def test_the_contracts_new_fields_reach_the_pods() -> None:
+    spec = parse_spec(
+        {
+            **MINIMAL_SPEC,
+            "cors": {"allowedOrigins": ["https://chat.example.com"]},
+            "webhooks": [
+                {
+                    "url": "https://hooks.example.com/in",
+                    "secretRef": {"name": "hooks", "key": "whsec"},
+                    "events": ["message.created"],
+                }
+            ],
+            "attachments": {
+                "s3": {
+                    "endpoint": "https://minio.example:9000",
+                    "bucket": "chat-files",
+                    "region": "eu-west-1",
+                    "credentialsSecretRef": {"name": "s3"},
+                }
+            },
+            "redis": {"external": {"urlSecretRef": {"name": "r", "key": "url"}, "cluster": True}},
+            "tls": {"secretName": "grpc-tls", "clientAuth": True},
+        }
+    )
+    dep = builders.messaging_deployment(OWNER, spec, image="img:1", replicas=2, secrets_hash="x")
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = env_of(container)
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert json.loads(env["MESSAGING_CORS_ALLOWED_ORIGINS"]) == ["https://chat.example.com"]
+    assert json.loads(env["MESSAGING_WEBHOOKS"]) == [
+        {
+            "url": "https://hooks.example.com/in",
+            "secretEnv": "MESSAGING_WEBHOOK_0_SECRET",
+            "events": ["message.created"],
+        }
+    ]
+    assert refs["MESSAGING_WEBHOOK_0_SECRET"] == {"name": "hooks", "key": "whsec"}
+    assert env["MESSAGING_ATTACHMENTS_BACKEND"] == "s3"
+    assert env["MESSAGING_S3_BUCKET"] == "chat-files"
+    assert env["MESSAGING_S3_ENDPOINT_URL"] == "https://minio.example:9000"
+    assert env["MESSAGING_S3_REGION"] == "eu-west-1"
+    assert refs["MESSAGING_S3_ACCESS_KEY_ID"] == {"name": "s3", "key": "accessKeyId"}
+    assert refs["MESSAGING_S3_SECRET_ACCESS_KEY"] == {"name": "s3", "key": "secretAccessKey"}
+    assert env["MESSAGING_REDIS_CLUSTER"] == "true"
+    assert env["MESSAGING_GRPC_TLS_CERT_FILE"] == "/etc/messaging/grpc-tls/tls.crt"
+    assert env["MESSAGING_GRPC_TLS_KEY_FILE"] == "/etc/messaging/grpc-tls/tls.key"
+    assert env["MESSAGING_GRPC_TLS_CLIENT_CA_FILE"] == "/etc/messaging/grpc-tls/ca.crt"
+    assert {"name": "grpc-tls", "secret": {"secretName": "grpc-tls"}} in pod["volumes"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "grpc-tls")
+    assert mount == {"name": "grpc-tls", "mountPath": "/etc/messaging/grpc-tls", "readOnly": True}
+
+
+def test_without_the_optional_fields_attachments_are_off_and_nothing_else_is_set() -> None:
+    dep = builders.messaging_deployment(
+        OWNER, parse_spec(MINIMAL_SPEC), image="img:1", replicas=2, secrets_hash="x"
+    )
+    env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
+    assert env["MESSAGING_ATTACHMENTS_BACKEND"] == "off"
+    assert env["MESSAGING_CORS_ALLOWED_ORIGINS"] == "[]"
+    for name in ("MESSAGING_WEBHOOKS", "MESSAGING_REDIS_CLUSTER", "MESSAGING_GRPC_TLS_CERT_FILE"):
+        assert name not in env

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from messaging_operator import run
-from messaging_operator.reconcile import OperatorConfig
+from messaging_operator.memo import OperatorConfig
 
 
 def test_no_namespace_means_every_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,9 +51,30 @@ def test_the_registry_holds_every_handler() -> None:
         "child-jobs",
         "child-services",
         "child-poddisruptionbudgets",
+        "child-pods",
     }
 
 
 def test_a_leading_separator_from_the_messaging_command_is_ignored() -> None:
     args = run.parse_args(["--", "--namespace", "apps", "--metrics-port", "0"])
     assert args.namespaces == ["apps"] and args.metrics_port == 0
+
+
+def test_leader_election_is_on_by_default_with_client_go_like_timings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MESSAGING_OPERATOR_LEADER_ELECTION", raising=False)
+    args = run.parse_args([])
+    assert args.leader_election and args.lease_name == "messaging-operator"
+    assert args.retry_seconds < args.renew_deadline_seconds < args.lease_seconds
+    assert not run.parse_args(["--no-leader-election"]).leader_election
+    monkeypatch.setenv("MESSAGING_OPERATOR_LEADER_ELECTION", "false")
+    assert not run.parse_args([]).leader_election
+
+
+def test_watches_are_label_selected_and_kopf_peering_is_off() -> None:
+    settings = run.build_settings(run.parse_args([]))
+    selectors = set(settings.watching.label_selectors.values())
+    assert selectors == {"app.kubernetes.io/managed-by=messaging-operator"}
+    assert len(list(settings.watching.label_selectors)) == 5
+    assert settings.peering.standalone

@@ -121,15 +121,89 @@ def test_missing_secrets_keep_it_pending_and_name_them() -> None:
     assert st["phase"] == status.PENDING
 
 
-def test_pods_not_ready_yet_are_pending_then_running() -> None:
-    st, _ = compute_status(observe(deployment=deployed(ready=0)), {}, now=T0)
-    assert st["phase"] == status.PENDING
+def test_the_first_pods_of_a_migrated_image_are_still_migrating_then_running() -> None:
+    st, _ = compute_status(observe(deployment=deployed(ready=0)), {"phase": "Migrating"}, now=T0)
+    assert st["phase"] == status.MIGRATING
     assert conditions(st)[status.READY] == ("False", "NoReadyReplicas")
+    st, _ = compute_status(observe(deployment=deployed(ready=1)), st, now=T0)
+    assert st["phase"] == status.MIGRATING
+    st, _ = compute_status(observe(), st, now=T0)
+    assert st["phase"] == status.RUNNING
 
 
-def test_fewer_ready_pods_than_the_minimum_is_degraded() -> None:
-    st, _ = compute_status(observe(deployment=deployed(ready=1)), {}, now=T0)
+def test_fewer_ready_pods_than_the_minimum_after_running_is_degraded() -> None:
+    st, _ = compute_status(observe(deployment=deployed(ready=1)), {"phase": "Running"}, now=T0)
     assert st["phase"] == status.DEGRADED
+
+
+def test_the_phases_of_a_first_start_go_pending_migrating_running() -> None:
+    """The README's order; Redis starting is Pending even while the migration Job runs."""
+    redis_starting = RedisState(False, "RedisNotReady", "starting")
+    steps = [
+        observe(
+            redis=redis_starting, migration=MigrationState("img:1", "j", "running"), deployment=None
+        ),
+        observe(migration=MigrationState("img:1", "j", "running"), deployment=None),
+        observe(deployment=None),
+        observe(deployment=deployed(ready=0, rolled_out=False)),
+        observe(deployment=deployed(ready=1, rolled_out=False)),
+        observe(),
+    ]
+    previous: dict[str, Any] = {}
+    phases = []
+    for obs in steps:
+        previous, _ = compute_status(obs, previous, now=T0)
+        phases.append(previous["phase"])
+    assert phases == ["Pending", "Migrating", "Migrating", "Migrating", "Migrating", "Running"]
+
+
+def test_a_healthy_rollout_is_running_not_degraded() -> None:
+    healthy, _ = compute_status(observe(), {}, now=T0)
+    rolling = DeploymentState(
+        image="img:1", replicas=3, ready_replicas=2, updated_replicas=1, spec_replicas=2,
+        rolled_out=False,
+    )  # fmt: skip
+    st, events = compute_status(observe(deployment=rolling), healthy, now=T1)
+    assert st["phase"] == status.RUNNING
+    assert not [e for e in events if e.type == "Warning"]
+
+
+def test_a_healthy_start_up_posts_no_warning() -> None:
+    steps = [
+        observe(redis=RedisState(False, "RedisNotReady", "starting"), deployment=None,
+                migration=MigrationState("img:1", "j", "running"),
+                scaling=Condition(status.SCALING_ACTIVE, "False", "FailedGetPodsMetric", "none")),
+        observe(deployment=deployed(ready=0),
+                scaling=Condition(status.SCALING_ACTIVE, "False", "FailedGetPodsMetric", "none")),
+        observe(scaling=Condition(status.SCALING_ACTIVE, "True", "WithinTolerance", "ok")),
+    ]  # fmt: skip
+    previous: dict[str, Any] = {}
+    warnings = []
+    for obs in steps:
+        previous, events = compute_status(obs, previous, now=T0)
+        warnings += [e.reason for e in events if e.type == "Warning"]
+    assert warnings == []
+
+
+def test_paused_with_a_pending_image_is_not_migrating() -> None:
+    obs = observe(
+        paused=True,
+        target_image="img:2",
+        migration=MigrationState("img:2", "j2", "absent"),
+    )
+    st, _ = compute_status(obs, {"phase": "Running"}, now=T0)
+    assert st["phase"] == status.RUNNING
+    assert conditions(st)[status.READY] == ("False", "Paused")
+
+
+def test_a_name_conflict_is_reported_and_needs_a_human() -> None:
+    clash = "Secret chat-redis exists and was not created by this MessagingCluster"
+    obs = observe(conflicts=(clash,), deployment=None)
+    st, events = compute_status(obs, {}, now=T0)
+    ready = next(c for c in st["conditions"] if c["type"] == status.READY)
+    assert ready["reason"] == "NameConflict" and "Secret chat-redis" in ready["message"]
+    assert st["phase"] == status.FAILED
+    assert ("Warning", "NameConflict") in [(e.type, e.reason) for e in events]
 
 
 def test_paused_shows_as_a_condition_and_stops_the_autoscaler() -> None:

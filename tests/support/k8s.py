@@ -19,7 +19,7 @@ Public surface:
     k8s_cluster (session fixture) -> K8sCluster
     k8s_namespace (function fixture) -> str, a fresh namespace deleted after the test
     K8sCluster: kubeconfig, server, bin_dir, work_dir, ca_cert, client_cert, client_key,
-        version, pod_cidr, service_cidr, node_names; api_client(), kubectl(*args),
+        version, audit_log, pod_cidr, service_cidr, node_names; api_client(), kubectl(*args),
         helm(*args), env()
     wait_until(condition, timeout=..., what=...) for polling the cluster in tests
     POD_CIDR, SERVICE_CIDR, NODE_NAMES
@@ -97,6 +97,7 @@ class K8sCluster:
     client_cert: Path
     client_key: Path
     version: str
+    audit_log: Path | None = None  # requests of ServiceAccounts, one JSON event per line
     pod_cidr: ipaddress.IPv4Network = POD_CIDR
     service_cidr: ipaddress.IPv4Network = SERVICE_CIDR
     node_names: tuple[str, ...] = NODE_NAMES
@@ -613,6 +614,23 @@ def start_control_plane(bin_dir: Path, work_dir: Path) -> tuple[K8sCluster, Cont
     version_line = (bin_dir.parent / "BUILD-INFO").read_text().splitlines()[0]
     version = version_line.split()[1]
 
+    audit_log = log_dir / "audit.log"
+    audit_policy = work_dir / "audit-policy.yaml"
+    # Only what ServiceAccounts do (the operator runs as one), at the Metadata level: enough to
+    # count an operator's requests by verb and resource without slowing everything else.
+    audit_policy.write_text(
+        json.dumps(
+            {
+                "apiVersion": "audit.k8s.io/v1",
+                "kind": "Policy",
+                "omitStages": ["RequestReceived"],
+                "rules": [
+                    {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+                    {"level": "None"},
+                ],
+            }
+        )
+    )
     plane = ControlPlane(log_dir=log_dir)
     atexit.register(plane.stop)
     try:
@@ -663,6 +681,10 @@ def start_control_plane(bin_dir: Path, work_dir: Path) -> tuple[K8sCluster, Cont
                 "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--proxy-client-cert-file={pki.front_proxy_client_cert}",
                 f"--proxy-client-key-file={pki.front_proxy_client_key}",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-maxsize=200",
             ],
         )
         api_context = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -738,6 +760,7 @@ def start_control_plane(bin_dir: Path, work_dir: Path) -> tuple[K8sCluster, Cont
             client_cert=pki.admin_cert,
             client_key=pki.admin_key,
             version=version,
+            audit_log=audit_log,
         )
         with cluster.api_client() as api:
             core = kubernetes.client.CoreV1Api(api)

@@ -72,13 +72,15 @@ explained in deploy/operator/README.md and must stay in step with deploy/operato
 - apiGroups: [messaging.platform.io]
   resources: [messagingclusters/status]
   verbs: [get, patch]
-# Children written with server-side apply (patch, and create when absent), watched for drift.
+# Children: created, and patched only when they differ from the spec; watched (label-selected)
+# so drift is restored at once; deleted only when the spec drops them (a disabled PDB, the
+# managed Redis after a switch to external) and only when the operator created them.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
@@ -86,17 +88,29 @@ explained in deploy/operator/README.md and must stay in step with deploy/operato
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
-# Secrets: read the referenced ones, create and re-label the generated Redis password.
-# No list, no watch.
+# Secrets: read the referenced ones; create the generated Redis password (never changed).
+# No list, no watch, no patch, no delete.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get, create, patch]
-# Pods: the autoscaler lists the server pods and sets pod-deletion-cost.
+  verbs: [get, create]
+# Pods: watched (label-selected) for the autoscaler; the least-connected get
+# controller.kubernetes.io/pod-deletion-cost before a scale-down.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, patch]
+  verbs: [list, watch, patch]
 # Events on the MessagingClusters.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end }}
+
+{{/* The leader-election Lease: only its own name may be read and renewed. */}}
+{{- define "messaging-operator.leaseRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "messaging-operator.fullname" . }}]
+  verbs: [get, update]
 {{- end }}

@@ -1,23 +1,25 @@
-"""The reconcile pass's pure readings of Kubernetes objects: Jobs, pods, Deployments, counts."""
+"""Pure readings of Kubernetes objects: Jobs, pods, Deployments, Secrets, ownership, drift."""
 
 from __future__ import annotations
 
-import asyncio
+import base64
 from typing import Any
 
-import kopf
 import pytest
 
-from messaging_operator.reconcile import (
-    Gate,
+from messaging_operator.observe import (
     deployment_state,
-    desired_replicas,
     job_state,
+    needs_apply,
+    owned_by,
+    redis_url_problem,
     schema_version_from,
+    secret_problems,
     secret_refs,
+    stamp,
     termination_message,
 )
-from messaging_operator.spec import parse_spec
+from messaging_operator.spec import SecretKeyRef, parse_spec
 from tests.operator.samples import MINIMAL_SPEC, PRODUCTION_SPEC
 
 
@@ -95,63 +97,82 @@ def test_a_deployment_is_rolled_out_when_every_pod_runs_the_latest_template() ->
     assert shrinking is not None and shrinking.rolled_out  # a scale-down is not a rollout
     stale = deployment(replicas=3, updatedReplicas=3)
     stale["status"]["observedGeneration"] = 3
-    assert not deployment_state(stale).rolled_out  # type: ignore[union-attr]
+    stale_state = deployment_state(stale)
+    assert stale_state is not None and not stale_state.rolled_out
     assert deployment_state(None) is None
-
-
-def test_one_replica_count_whoever_owns_it() -> None:
-    auto = parse_spec({**MINIMAL_SPEC, "replicas": {"min": 2, "max": 6}})
-    assert desired_replicas(auto, None, {}, None) == 2
-    assert desired_replicas(auto, None, {"desiredReplicas": 5}, None) == 5
-    assert desired_replicas(auto, None, {"desiredReplicas": 50}, None) == 6
-    assert desired_replicas(auto, None, {}, {"spec": {"replicas": 4}}) == 4
-    fixed = parse_spec(
-        {
-            **MINIMAL_SPEC,
-            "autoscaling": {"enabled": False},
-            "replicas": {"min": 1, "max": 6, "count": 3},
-        }
-    )
-    # The autoscaler's last word does not matter once /scale owns the count.
-    assert desired_replicas(fixed, None, {"desiredReplicas": 5}, None) == 3
 
 
 def test_the_secrets_the_pods_read_are_all_checked() -> None:
     assert set(secret_refs(parse_spec(MINIMAL_SPEC))) == {"dsn", "jwt"}
     refs = secret_refs(parse_spec(PRODUCTION_SPEC))
     assert set(refs) == {"dsn", "publicKey", "redisUrl"}
-    assert refs["redisUrl"].name == "chat-redis"
+    assert refs["redisUrl"].name == "chat-redis-url"
 
 
-async def test_child_events_during_a_pass_coalesce_into_one_more_pass() -> None:
-    gate = Gate()
-    started = asyncio.Event()
-    release = asyncio.Event()
-    passes: list[int] = []
-
-    async def reconcile() -> None:
-        passes.append(len(passes))
-        if len(passes) == 1:
-            started.set()
-            await release.wait()
-
-    running = asyncio.create_task(gate.run(reconcile))
-    await started.wait()
-    for _ in range(5):  # a burst of child events while the first pass runs
-        await gate.kick(reconcile)
-    release.set()
-    await running
-    assert passes == [0, 1]
-    await gate.kick(reconcile)  # idle gate: runs at once
-    assert passes == [0, 1, 2]
+def secret(**data: str) -> dict[str, Any]:
+    return {"data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
-async def test_a_failing_pass_after_a_child_event_does_not_escape_the_watcher() -> None:
-    gate = Gate()
+def test_each_secret_problem_is_named_precisely() -> None:
+    refs = {
+        "dsn": SecretKeyRef(name="db", key="dsn"),
+        "jwt": SecretKeyRef(name="jwt", key="secret"),
+        "redisUrl": SecretKeyRef(name="redis", key="url"),
+    }
+    reading = secret_problems(
+        refs, {"db": secret(dsn="postgresql://x"), "jwt": None, "redis": secret(other="x")}
+    )
+    assert reading.values == {"dsn": "postgresql://x"}
+    assert reading.missing == [
+        "Secret jwt does not exist (needed for key secret)",
+        "Secret redis has no key url",
+    ]
+    reading = secret_problems(
+        {"redisUrl": refs["redisUrl"]}, {"redis": secret(url="http://cache:6379")}
+    )
+    assert reading.missing == []
+    assert reading.invalid == ["Secret redis key url: not a redis:// or rediss:// URL"]
 
-    async def failing() -> None:
-        raise kopf.TemporaryError("api down", delay=1)
 
-    await gate.kick(failing)  # logged, not raised: the resync timer retries
-    with pytest.raises(kopf.TemporaryError):
-        await gate.run(failing)  # a change handler does get the error, for kopf's retries
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://:pw@cache.apps.svc:6379/0", None),
+        ("rediss://cache.example:6380", None),
+        ("cache:6379", "not a redis:// or rediss:// URL"),
+        ("redis://", "the URL names no host"),
+        ("redis://cache:port", "not a URL (Port could not be cast to integer value as 'port')"),
+    ],
+)
+def test_a_redis_url_is_checked_before_pods_get_it(url: str, problem: str | None) -> None:
+    assert redis_url_problem(url) == problem
+
+
+def test_only_objects_naming_the_cluster_as_controller_are_ours() -> None:
+    ours = {"metadata": {"ownerReferences": [{"uid": "u-1", "controller": True}]}}
+    assert owned_by(ours, "u-1")
+    assert not owned_by(ours, "u-2")
+    assert not owned_by({"metadata": {"ownerReferences": [{"uid": "u-1"}]}}, "u-1")
+    assert not owned_by({"metadata": {"name": "users-own"}}, "u-1")
+
+
+def test_an_object_is_written_only_when_it_differs() -> None:
+    desired = {
+        "metadata": {"name": "chat", "labels": {"a": "1"}},
+        "spec": {"replicas": 2, "ports": [{"name": "http", "port": 80}]},
+    }
+    stamped = stamp(desired)
+    assert needs_apply(stamped, None)
+    # The server adds defaults and others add fields: not a difference.
+    observed = stamp(desired)
+    observed["metadata"]["uid"] = "x"
+    observed["metadata"]["labels"]["team"] = "chat"
+    observed["spec"]["ports"][0]["protocol"] = "TCP"
+    observed["status"] = {"replicas": 2}
+    assert not needs_apply(stamped, observed)
+    # A field we set, edited: drift to restore.
+    observed["spec"]["replicas"] = 7
+    assert needs_apply(stamped, observed)
+    # A field we no longer set (the digest changes) must be removed by an apply.
+    smaller = stamp({"metadata": {"name": "chat", "labels": {"a": "1"}}, "spec": {"replicas": 2}})
+    assert needs_apply(smaller, stamp(desired))
