@@ -31,11 +31,9 @@ RBAC = ROOT / "deploy" / "operator"
 OPERATOR_NAMESPACE = "messaging-system"
 OPERATOR_ACCOUNT = "messaging-operator"
 RESYNC_SECONDS = 3
-# Where the autoscaler reads the pods' /metrics. The operator's default (0) is each cluster's
-# spec.service.metricsPort (9090), where the service serves /metrics once it reads
-# MESSAGING_METRICS_PORT; until that service change is merged, the live autoscaling tests run
-# today's service, which serves /metrics on its HTTP port. Flip to 0 (or 9090) then.
-POD_METRICS_PORT = 8000
+# Where the autoscaler reads the pods' /metrics: the operator's default (0), each cluster's
+# spec.service.metricsPort (9090), where the service serves it (MESSAGING_METRICS_PORT).
+POD_METRICS_PORT = 0
 # Short leader-election timings, so a takeover in the tests takes seconds, not half a minute.
 LEASE_ARGS = ("--lease-seconds", "8", "--renew-deadline-seconds", "6", "--retry-seconds", "2")
 

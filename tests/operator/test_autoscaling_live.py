@@ -3,8 +3,8 @@
 kwok runs no containers, so this test plays the kubelet for the server pods: for every running
 pod it starts `messaging serve` bound to that pod's loopback IP (kwok hands them out from
 127.0.100.0/24) on the ports the pod declares, and stops it when the pod goes away. The operator
-then reads `messaging_connected_sockets` from the pods' /metrics exactly as in a cluster (on
-http://<podIP>:8000 until the service serves it on its own port 9090: conftest.POD_METRICS_PORT).
+then reads `messaging_connected_sockets` from the pods' /metrics exactly as in a cluster, on
+the metrics port (http://<podIP>:9090).
 """
 
 from __future__ import annotations
@@ -44,9 +44,7 @@ def service_env(pod_ip: str, workdir: Path) -> dict[str, str]:
         "MESSAGING_HTTP_PORT": "8000",
         "MESSAGING_GRPC_HOST": pod_ip,
         "MESSAGING_GRPC_PORT": "50051",
-        # Where the service serves /metrics once it reads these (the operator sets them on its
-        # pods); today's service ignores them and serves /metrics on the HTTP port, which is why
-        # tests/operator/conftest.py's POD_METRICS_PORT is still 8000.
+        # Where the service serves /metrics (the operator sets these on its pods).
         "MESSAGING_METRICS_HOST": pod_ip,
         "MESSAGING_METRICS_PORT": "9090",
         "MESSAGING_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/messaging.db",
