@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, servers
+from bench.cluster import BENCH_RATE_LIMITS
 from bench.servers import REPO, Postgres, Proc, Redis, ServerError
 from messaging.bench import probes
 
@@ -140,6 +141,7 @@ def start_project(pg: Postgres, redis: Redis, log_dir: Path) -> System:
         "MESSAGING_CONNECTIONS_ADDRESS": f"127.0.0.1:{connections_port}",
         # Node logs nothing per message; per-request INFO logs would be a different contest.
         "MESSAGING_LOG_LEVEL": "WARNING",
+        **BENCH_RATE_LIMITS,
     }
     migrate = subprocess.run(
         [str(MESSAGING), "migrate"],

@@ -40,6 +40,7 @@ from messaging.delivery import Delivery
 from messaging.errors import MessagingError
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.presence import Presence
+from messaging.ratelimit import RateLimiter
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
 
@@ -95,6 +96,7 @@ class Service:
         metrics.prime(
             socket_events=self.sockets.events,
             grpc_methods=GRPC_METHODS if self.grpc is not None else [],
+            rate_limits=(*self.settings.rate_limit_budgets, "in_flight"),
         )
         if self.settings.migrates_at_startup:
             await asyncio.to_thread(db.migrate, self.settings)
@@ -127,6 +129,7 @@ class Service:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.sockets.limiter.close()
         await self.presence.leave()
         await self.connections.close()
         await self.verifier.close()
@@ -258,8 +261,20 @@ def build_service(settings: Settings) -> Service:
         presence=presence,
         cursor_key=settings.cursor_key,
     )
+    limiter = RateLimiter(
+        settings.rate_limit_budgets,
+        redis=redis,
+        enabled=settings.rate_limits_enabled,
+        max_in_flight=settings.max_sends_in_flight_per_user,
+    )
     sockets = SocketEvents(
-        verifier=verifier, chat=chat, presence=presence, delivery=delivery, server=server
+        verifier=verifier,
+        chat=chat,
+        presence=presence,
+        delivery=delivery,
+        server=server,
+        limiter=limiter,
+        max_sockets_per_user=settings.max_sockets_per_user,
     )
     grpc = None
     if settings.grpc_enabled:

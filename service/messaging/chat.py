@@ -30,6 +30,7 @@ from messaging.cursor import decode_page_token, encode_page_token
 from messaging.delivery import Delivery
 from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
 from messaging.ids import new_message_id
+from messaging.logs import describe_error
 from messaging.payloads import iso, message_json
 from messaging.presence import Presence, PresenceInfo
 from messaging.store import ConversationRecord, MessageRecord, NewMessage
@@ -403,7 +404,7 @@ def _database_errors() -> Iterator[None]:
     except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
         if isinstance(exc, DBAPIError) and not _is_connectivity_error(exc):
             raise
-        log.warning("database unavailable", extra={"error": repr(exc)})
+        log.warning("database unavailable", extra={"error": describe_error(exc)})
         raise Unavailable("the database is unavailable; try again") from exc
 
 

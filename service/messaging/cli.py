@@ -31,7 +31,11 @@ def _settings() -> Settings:
 def _logging(settings: Settings) -> None:
     from messaging.logs import configure_logging  # noqa: PLC0415 - keep `token` etc. fast
 
-    configure_logging(settings.log_level, settings.effective_log_format)
+    configure_logging(
+        settings.log_level,
+        settings.effective_log_format,
+        user_hash_key=settings.log_user_hash_secret.get_secret_value().encode(),
+    )
 
 
 def cmd_serve(_: argparse.Namespace) -> int:

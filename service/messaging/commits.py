@@ -8,6 +8,11 @@ own. Every sender is answered only after the transaction holding its message com
 
 The queue is bounded: past ``max_pending`` a send is refused with ``RATE_LIMITED`` at once
 rather than waiting behind a backlog it would only make longer.
+
+One sender's bad row must not fail the others' sends: when the database refuses a batch for its
+data (a constraint, a value it cannot store) rather than for being unreachable, each message of
+the batch is retried alone, so only the offending ones fail. Validation keeps such rows out in
+the first place; this is what holds when something slips past it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import metrics, store
@@ -26,6 +32,11 @@ from messaging.store import MessageRecord, NewMessage
 # answered (on PostgreSQL in autocommit a batch is one statement, and the commit a no-op).
 Connection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 Pending = tuple[NewMessage, "asyncio.Future[tuple[MessageRecord, bool]]"]
+
+
+def refused_for_its_data(exc: DBAPIError) -> bool:
+    """The database answered and refused the statement (not: the connection is gone)."""
+    return not exc.connection_invalidated and not isinstance(exc, OperationalError)
 
 
 def _fail(batch: list[Pending], exc: BaseException) -> None:
@@ -79,9 +90,18 @@ class GroupCommitter:
                 while self._pending or await self._more_soon():
                     batch = self._pending[: self._max_batch]
                     del self._pending[: self._max_batch]
-                    results = await store.insert_messages(conn, [m for m, _ in batch])
-                    if not autocommit:
-                        await conn.commit()
+                    try:
+                        results = await store.insert_messages(conn, [m for m, _ in batch])
+                        if not autocommit:
+                            await conn.commit()
+                    except DBAPIError as exc:
+                        if len(batch) == 1 or not refused_for_its_data(exc):
+                            raise
+                        if not autocommit:
+                            await conn.rollback()
+                        await self._one_by_one(conn, batch, autocommit=autocommit)
+                        batch = []
+                        continue
                     metrics.GROUP_COMMIT_SIZE.observe(len(batch))
                     for (_, future), result in zip(batch, results, strict=True):
                         if not future.done():
@@ -100,6 +120,33 @@ class GroupCommitter:
                 _fail(waiting, exc)
         if self._pending:
             self._worker = asyncio.create_task(self._drain(), name="group-commit")
+
+    async def _one_by_one(
+        self, conn: AsyncConnection, batch: list[Pending], *, autocommit: bool
+    ) -> None:
+        """Commit each message of a refused batch alone: only the bad rows fail.
+
+        A loss of the connection midway is not a bad row: it propagates, and the senders still
+        unanswered fail with it (``_drain``'s handler).
+        """
+        metrics.GROUP_COMMIT_ISOLATED.inc()
+        for index, (message, future) in enumerate(batch):
+            try:
+                [result] = await store.insert_messages(conn, [message])
+                if not autocommit:
+                    await conn.commit()
+            except DBAPIError as exc:
+                if not refused_for_its_data(exc):
+                    del batch[:index]
+                    raise
+                if not autocommit:
+                    await conn.rollback()
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            metrics.GROUP_COMMIT_SIZE.observe(1)
+            if not future.done():
+                future.set_result(result)
 
     async def _more_soon(self) -> bool:
         """Keep the connection a moment for the next sends (saves a checkout and its ping)."""

@@ -31,6 +31,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
             pool_recycle=1800,
             pool_timeout=5,
             echo=settings.database_echo,
+            # Errors and echo lines never quote parameters: they are users' messages and ids.
+            hide_parameters=True,
             connect_args={"timeout": 5, "command_timeout": 15},
         )
         _ping_when_idle(engine)
@@ -44,6 +46,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=30,
         echo=settings.database_echo,
+        hide_parameters=True,
     )
 
     @event.listens_for(engine.sync_engine, "connect")

@@ -24,7 +24,11 @@ def run_dev(*, port: int) -> int:
     os.environ.setdefault("MESSAGING_HTTP_PORT", str(port))
     os.environ.setdefault("MESSAGING_CONNECTIONS_ADDRESS", "127.0.0.1:50052")
     settings = Settings()
-    configure_logging(settings.log_level, settings.effective_log_format)
+    configure_logging(
+        settings.log_level,
+        settings.effective_log_format,
+        user_hash_key=settings.log_user_hash_secret.get_secret_value().encode(),
+    )
     _, _, connections_port = settings.connections_address.rpartition(":")
 
     servers = []  # the grpc.aio server stops if it is garbage-collected: keep it referenced

@@ -28,6 +28,7 @@ from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.errors import INTERNAL_MESSAGE, MessagingError, ValidationFailed
 from messaging.logs import log_context, new_request_id, user_hash
+from messaging.payloads import CreateConversation, parse
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.store import ConversationRecord, MessageRecord
@@ -43,7 +44,6 @@ _STATUS = {
     "delivered": pb.MESSAGE_STATUS_DELIVERED,
     "read": pb.MESSAGE_STATUS_READ,
 }
-MAX_USER_ID_CHARS = 128
 MAX_METADATA_BYTES = 16_384
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -163,9 +163,8 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def CreateConversation(
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Conversation:
-        other = request.participant_id
-        if not 1 <= len(other) <= MAX_USER_ID_CHARS:
-            raise ValidationFailed("participant_id must be 1..128 characters")
+        # The socket event's rules (length, no NUL or control characters, not blank).
+        other = parse(CreateConversation, {"participantId": request.participant_id}).participant_id
         return conversation_pb(await self._chat.create_conversation(caller(), other))
 
 

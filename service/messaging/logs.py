@@ -3,16 +3,24 @@
 Fields passed with ``extra={...}`` become keys of the JSON object, and so do the fields of the
 request being handled (``log_context``: request id, socket id, hashed user id, event or method),
 so every line a request causes can be found by its request id without parsing messages.
+
+Logs never carry what users wrote or who they are: user ids appear only as a keyed hash (HMAC
+with a secret of the deployment, or of the process), and database errors, whose text quotes the
+SQL statement and its parameters (other users' messages, raw user ids), are written as their
+class, SQLSTATE and stack frames only, wherever they are logged (``describe_error``, and the
+formatters' tracebacks).
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import hmac
 import itertools
 import logging
 import secrets
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -43,9 +51,69 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
+# Keys the user hash. Random per process unless the deployment configures one (then the same
+# user has the same hash on every replica, and still nobody without the key can test a guess).
+_user_hash_key = [secrets.token_bytes(32)]
+
+
+def set_user_hash_key(key: bytes) -> None:
+    _user_hash_key[0] = key
+
+
 def user_hash(user_id: str) -> str:
-    """A short stable digest of a user id: logs can follow a user without naming them."""
-    return hashlib.blake2s(user_id.encode(), digest_size=6).hexdigest()
+    """A keyed digest of a user id: logs can follow a user without naming them.
+
+    Unkeyed, a short hash of an id is a lookup table away from the id (user ids are guessable:
+    emails, handles, sequential numbers); the HMAC key makes that table impossible to build.
+    """
+    digest = hmac.new(_user_hash_key[0], user_id.encode(), hashlib.sha256).hexdigest()
+    return digest[:16]
+
+
+# Exceptions whose text may quote SQL, its parameters or row values.
+_DATABASE_MODULES = ("sqlalchemy", "asyncpg", "aiosqlite", "sqlite3", "psycopg")
+
+
+def _from_database(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in _DATABASE_MODULES
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line account of an exception that is safe to log.
+
+    Database errors are reduced to their class and SQLSTATE (and the driver error's class):
+    their messages quote statements, parameters and the rows' values.
+    """
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if not _from_database(exc):
+        return f"{name}: {exc}"
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(exc, "sqlstate", None)
+    parts = [name]
+    if orig is not None:
+        parts.append(f"driver={type(orig).__module__}.{type(orig).__qualname__}")
+    if sqlstate:
+        parts.append(f"sqlstate={sqlstate}")
+    return " ".join(parts) + " (message redacted: database errors quote SQL and values)"
+
+
+def format_exception(exc: BaseException) -> str:
+    """A traceback like Python's, with every database error's message redacted."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    parts = []
+    for index, item in enumerate(reversed(chain)):
+        if index:
+            parts.append("\n\nThe above exception led to the following one:\n\n")
+        parts.append("Traceback (most recent call last):\n")
+        parts.extend(traceback.format_tb(item.__traceback__))
+        parts.append(describe_error(item))
+    return "".join(parts)
 
 
 @contextmanager
@@ -65,7 +133,15 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+def _format_exc_info(exc_info: Any) -> str:
+    exc = exc_info[1] if isinstance(exc_info, tuple) else None
+    return format_exception(exc) if isinstance(exc, BaseException) else ""
+
+
 class JsonFormatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return _format_exc_info(ei)
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
@@ -83,6 +159,9 @@ class ConsoleFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return _format_exc_info(ei)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = _extras(record)
@@ -91,7 +170,11 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str, fmt: Literal["json", "console"]) -> None:
+def configure_logging(
+    level: str, fmt: Literal["json", "console"], *, user_hash_key: bytes = b""
+) -> None:
+    if user_hash_key:
+        set_user_hash_key(user_hash_key)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()

@@ -115,6 +115,20 @@ GROUP_COMMIT_SIZE = Histogram(
     "Messages committed together in one transaction.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+GROUP_COMMIT_ISOLATED = Counter(
+    "messaging_group_commit_isolated_total",
+    "Batches the database refused for their data, retried message by message so that only the "
+    "bad rows fail.",
+)
+RATE_LIMITED = Counter(
+    "messaging_rate_limited_total",
+    "Requests refused with RATE_LIMITED by the per-user limits, by limit.",
+    ["limit"],
+)
+RATE_LIMIT_REDIS_ERRORS = Counter(
+    "messaging_rate_limit_redis_errors_total",
+    "Rate-limit checks that could not reach Redis (the local limit alone applied).",
+)
 READY = Gauge("messaging_ready", "1 when this process reports ready (/readyz), else 0.")
 DRAINING = Gauge("messaging_draining", "1 while this process drains its connections on shutdown.")
 
@@ -131,7 +145,9 @@ OUTCOME_CODES = (
 )
 
 
-def prime(*, socket_events: list[str], grpc_methods: list[str]) -> None:
+def prime(
+    *, socket_events: list[str], grpc_methods: list[str], rate_limits: tuple[str, ...] = ()
+) -> None:
     """Create every labelled series at zero, so rates and alerts have data from the first scrape.
 
     (Prometheus' advice for metrics whose label values are known in advance.)
@@ -142,8 +158,10 @@ def prime(*, socket_events: list[str], grpc_methods: list[str]) -> None:
         SOCKET_EVENT_SECONDS.labels(event=event)
         for outcome in OUTCOME_CODES:
             SOCKET_EVENTS.labels(event=event, outcome=outcome)
-    for outcome in ("accepted", "UNAUTHORIZED", "UNAVAILABLE"):
+    for outcome in ("accepted", "UNAUTHORIZED", "UNAVAILABLE", "RATE_LIMITED"):
         CONNECTS.labels(outcome=outcome)
+    for limit in rate_limits:
+        RATE_LIMITED.labels(limit=limit)
     for method in grpc_methods:
         GRPC_SECONDS.labels(method=method)
         for code in ("OK", "INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED",

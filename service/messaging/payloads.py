@@ -8,6 +8,8 @@ or a Conversation is written.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
@@ -28,19 +30,62 @@ MAX_CONTENT_CHARS = 2000
 MAX_IDS = 100
 MAX_SYNC_LIMIT = 500
 DEFAULT_SYNC_LIMIT = 100
+MAX_FIELD_CHARS = 100  # of a field's name quoted back in VALIDATION_FAILED details
 
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ClientMessageId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# Characters that render as nothing but are not whitespace or format characters to Unicode
+# (Hangul fillers, the braille blank, the Mongolian vowel separator, the combining grapheme
+# joiner): a message made only of these looks blank to the people receiving it.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800\u180e\u034f")
+# Control characters other than tab and line breaks, and lone surrogates (a str can hold them,
+# UTF-8 cannot: the database driver and the JSON encoder would fail on them). A regex, because it
+# runs over every message's content and scans in C.
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_NOT_IDENTIFIER = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _is_invisible(char: str) -> bool:
+    return char.isspace() or char in _INVISIBLE or unicodedata.category(char) in ("Cf", "Zs")
+
+
+def _problem(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    if 0xD800 <= code <= 0xDFFF:
+        return "must be valid Unicode (a lone surrogate is not)"
+    return f"must not contain control character U+{code:04X}"
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
-    return value
+    """Blank is also what renders as nothing: zero-width spaces, joiners, fillers."""
+    for char in value:  # stops at the first visible character: usually the first one
+        if not _is_invisible(char):
+            return value
+    raise ValueError("must not be blank")
 
 
+def _text(value: str) -> str:
+    """Text the database can store and JSON can carry (PostgreSQL refuses NUL in ``text``)."""
+    if found := _NOT_TEXT.search(value):
+        raise ValueError(_problem(found))
+    return _not_blank(value)
+
+
+def _identifier(value: str) -> str:
+    """An id (user id, clientMessageId): text without any control character, and not blank."""
+    if found := _NOT_IDENTIFIER.search(value):
+        raise ValueError(_problem(found))
+    return _not_blank(value)
+
+
+UserId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128), AfterValidator(_identifier)
+]
+ClientMessageId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_identifier)
+]
 Content = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS), AfterValidator(_not_blank)
+    str,
+    StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS),
+    AfterValidator(_text),
 ]
 
 
@@ -92,7 +137,7 @@ def parse(model: type[RequestT], payload: Any) -> RequestT:
         return model.model_validate(payload)
     except ValidationError as exc:
         details = [
-            {"field": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]}
+            {"field": ".".join(str(p) for p in err["loc"])[:MAX_FIELD_CHARS], "problem": err["msg"]}
             for err in exc.errors(include_url=False, include_input=False, include_context=False)
         ]
         raise ValidationFailed("payload failed validation", details=details) from None

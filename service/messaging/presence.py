@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LAST_SEEN_TTL_SECONDS = 90 * 24 * 3600
 WRITE_QUEUE_LIMIT = 100_000
 WRITE_BATCH = 1000
+COUNT_TIMEOUT_SECONDS = 0.5
 
 
 def user_sockets_key(user_id: str) -> str:
@@ -193,6 +194,23 @@ class Presence:
                 last_seen = datetime.fromisoformat(seen)
             result[user_id] = PresenceInfo(online=online, last_seen_at=last_seen)
         return result
+
+    async def count_sockets(self, user_id: str) -> int:
+        """The user's open sockets on every replica (this one's alone when Redis is away).
+
+        This replica's own sockets are counted from memory (its registry writes may still be
+        queued), the others' from the registry.
+        """
+        local = self._sockets.get(user_id, set())
+        if self._redis is None:
+            return len(local)
+        try:
+            members = await asyncio.wait_for(
+                self._redis.smembers(user_sockets_key(user_id)), COUNT_TIMEOUT_SECONDS
+            )
+        except (RedisError, OSError, TimeoutError):
+            return len(local)
+        return len(local | set(_text(members)))
 
     def _update_gauges(self) -> None:
         metrics.CONNECTED_SOCKETS.set(len(self._owner))

@@ -108,11 +108,36 @@ class Settings(BaseSettings):
     # (without credentials), none but the service's own in production.
     cors_allowed_origins: Annotated[list[str], NoDecode] = []
 
+    # Per-user limits of what one user may ask of the cluster (see docs/security.md). Each event
+    # class is a token bucket: ``*_per_second`` sustained, ``*_burst`` at once. Shared by every
+    # replica through Redis; each process also holds the same limit locally, so it holds when
+    # Redis is down.
+    rate_limits_enabled: bool = True
+    rate_limit_send_per_second: float = Field(20.0, gt=0)
+    rate_limit_send_burst: int = Field(100, ge=1)
+    rate_limit_typing_per_second: float = Field(5.0, gt=0)
+    rate_limit_typing_burst: int = Field(20, ge=1)
+    rate_limit_presence_per_second: float = Field(5.0, gt=0)
+    rate_limit_presence_burst: int = Field(30, ge=1)
+    rate_limit_conversations_per_second: float = Field(2.0, gt=0)
+    rate_limit_conversations_burst: int = Field(30, ge=1)
+    rate_limit_receipts_per_second: float = Field(50.0, gt=0)
+    rate_limit_receipts_burst: int = Field(200, ge=1)
+    rate_limit_sync_per_second: float = Field(5.0, gt=0)
+    rate_limit_sync_burst: int = Field(30, ge=1)
+    # Sends of one user waiting for their commit: past it, RATE_LIMITED (the replica's commit
+    # queue is shared; one user's pipelined sends must not fill it for everyone).
+    max_sends_in_flight_per_user: int = Field(32, ge=1, le=10_000)
+    max_sockets_per_user: int = Field(20, ge=1, le=10_000)
+
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
+    # Keys the hash that stands for user ids in logs; set the same value on every replica to
+    # follow a user across them. Empty: a random key per process.
+    log_user_hash_secret: SecretStr = SecretStr("")
 
     @field_validator("jwt_algorithms")
     @classmethod
@@ -244,6 +269,17 @@ class Settings(BaseSettings):
         if self.jwt_public_key_file is not None:
             return self.jwt_public_key_file.read_text()
         return ""
+
+    @property
+    def rate_limit_budgets(self) -> dict[str, tuple[float, int]]:
+        """Each limit's (tokens per second, burst), by the name ``ratelimit`` knows it by."""
+        return {
+            name: (
+                getattr(self, f"rate_limit_{name}_per_second"),
+                getattr(self, f"rate_limit_{name}_burst"),
+            )
+            for name in ("send", "typing", "presence", "conversations", "receipts", "sync")
+        }
 
     @property
     def migrates_at_startup(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.delivery import Delivery, user_room
 from messaging.errors import (
+    RateLimited,
     Unauthorized,
     Unavailable,
     ValidationFailed,
@@ -45,6 +47,7 @@ from messaging.payloads import (
     parse,
 )
 from messaging.presence import Presence
+from messaging.ratelimit import RateLimiter
 from messaging.sessions import SessionClock
 from messaging.settings import Settings
 
@@ -57,17 +60,43 @@ NAMESPACE = "/"
 # themselves; one that does not is closed by the server this much later.
 EXPIRED_CLOSE_GRACE_SECONDS = 5.0
 
+# The per-user limit (``ratelimit``) each event spends from.
+EVENT_LIMITS = {
+    "createConversation": "conversations",
+    "sendMessage": "send",
+    "markDelivered": "receipts",
+    "markRead": "receipts",
+    "typing": "typing",
+    "getPresence": "presence",
+    "syncMessages": "sync",
+    # Rare (once per token lifetime) but each one verifies a signature: it shares the small
+    # presence budget rather than going unlimited.
+    "reauthenticate": "presence",
+}
+
 
 class _OrjsonCodec:
-    """python-socketio's JSON hook: orjson is several times faster than the standard module."""
+    """python-socketio's JSON hook: orjson is several times faster than the standard module.
+
+    orjson refuses lone surrogates (``"\\ud800"``), which JSON allows and JavaScript strings
+    hold: such a packet used to be dropped undecoded, so its sender never got an ack. They are
+    decoded by the standard module instead and reach validation, which refuses them with
+    ``VALIDATION_FAILED``; an answer that must quote one (a field name) is encoded the same way.
+    """
 
     @staticmethod
     def dumps(obj: Any, **_: Any) -> str:
-        return orjson.dumps(obj).decode()
+        try:
+            return orjson.dumps(obj).decode()
+        except TypeError:
+            return json.dumps(obj, separators=(",", ":"))
 
     @staticmethod
     def loads(data: str | bytes, **_: Any) -> Any:
-        return orjson.loads(data)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return json.loads(data)
 
 
 class SocketEvents:
@@ -81,8 +110,12 @@ class SocketEvents:
         presence: Presence,
         delivery: Delivery,
         server: socketio.AsyncServer,
+        limiter: RateLimiter,
+        max_sockets_per_user: int = 20,
     ) -> None:
         self._verifier = verifier
+        self.limiter = limiter
+        self._max_sockets_per_user = max_sockets_per_user
         self._chat = chat
         self._presence = presence
         self._delivery = delivery
@@ -118,9 +151,13 @@ class SocketEvents:
             if token is None:
                 token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             identity = await self._verifier.verify(token)
+            user_id = identity.user_id
+            if await self._presence.count_sockets(user_id) >= self._max_sockets_per_user:
+                raise RateLimited(
+                    f"at most {self._max_sockets_per_user} sockets per user; close one first"
+                )
             if not self._transport_open(sid):
                 raise Unauthorized("the connection closed during the handshake")
-            user_id = identity.user_id
             await self.server.enter_room(sid, user_room(user_id))
             first = self._presence.register(user_id, sid)
             self._user_hashes[sid] = user_hash(user_id)
@@ -181,6 +218,10 @@ class SocketEvents:
         succeeded = metrics.SOCKET_EVENTS.labels(event=event, outcome="ok")
         seconds = metrics.SOCKET_EVENT_SECONDS.labels(event=event)
         chat = self._chat
+        limiter = self.limiter
+        limit = EVENT_LIMITS.get(event)
+        # Sends hold a slot while they wait for their commit (the commit queue is shared).
+        slot = limiter.in_flight if event == "sendMessage" else None
 
         async def endpoint(sid: str, *args: Any) -> dict[str, Any]:
             started = time.perf_counter()
@@ -195,7 +236,14 @@ class SocketEvents:
                         raise Unauthorized("socket is not authenticated")
                     if len(args) != 1:
                         raise ValidationFailed("expected exactly one payload argument")
-                    data = await handler(user_id, sid, args[0])
+                    if slot is not None:
+                        with slot(user_id):
+                            await limiter.admit(user_id, "send")
+                            data = await handler(user_id, sid, args[0])
+                    else:
+                        if limit is not None:
+                            await limiter.admit(user_id, limit)
+                        data = await handler(user_id, sid, args[0])
                 succeeded.inc()
                 return {"ok": True, "data": data}
             except Exception as exc:
@@ -433,7 +481,7 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         else:
             data = [result]
         ack = eio_packet.Packet(
-            eio_packet.MESSAGE, data="3" + str(ack_id) + orjson.dumps(data).decode()
+            eio_packet.MESSAGE, data="3" + str(ack_id) + _OrjsonCodec.dumps(data)
         )
         socket = self.eio.sockets.get(eio_sid)
         if type(socket) is websocket_transport.DirectSocket and socket.send_now(ack):

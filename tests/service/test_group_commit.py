@@ -74,17 +74,25 @@ async def test_a_saturated_queue_refuses_with_rate_limited(svc: RunningService) 
     assert sum(1 for o in outcomes if isinstance(o, tuple)) == 5
 
 
-async def test_a_failed_transaction_fails_every_sender_in_it_and_the_next_batch_works(
+async def test_a_batch_refused_for_one_rows_data_fails_only_that_rows_sender(
     svc: RunningService,
 ) -> None:
+    """What the database refuses in one message (a missing conversation; on PostgreSQL a NUL
+    character, which validation normally keeps out) fails that send, not its batch-mates."""
     conversation, alice = await _conversation(svc)
     committer = GroupCommitter(svc.service.chat._connection)
-    missing_conversation = _message(str(uuid.uuid4()), alice)  # violates the foreign key
+    bad = [_message(str(uuid.uuid4()), alice)]  # violates the foreign key
+    if svc.backend == "postgres":
+        message_id, created_at = new_message_id()
+        nul = NewMessage(message_id, uuid.UUID(conversation), alice, "a\x00b", created_at, None)
+        bad.append(nul)
+    good = [_message(conversation, alice) for _ in range(20)]
     outcomes = await asyncio.gather(
-        committer.commit(_message(conversation, alice)),
-        committer.commit(missing_conversation),
-        return_exceptions=True,
+        *(committer.commit(m) for m in [*good[:10], *bad, *good[10:]]), return_exceptions=True
     )
-    assert all(isinstance(o, Exception) for o in outcomes)
-    record, stored = await committer.commit(_message(conversation, alice))
-    assert stored and record.conversation_id == uuid.UUID(conversation)
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(refused) == len(bad)
+    stored = [o for o in outcomes if isinstance(o, tuple)]
+    assert {record.id for record, _ in stored} == {m.id for m in good}
+    record, was_stored = await committer.commit(_message(conversation, alice))
+    assert was_stored and record.conversation_id == uuid.UUID(conversation)
