@@ -57,6 +57,11 @@ SESSIONS_EXPIRED = Counter(
     "messaging_sessions_expired_total",
     "Sockets disconnected because their token expired without a reauthenticate.",
 )
+PROTOCOL_ERRORS = Counter(
+    "messaging_protocol_errors_total",
+    "Frames and requests refused at the transport, by kind (docs/security.md, Transport limits).",
+    ["kind"],
+)
 GRPC_REQUESTS = Counter(
     "messaging_grpc_requests_total", "gRPC requests by method and status code.", ["method", "code"]
 )

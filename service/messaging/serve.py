@@ -149,9 +149,37 @@ def bind_metrics_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+class _WithoutQueryStrings(logging.Filter):
+    """Cuts query strings out of uvicorn's log lines: a client may put its token in the URL.
+
+    uvicorn logs every websocket handshake with its path and query string (and HTTP requests,
+    were the access log on); the path stays, everything from ``?`` on is replaced.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(arg, str) and "?" in arg for arg in record.args
+        ):
+            record.args = tuple(
+                arg.split("?", 1)[0] + "?..." if isinstance(arg, str) and "?" in arg else arg
+                for arg in record.args
+            )
+        if "?" in str(record.msg) and not record.args:
+            record.msg = str(record.msg).split("?", 1)[0] + "?..."
+        return True
+
+
+def redact_uvicorn_logs() -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _WithoutQueryStrings) for f in logger.filters):
+            logger.addFilter(_WithoutQueryStrings())
+
+
 def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | None = None) -> None:
     metrics_socket = bind_metrics_socket(settings)
     service = build_service(settings)
+    redact_uvicorn_logs()
     config = uvicorn.Config(
         create_app(settings, service, before_start=before_start),
         host=settings.http_host,

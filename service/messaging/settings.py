@@ -107,6 +107,21 @@ class Settings(BaseSettings):
     # Browser origins allowed to call HTTP and Socket.IO (JSON list). Empty: any origin in dev
     # (without credentials), none but the service's own in production.
     cors_allowed_origins: Annotated[list[str], NoDecode] = []
+    # The lean websocket path (websocket_transport.py and the lean event dispatch); false falls
+    # back to python-engineio's stock websocket transport and python-socketio's dispatch.
+    socketio_fast_path: bool = True
+    # Transport limits (docs/security.md, "Transport limits").
+    # A socket that has not completed the Socket.IO CONNECT this long after its Engine.IO
+    # handshake is closed (Socket.IO's own server: connectTimeout, 45 s).
+    socketio_connect_timeout_seconds: float = Field(45.0, gt=0, le=3600)
+    # Bytes written for a socket and not yet taken by its client; past this the client is a
+    # slow consumer and its connection is dropped instead of buffered.
+    socketio_max_outbound_buffer_bytes: int = Field(4_194_304, ge=65_536, le=1_073_741_824)
+    # Malformed packets (Engine.IO or Socket.IO framing) a socket may send before it is closed.
+    socketio_max_protocol_errors: int = Field(20, ge=1, le=100_000)
+    # Binary attachments one Socket.IO packet may announce (their bytes together are also held
+    # to max_payload_bytes); a packet announcing more closes the socket.
+    socketio_max_binary_attachments: int = Field(10, ge=0, le=1000)
 
     # Per-user limits of what one user may ask of the cluster (see docs/security.md). Each event
     # class is a token bucket: ``*_per_second`` sustained, ``*_burst`` at once. Shared by every

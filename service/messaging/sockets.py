@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import socketio
 from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 from messaging import metrics, websocket_transport
 from messaging.auth import TokenVerifier, bearer_token
@@ -158,7 +161,6 @@ class SocketEvents:
                 )
             if not self._transport_open(sid):
                 raise Unauthorized("the connection closed during the handshake")
-            await self.server.enter_room(sid, user_room(user_id))
             first = self._presence.register(user_id, sid)
             self._user_hashes[sid] = user_hash(user_id)
             self._sessions.set(sid, identity.expires_at + self._verifier.leeway_seconds)
@@ -166,6 +168,9 @@ class SocketEvents:
                 await self._delivery.watch(user_id)
             if not self._transport_open(sid):  # it went while we subscribed: undone below
                 raise Unauthorized("the connection closed during the handshake")
+            # Last, with no await after it: the CONNECT packet is written before any event can
+            # be, and the socket's events start right after the position ``watch`` read.
+            await self.server.enter_room(sid, user_room(user_id))
         except Exception as exc:
             # Anything but a refusal escaping here would leave python-socketio's pre-connect
             # state behind for good and the client waiting for an answer that never comes.
@@ -395,24 +400,146 @@ class SocketEvents:
         await socket.close(wait=False, abort=True, reason=self.server.eio.reason.SERVER_DISCONNECT)
 
 
-class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
-    """python-socketio's server, with a lean path for what every message goes through.
+RESERVED_EVENTS = frozenset(
+    # Socket.IO's lifecycle names: never an event a client may send (the official servers
+    # refuse them too); python-socketio would run its own connect/disconnect handlers for them.
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+_connecting_transport: contextvars.ContextVar[asyncio.WriteTransport | None] = (
+    contextvars.ContextVar("connecting_transport", default=None)
+)
 
-    - Websocket connections opened directly are served by ``websocket_transport`` instead of
-      python-engineio's per-socket reader, writer and ping tasks.
-    - An EVENT packet for a registered event of the default namespace is decoded here and its
-      handler started in one task that also sends the ack; python-socketio would build a Packet
-      object, go through its generic dispatch (a task, then a lookup through namespace and
-      catch-all handlers), and build another Packet for the ack. Everything else (connects,
-      disconnects, acks from the client, binary packets, other namespaces, unknown events,
-      malformed packets) goes to python-socketio unchanged.
+
+class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, with a lean path for what every message goes through, and the
+    transport limits of docs/security.md on every path.
+
+    - With ``fast_path`` (``MESSAGING_SOCKETIO_FAST_PATH``, the default), websocket connections
+      opened directly are served by ``websocket_transport`` instead of python-engineio's
+      per-socket reader, writer and ping tasks; and an EVENT packet for a registered event of
+      the default namespace is decoded here and its handler started in one task that also sends
+      the ack (python-socketio would build a Packet object, go through its generic dispatch, a
+      task, then a lookup through namespace and catch-all handlers, and build another Packet for
+      the ack). Everything else (connects, disconnects, acks from the client, binary packets,
+      other namespaces, unknown events, malformed packets) goes to python-socketio unchanged.
+      Without it, python-engineio's and python-socketio's stock paths serve everything.
+    - On both paths: malformed packets are counted and refused without a traceback (a socket
+      that keeps sending them is closed), reserved event names are refused like unknown events,
+      binary attachments are held to a count and a size, a socket with no CONNECT within the
+      connect timeout is closed, a slow consumer is dropped, an oversized polling POST is
+      answered 413 and its session ended.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(
+        self, *, fast_path: bool, limits: websocket_transport.TransportLimits, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
+        self.fast_path = fast_path
+        self.limits = limits
+        self.protocol_errors = websocket_transport.ProtocolErrors(limits.max_protocol_errors)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._connect_timers: dict[str, asyncio.TimerHandle] = {}
+        # Stock websockets' transports, to drop a slow consumer (python-engineio keeps none).
+        self._transports: dict[str, asyncio.WriteTransport] = {}
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) != 3 or kwargs:
+            return await super().handle_request(*args, **kwargs)
+        scope, receive, send = args
+        if scope.get("type") == "http":
+            if (
+                scope.get("method") == "POST"
+                and _content_length(scope) > self.limits.max_payload_bytes
+            ):
+                return await self._refuse_oversized_post(scope, send)
+            return await super().handle_request(*args)
+        if scope.get("type") != "websocket":
+            return await super().handle_request(*args)
+        if (
+            self.fast_path
+            and "websocket" in self.eio.transports
+            and websocket_transport.is_direct_websocket(scope)
+            and websocket_transport.origin_allowed(self.eio, scope)
+        ):
+            return await websocket_transport.serve(
+                self.eio, scope, receive, send, limits=self.limits, errors=self.protocol_errors
+            )
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        sid = _query_value(scope, "sid")
+        if sid is not None and transport is not None and sid in self.eio.sockets:
+            self._transports[sid] = transport  # an upgrade of a polling session
+        token = _connecting_transport.set(transport)
+        try:
+            receive = websocket_transport.checked_receive(receive, self.protocol_errors)
+            return await super().handle_request(scope, receive, send)
+        finally:
+            _connecting_transport.reset(token)
+
+    async def _refuse_oversized_post(self, scope: dict[str, Any], send: Any) -> None:
+        """Answer 413 without reading the body, and end the session it was sent for.
+
+        python-engineio answers such a POST by closing the session and waiting for its queue to
+        drain, which never happens without a pending poll: the request was never answered and
+        the session never freed.
+        """
+        self.protocol_errors.record("post_too_large", None)
+        sid = _query_value(scope, "sid")
+        if sid is not None and sid in self.eio.sockets:
+            await self._end_session(sid, goodbye=False, reason=self.eio.reason.TRANSPORT_ERROR)
+        body = b"payload too large"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"text/plain"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _end_session(self, eio_sid: str, *, goodbye: bool, reason: Any) -> None:
+        """Close an Engine.IO session on either transport (a CLOSE packet first if ``goodbye``)."""
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closing or socket.closed:
+            return
+        if isinstance(socket, websocket_transport.DirectSocket):
+            await socket.close(wait=False, abort=not goodbye, reason=reason)
+            return
+        await socket.close(wait=False, abort=not goodbye, reason=reason)
+        socket.queue.put_nowait(None)  # releases the writer task or a pending long poll
+
+    # --- the Engine.IO session's life -----------------------------------------------------------
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        # python-socketio keeps the environ for the whole connection; the connect handler only
+        # needs the Authorization header (the ASGI scope, kept by the server anyway, has the rest).
+        if "asgi.scope" in environ and "wsgi.input" in environ:
+            environ = websocket_transport.handshake_environ(environ["asgi.scope"])
+        loop = asyncio.get_running_loop()
+        self._connect_timers[eio_sid] = loop.call_later(
+            self.limits.connect_timeout_seconds, self._connect_deadline, eio_sid
+        )
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and not isinstance(socket, websocket_transport.DirectSocket):
+            socket.queue = _MeteredQueue(
+                socket.queue,
+                self.limits.max_outbound_buffer_bytes,
+                lambda: self._slow_consumer(eio_sid),
+            )
+            transport = _connecting_transport.get()
+            if transport is not None:
+                self._transports[eio_sid] = transport
+        await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        timer = self._connect_timers.pop(eio_sid, None)
+        if timer is not None:
+            timer.cancel()
+        self._transports.pop(eio_sid, None)
+        self.protocol_errors.forget(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
         # python-socketio only cleans up namespaces the socket had fully connected to: one whose
         # connect handler failed, or was still running when the connection went, would stay in
@@ -424,41 +551,113 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
                 await self._trigger_event("disconnect", namespace, sid, reason)
                 await self.manager.disconnect(sid, namespace, ignore_queue=True)
 
-    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        if (
-            len(args) == 3
-            and not kwargs
-            and "websocket" in self.eio.transports
-            and websocket_transport.is_direct_websocket(args[0])
-            and websocket_transport.origin_allowed(self.eio, args[0])
-        ):
-            return await websocket_transport.serve(self.eio, *args)
-        return await super().handle_request(*args, **kwargs)
+    def _connect_deadline(self, eio_sid: str) -> None:
+        self._connect_timers.pop(eio_sid, None)
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is not None and self.manager.is_connected(sid, NAMESPACE):
+            return
+        if eio_sid not in self.eio.sockets:
+            return
+        self.protocol_errors.record("connect_timeout", eio_sid)
+        self._background(
+            self._end_session(eio_sid, goodbye=True, reason=self.eio.reason.TRANSPORT_ERROR)
+        )
 
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
-        # python-socketio keeps the environ for the whole connection; the connect handler only
-        # needs the Authorization header (the ASGI scope, kept by the server anyway, has the rest).
-        if "asgi.scope" in environ and "wsgi.input" in environ:
-            environ = websocket_transport.handshake_environ(environ["asgi.scope"])
-        await super()._handle_eio_connect(eio_sid, environ)
+    def _slow_consumer(self, eio_sid: str) -> None:
+        """A stock socket's queue passed the outbound limit: drop it now, close it after."""
+        self.protocol_errors.record("slow_consumer", eio_sid)
+        transport = self._transports.pop(eio_sid, None)
+        if transport is not None:
+            transport.abort()  # wakes the writer blocked on a full transport, and the reader
+        self._background(
+            self._end_session(eio_sid, goodbye=False, reason=self.eio.reason.TRANSPORT_ERROR)
+        )
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- packets --------------------------------------------------------------------------------
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        if type(data) is str and data[:1] == "2" and eio_sid not in self._binary_packet:
-            event = _decode_event(data)
-            if event is not None:
-                ack_id, name, args = event
-                handler = self.handlers.get(NAMESPACE, {}).get(name)
-                if handler is not None and name not in self.reserved_events:
-                    sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
-                    if sid is None or not self.manager.is_connected(sid, NAMESPACE):
-                        return  # python-socketio drops events of sockets not (yet) connected
-                    task = asyncio.get_running_loop().create_task(
-                        self._run_event(handler, sid, eio_sid, ack_id, args)
-                    )
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+        pending = self._binary_packet.get(eio_sid)
+        if pending is not None:
+            held = sum(len(a) for a in pending.attachments) + len(data)
+            if held > self.limits.max_payload_bytes:
+                del self._binary_packet[eio_sid]
+                return await self._refuse(eio_sid, "binary_attachments", "attachments too large")
+        elif type(data) is str:
+            kind = data[:1]
+            if kind == "2":
+                if self.fast_path and await self._lean_event(eio_sid, data):
                     return
-        await super()._handle_eio_message(eio_sid, data)
+            elif (
+                kind in ("5", "6")
+                and _announced_attachments(data) > self.limits.max_binary_attachments
+            ):
+                return await self._refuse(eio_sid, "binary_attachments", "too many attachments")
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            # python-socketio's decoder and dispatch on a malformed packet: the client's fault.
+            self._binary_packet.pop(eio_sid, None)
+            await self._refuse(eio_sid, "socketio_packet", type(exc).__name__)
+
+    async def _refuse(
+        self, eio_sid: str, kind: websocket_transport.ProtocolErrorKind, error: str
+    ) -> None:
+        if self.protocol_errors.record(kind, eio_sid, error):
+            await self._end_session(eio_sid, goodbye=True, reason=self.eio.reason.TRANSPORT_ERROR)
+
+    async def _lean_event(self, eio_sid: str, data: str) -> bool:
+        """Start a registered event's handler; False leaves the packet to python-socketio."""
+        event = _decode_event(data)
+        if event is None:
+            return False
+        ack_id, name, args = event
+        handler = self.handlers.get(NAMESPACE, {}).get(name)
+        if handler is None or name in RESERVED_EVENTS:
+            return False
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is None or not self.manager.is_connected(sid, NAMESPACE):
+            return True  # python-socketio drops events of sockets not (yet) connected
+        task = asyncio.get_running_loop().create_task(
+            self._run_event(handler, sid, eio_sid, ack_id, args)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, ack_id: int | None, data: Any
+    ) -> None:
+        if type(data) is not list or not data or type(data[0]) is not str:
+            return await self._refuse(eio_sid, "socketio_packet", "event without a name")
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or NAMESPACE)
+        if sid is None or not self.manager.is_connected(sid, namespace or NAMESPACE):
+            # python-socketio would log a warning per such event.
+            return await self._refuse(eio_sid, "socketio_packet", "event before CONNECT")
+        if data[0] in RESERVED_EVENTS:
+            # Answered like an unknown event, by the catch-all handler; never the lifecycle one.
+            if self.protocol_errors.record("reserved_event", eio_sid):
+                return await self._end_session(
+                    eio_sid, goodbye=True, reason=self.eio.reason.TRANSPORT_ERROR
+                )
+            catch_all = self.handlers.get(namespace or NAMESPACE, {}).get("*")
+            if catch_all is None:
+                return None
+            result = await catch_all(data[0], sid, *data[1:])
+            if ack_id is not None:
+                await self._send_packet(
+                    eio_sid,
+                    self.packet_class(
+                        sio_packet.ACK, namespace=namespace, id=ack_id, data=[result]
+                    ),
+                )
+            return None
+        await super()._handle_event(eio_sid, namespace, ack_id, data)
+        return None
 
     async def _run_event(
         self,
@@ -487,6 +686,61 @@ class SocketServer(socketio.AsyncServer):  # type: ignore[misc]
         if type(socket) is websocket_transport.DirectSocket and socket.send_now(ack):
             return
         await self.eio.send_packet(eio_sid, ack)
+
+
+class _MeteredQueue(asyncio.Queue[Any]):
+    """python-engineio's per-socket send queue, counting the bytes it holds.
+
+    Its websocket writer waits while the transport is full, so everything sent to a client that
+    stopped reading piles up here; past ``limit`` bytes ``overflow`` is called (once).
+    """
+
+    def __init__(
+        self, previous: asyncio.Queue[Any], limit: int, overflow: Callable[[], None]
+    ) -> None:
+        super().__init__()
+        self.held = 0
+        self._limit = limit
+        self._overflow: Callable[[], None] | None = overflow
+        while not previous.empty():  # the OPEN packet, queued before the connect event
+            self.put_nowait(previous.get_nowait())
+            previous.task_done()
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        self.held += _packet_size(item)
+        if self.held > self._limit and self._overflow is not None:
+            overflow, self._overflow = self._overflow, None
+            overflow()
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.held -= _packet_size(item)
+        return item
+
+
+def _packet_size(pkt: Any) -> int:
+    data = getattr(pkt, "data", None)
+    return len(data) if isinstance(data, (str, bytes)) else 16
+
+
+def _announced_attachments(data: str) -> int:
+    """The attachment count of a binary packet (``51-[...]``), 0 when it announces none."""
+    dash = data.find("-", 1, 24)
+    digits = data[1:dash] if dash > 1 else ""
+    return int(digits) if digits.isdigit() else 0
+
+
+def _content_length(scope: dict[str, Any]) -> int:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def _query_value(scope: dict[str, Any], key: str) -> str | None:
+    values = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key)
+    return values[0] if values else None
 
 
 def _decode_event(data: str) -> tuple[int | None, str, list[Any]] | None:
@@ -519,6 +773,14 @@ def build_socket_server(settings: Settings) -> SocketServer:
     if settings.cors_any_origin:
         origins = "*"
     return SocketServer(
+        fast_path=settings.socketio_fast_path,
+        limits=websocket_transport.TransportLimits(
+            max_payload_bytes=settings.max_payload_bytes,
+            max_outbound_buffer_bytes=settings.socketio_max_outbound_buffer_bytes,
+            max_protocol_errors=settings.socketio_max_protocol_errors,
+            max_binary_attachments=settings.socketio_max_binary_attachments,
+            connect_timeout_seconds=settings.socketio_connect_timeout_seconds,
+        ),
         async_mode="asgi",
         cors_allowed_origins=origins,
         cors_credentials=not settings.cors_any_origin,

@@ -17,6 +17,13 @@ Nothing changes for python-socketio: the socket sits in ``eio.sockets`` and offe
 python-engineio's socket offers (``send``, ``close``, ``closed``, ``check_ping_timeout``,
 ``session`` ...), Engine.IO messages go to python-socketio's handler (whose event dispatch
 ``sockets.SocketServer`` makes lean), connects and disconnects go through its own handlers.
+
+Hostile clients are held to ``TransportLimits`` here (docs/security.md, "Transport limits"):
+the connection's task yields to the event loop every few frames, so a flood cannot starve other
+connections; malformed frames are counted (``ProtocolErrors``: a metric per kind, one log line
+per kind per interval, never a traceback) and a socket that keeps sending them is closed; a
+client that stops reading is dropped once its unsent bytes pass the outbound limit, instead of
+being buffered for.
 """
 
 from __future__ import annotations
@@ -27,13 +34,16 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import orjson
 from engineio import packet as eio_packet
 from engineio.async_server import AsyncServer as EngineServer
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
+
+from messaging import metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,88 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _PING = eio_packet.Packet(eio_packet.PING).encode()
 _NOOP = eio_packet.Packet(eio_packet.NOOP).encode()
 _CLOSE = eio_packet.Packet(eio_packet.CLOSE).encode()
+
+# Frames handled in a row before the connection's task lets the event loop run others: uvicorn
+# queues every frame of a read, so without this a burst is handled to the end in one go.
+FRAMES_PER_YIELD = 16
+
+ProtocolErrorKind = Literal[
+    "engineio_packet",  # not an Engine.IO packet (unknown type, empty frame)
+    "base64",  # a "b" packet whose base64 does not decode
+    "socketio_packet",  # not a Socket.IO packet (bad JSON, unknown type or namespace)
+    "reserved_event",  # an event named like a lifecycle event (connect, disconnect, ...)
+    "binary_attachments",  # too many binary attachments announced, or too many bytes
+    "frame_too_large",  # a websocket frame over max_payload_bytes
+    "post_too_large",  # a long-polling POST over max_payload_bytes
+    "connect_timeout",  # no Socket.IO CONNECT within the connect timeout
+    "slow_consumer",  # unsent bytes over the outbound buffer limit
+    "too_many_errors",  # a socket closed for sending malformed packets again and again
+]
+PROTOCOL_ERROR_KINDS: tuple[ProtocolErrorKind, ...] = ProtocolErrorKind.__args__  # type: ignore[attr-defined]
+# Kinds a socket may repeat up to its budget; every other kind closes the socket at once.
+_BUDGETED = frozenset({"engineio_packet", "base64", "socketio_packet", "reserved_event"})
+
+
+@dataclass(frozen=True, slots=True)
+class TransportLimits:
+    """What one connection may cost (each from a setting; docs/security.md)."""
+
+    max_payload_bytes: int
+    max_outbound_buffer_bytes: int
+    max_protocol_errors: int
+    max_binary_attachments: int
+    connect_timeout_seconds: float
+
+
+class ProtocolErrors:
+    """Counts refused frames: a metric per kind, a budget per socket, throttled log lines.
+
+    A flood of bad frames must cost the replica next to nothing: no traceback, no log line per
+    frame (one per kind per ``log_interval``, saying how many were not logged), nothing of the
+    frame's content (it may carry a token).
+    """
+
+    def __init__(self, max_per_socket: int, log_interval: float = 10.0) -> None:
+        self._max = max_per_socket
+        self._interval = log_interval
+        self._series = {
+            kind: metrics.PROTOCOL_ERRORS.labels(kind=kind) for kind in PROTOCOL_ERROR_KINDS
+        }
+        self._per_socket: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+
+    def record(self, kind: ProtocolErrorKind, sid: str | None, error: str = "") -> bool:
+        """Count one refused frame; True when the socket is to be closed for it."""
+        self._series[kind].inc()
+        now = time.monotonic()
+        if now - self._logged_at.get(kind, -self._interval) >= self._interval:
+            self._logged_at[kind] = now
+            log.warning(
+                "protocol error: %s",
+                kind,
+                extra={
+                    "kind": kind,
+                    "sid": sid,
+                    "error": error,
+                    "unlogged": self._unlogged.pop(kind, 0),
+                },
+            )
+        else:
+            self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+        if kind not in _BUDGETED:
+            return True
+        if sid is None:
+            return False
+        count = self._per_socket.get(sid, 0) + 1
+        self._per_socket[sid] = count
+        if count > self._max:
+            self._series["too_many_errors"].inc()
+            return True
+        return False
+
+    def forget(self, sid: str) -> None:
+        self._per_socket.pop(sid, None)
 
 
 def is_direct_websocket(scope: Scope) -> bool:
@@ -114,23 +206,34 @@ class DirectSocket:
     upgrading = False
 
     __slots__ = (
+        "_errors",
         "_loop",
+        "_max_outbound",
         "_protocol",
         "_send",
         "_session",
         "_timer",
         "closed",
         "closing",
+        "dropped",
         "last_ping",
         "server",
         "sid",
     )
 
-    def __init__(self, server: EngineServer, sid: str, send: Send) -> None:
+    def __init__(
+        self,
+        server: EngineServer,
+        sid: str,
+        send: Send,
+        limits: TransportLimits,
+        errors: ProtocolErrors,
+    ) -> None:
         self.server = server
         self.sid = sid
         self.closing = False
         self.closed = False
+        self.dropped = False  # the connection was aborted under it (a slow consumer)
         self.last_ping: float | None = None
         self._session: dict[str, Any] | None = None
         self._send = send
@@ -140,6 +243,8 @@ class DirectSocket:
         self._protocol = owner if isinstance(owner, WebSocketsSansIOProtocol) else None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._max_outbound = limits.max_outbound_buffer_bytes
+        self._errors = errors
 
     @property
     def session(self) -> dict[str, Any]:
@@ -184,16 +289,28 @@ class DirectSocket:
         protocol = self._protocol
         if protocol is None:
             return False
+        transport = protocol.transport
         if not (
-            protocol.close_sent
-            or protocol.conn.state is not State.OPEN
-            or protocol.transport.is_closing()
+            protocol.close_sent or protocol.conn.state is not State.OPEN or transport.is_closing()
         ):
             if isinstance(encoded, str):
-                protocol.transport.write(_frame(encoded.encode(), 0x1))
+                transport.write(_frame(encoded.encode(), 0x1))
             else:
-                protocol.transport.write(_frame(encoded, 0x2))
+                transport.write(_frame(encoded, 0x2))
+            if transport.get_write_buffer_size() > self._max_outbound:
+                self._drop_slow_consumer(transport)
         return True
+
+    def _drop_slow_consumer(self, transport: asyncio.WriteTransport) -> None:
+        """The client stopped reading: drop the connection rather than buffer for it.
+
+        No goodbye can reach a client that does not read; aborting the transport makes uvicorn
+        report the disconnect, and the connection's task closes the session as for any other
+        lost connection.
+        """
+        self.dropped = True
+        self._errors.record("slow_consumer", self.sid)
+        transport.abort()
 
     # --- heartbeat (Engine.IO v4: the server pings, the client answers) ----------------------
 
@@ -210,9 +327,12 @@ class DirectSocket:
         self._replace_timer(self.server.ping_timeout, self._expire)
 
     def _expire(self) -> None:
+        # Only a PONG cancels this timer (``schedule_ping``), so firing means none came: close
+        # without comparing clocks (loops may fire a timer a hair early; python-engineio's
+        # ``time.time()`` test then said "not yet" and nothing ever asked again).
         self._timer = None
-        if not self.closing and not self.closed:
-            self._loop.create_task(self.check_ping_timeout())
+        if not self.closing and not self.closed and self.last_ping is not None:
+            _background(self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT))
 
     def _replace_timer(self, delay: float, callback: Callable[[], None]) -> None:
         if self._timer is not None:
@@ -250,9 +370,22 @@ class DirectSocket:
         elif kind == "5":
             await self.write(_NOOP)
         elif kind == "b":
-            await self._message(base64.b64decode(data[1:]))
-        # A PING or NOOP from the client, or anything else, is ignored (as python-engineio does).
+            try:
+                decoded = base64.b64decode(data[1:])
+            except ValueError:
+                return await self.refuse("base64", "invalid base64")
+            await self._message(decoded)
+        elif kind not in ("2", "6"):
+            return await self.refuse("engineio_packet", "unknown packet type")
+        # A PING or NOOP from the client is ignored (as python-engineio does).
         return True
+
+    async def refuse(self, kind: ProtocolErrorKind, error: str) -> bool:
+        """Count a bad frame; close the session (and return False) once it is one too many."""
+        if not self._errors.record(kind, self.sid, error):
+            return True
+        await self.close(wait=False, abort=False, reason=self.server.reason.TRANSPORT_ERROR)
+        return False
 
     async def _message(self, data: str | bytes) -> None:
         handler = self.server.handlers.get("message")
@@ -262,8 +395,8 @@ class DirectSocket:
             await handler(self.sid, data)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            self.server.logger.exception("message async handler error")
+        except Exception as exc:  # python-socketio's own checks; sockets.SocketServer has ours
+            await self.refuse("socketio_packet", type(exc).__name__)
 
     # --- closing -------------------------------------------------------------------------------
 
@@ -294,7 +427,24 @@ class DirectSocket:
             return
 
 
-async def serve(eio: EngineServer, scope: Scope, receive: Receive, send: Send) -> None:
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _background(coro: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def serve(
+    eio: EngineServer,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    limits: TransportLimits,
+    errors: ProtocolErrors,
+) -> None:
     """Run one direct websocket session from the handshake to the close."""
     event = await receive()
     if event["type"] != "websocket.connect":
@@ -304,7 +454,7 @@ async def serve(eio: EngineServer, scope: Scope, receive: Receive, send: Send) -
         eio.start_service_task = False
         eio.service_task_handle = eio.start_background_task(eio._service_task)
     sid = eio.generate_id()
-    socket = DirectSocket(eio, sid, send)
+    socket = DirectSocket(eio, sid, send, limits, errors)
     eio.sockets[sid] = socket
     accepted = await eio._trigger_event("connect", sid, handshake_environ(scope), run_async=False)
     if accepted is not None and accepted is not True:
@@ -321,22 +471,83 @@ async def serve(eio: EngineServer, scope: Scope, receive: Receive, send: Send) -
     }
     await socket.write("0" + orjson.dumps(opening).decode())
     socket.schedule_ping()
-    limit = eio.max_http_buffer_size
     try:
+        await _read_frames(socket, receive, limits.max_payload_bytes, errors)
+    finally:
+        await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_CLOSE)
+        errors.forget(sid)
+        if eio.sockets.get(sid) is socket:
+            del eio.sockets[sid]
+
+
+async def _read_frames(
+    socket: DirectSocket, receive: Receive, limit: int, errors: ProtocolErrors
+) -> None:
+    """Hand each frame to the socket until the connection or the session ends."""
+    handled = 0
+    while True:
+        event = await receive()
+        if event["type"] != "websocket.receive":
+            if event.get("code") == 1009:  # uvicorn refused a frame over ws_max_size
+                errors.record("frame_too_large", socket.sid)
+            return
+        data = event.get("text")
+        if data is None:
+            data = event.get("bytes")
+            if data is None:
+                return
+        if len(data) > limit:
+            errors.record("frame_too_large", socket.sid)
+            return
+        if not data:
+            if not await socket.refuse("engineio_packet", "empty frame"):
+                return
+        elif not await socket.receive(data) or socket.closed or socket.dropped:
+            return  # frames still queued behind a drop are not worth answering
+        handled += 1
+        if handled % FRAMES_PER_YIELD == 0:
+            await asyncio.sleep(0)
+
+
+def engineio_frame_error(text: str) -> tuple[ProtocolErrorKind, str] | None:
+    """What python-engineio's decoder would raise on (outside any try) for a text frame."""
+    if not text:
+        return "engineio_packet", "empty frame"
+    kind = text[0]
+    if kind == "b":
+        try:
+            base64.b64decode(text[1:])
+        except ValueError:
+            return "base64", "invalid base64"
+        return None
+    if kind not in "0123456":
+        return "engineio_packet", "unknown packet type"
+    return None
+
+
+def checked_receive(receive: Receive, errors: ProtocolErrors) -> Receive:
+    """``receive`` for python-engineio's stock websocket transport, refusing what it chokes on.
+
+    Its reader decodes each frame outside any ``try``: one frame of invalid base64 or of an
+    unknown packet type ends the connection with a traceback. Here such frames are counted and
+    dropped like on the direct path, and past the socket's budget the connection is ended.
+    """
+    key = f"stock-{id(receive)}"
+
+    async def checked() -> MutableMapping[str, Any]:
         while True:
             event = await receive()
             if event["type"] != "websocket.receive":
-                break
-            data = event.get("text")
-            if data is None:
-                data = event.get("bytes")
-                if data is None:
-                    break
-            if len(data) > limit or not data:
-                break
-            if not await socket.receive(data):
-                break
-    finally:
-        await socket.close(wait=False, abort=True, reason=eio.reason.TRANSPORT_CLOSE)
-        if eio.sockets.get(sid) is socket:
-            del eio.sockets[sid]
+                errors.forget(key)
+                if event.get("code") == 1009:
+                    errors.record("frame_too_large", None)
+                return event
+            text = event.get("text")
+            problem = None if text is None else engineio_frame_error(text)
+            if problem is None:
+                return event
+            if errors.record(problem[0], key, problem[1]):
+                errors.forget(key)
+                return {"type": "websocket.disconnect", "code": 1008}
+
+    return checked
