@@ -44,6 +44,7 @@ _STATUS = {
     "delivered": pb.MESSAGE_STATUS_DELIVERED,
     "read": pb.MESSAGE_STATUS_READ,
 }
+MAX_METADATA_BYTES = 16_384
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
@@ -251,7 +252,15 @@ class GrpcServer:
         # grpc turns SO_REUSEPORT on by default: a second process on the same port would start
         # without a word and the kernel would split clients between the two.
         server = grpc.aio.server(
-            interceptors=[CallInterceptor(self._verifier)], options=[("grpc.so_reuseport", 0)]
+            interceptors=[CallInterceptor(self._verifier)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                # grpc refuses metadata between its soft (8 KiB) and hard (16 KiB) limits at
+                # random; one limit makes a large token's answer deterministic: up to 16 KiB it
+                # reaches the verifier (UNAUTHENTICATED past 8 KiB), beyond RESOURCE_EXHAUSTED.
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+            ],
         )
         self._health = health.aio.HealthServicer()
         pb_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(self._chat), server)

@@ -72,6 +72,9 @@ EVENT_LIMITS = {
     "typing": "typing",
     "getPresence": "presence",
     "syncMessages": "sync",
+    # Rare (once per token lifetime) but each one verifies a signature: it shares the small
+    # presence budget rather than going unlimited.
+    "reauthenticate": "presence",
 }
 
 

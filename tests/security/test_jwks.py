@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 import socketio
@@ -50,6 +51,7 @@ class IdentityProvider:
 
     keys: dict[str, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey] = field(default_factory=dict)
     failing: bool = False
+    delay_seconds: float = 0.0
     fetches: int = 0
 
     def document(self) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class IdentityProvider:
 
     async def handle(self, _: web.Request) -> web.Response:
         self.fetches += 1
+        await asyncio.sleep(self.delay_seconds)
         if self.failing:
             return web.Response(status=500, text="identity provider down")
         return web.json_response(self.document())
@@ -231,3 +234,32 @@ async def test_a_jwks_key_only_verifies_its_own_algorithm(
         refused = await handshake(replica, token)
         assert refused is not None and refused["code"] == "UNAUTHORIZED", token
         assert await grpc_code(replica, token) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_client_that_hangs_up_during_a_slow_key_fetch_leaves_no_socket_behind(
+    replica: Replica, provider: tuple[IdentityProvider, str]
+) -> None:
+    """The handshake waits for the provider; the client is gone when the key arrives. The
+    socket must not be registered then (it would count as connected, and stay, for good)."""
+    idp, _ = provider
+    await asyncio.sleep(MIN_REFRESH_SECONDS + 0.5)
+    kid = f"rsa-{uuid.uuid4().hex[:6]}"
+    idp.keys[kid] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    idp.delay_seconds = 2.0
+    try:
+        # Long-polling: python-engineio runs each message in a task of its own, so the close
+        # is handled while the CONNECT still waits for the key.
+        async with httpx.AsyncClient(base_url=replica.url, timeout=10) as http:
+            params = {"EIO": "4", "transport": "polling"}
+            opened = (await http.get("/socket.io/", params=params)).text
+            params["sid"] = json.loads(opened[1:])["sid"]
+            connect = "40" + json.dumps({"token": idp.token(kid)})
+            assert (await http.post("/socket.io/", params=params, content=connect)).text == "OK"
+            await asyncio.sleep(0.5)
+            await http.post("/socket.io/", params=params, content="1")  # Engine.IO close
+        await asyncio.sleep(4)  # the fetch has finished and the handshake has gone on
+        assert await replica.metric("messaging_connected_sockets") == 0
+        assert await handshake(replica, idp.token(kid)) is None  # the key itself is good
+    finally:
+        idp.delay_seconds = 0.0
+        del idp.keys[kid]

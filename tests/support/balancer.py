@@ -47,7 +47,9 @@ class Balancer:
             task.cancel()
 
     async def _check(self) -> None:
-        async with httpx.AsyncClient(timeout=0.5) as http:
+        # Load balancers give health checks seconds (Kubernetes' probe default is 1 s, cloud
+        # balancers' 5 s): a replica busy with a burst of handshakes is slow, not gone.
+        async with httpx.AsyncClient(timeout=2.0) as http:
             for backend in self.backends:
                 try:
                     ok = (await http.get(f"{backend.url}/readyz")).status_code == 200
