@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from messaging import db
 from messaging.dev_connections import ConnectionGraph
+from messaging.settings import Settings
 from tests.support.servers import PostgresServer, free_port
 from tests.support.service import (
+    JWT_SECRET,
     RunningService,
     devices,
     running_service,
@@ -36,6 +41,19 @@ async def test_an_unreachable_database_means_unavailable_and_not_ready() -> None
     assert ready.status_code == 503
     assert any("database" in problem for problem in ready.json()["problems"])
     assert alive.status_code == 200
+
+
+@pytest_asyncio.fixture
+async def pg_svc(postgres_server: PostgresServer) -> AsyncIterator[RunningService]:
+    """A service on a database of its own: these tests terminate every connection to it, which
+    must not cut the pools of the session's other services. The healer's periodic backstop is
+    pushed out of the way so that the test's own requests are the first to meet a cut
+    connection (a backstop read meeting it first would replace the pool before they run)."""
+    url = postgres_server.create_database(f"down_{uuid.uuid4().hex[:8]}")
+    await asyncio.to_thread(db.migrate, Settings(database_url=url, jwt_secret=JWT_SECRET))
+    settings = service_settings(url, delivery_check_seconds="300")
+    async with running_service(settings, ConnectionGraph(), "postgres") as running:
+        yield running
 
 
 async def test_pooled_connections_cut_while_idle_are_replaced_not_failed(
