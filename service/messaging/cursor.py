@@ -34,29 +34,41 @@ def _mac(key: bytes, kind: str, scope: str, body: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
-def encode_page_token(key: bytes, *, kind: str, scope: str, at: datetime, row_id: uuid.UUID) -> str:
-    micros = (at - _EPOCH) // timedelta(microseconds=1)
-    body = _BODY.pack(_VERSION, micros, row_id.bytes)
+def _seal(key: bytes, kind: str, scope: str, body: bytes) -> str:
     token = body + _mac(key, kind, scope, body)
     return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+
+
+def _open(
+    key: bytes, token: str, *, kind: str, scope: str, layout: struct.Struct, what: str
+) -> bytes:
+    """The signed body of a token of ``layout``, its version checked; ``ValidationFailed`` (naming
+    ``what``) for anything not minted here for this kind and scope."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ValidationFailed(f"invalid {what}") from exc
+    if len(raw) != layout.size + _MAC_BYTES:
+        raise ValidationFailed(f"invalid {what}")
+    body, mac = raw[: layout.size], raw[layout.size :]
+    if not hmac.compare_digest(mac, _mac(key, kind, scope, body)):
+        raise ValidationFailed(f"invalid {what}")
+    if body[0] != _VERSION:  # every layout starts with its version byte
+        raise ValidationFailed(f"invalid {what}")
+    return body
+
+
+def encode_page_token(key: bytes, *, kind: str, scope: str, at: datetime, row_id: uuid.UUID) -> str:
+    micros = (at - _EPOCH) // timedelta(microseconds=1)
+    return _seal(key, kind, scope, _BODY.pack(_VERSION, micros, row_id.bytes))
 
 
 def decode_page_token(
     key: bytes, token: str, *, kind: str, scope: str
 ) -> tuple[datetime, uuid.UUID]:
     """The position a token points after; ``ValidationFailed`` for anything not minted here."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValidationFailed("invalid page token") from exc
-    if len(raw) != _BODY.size + _MAC_BYTES:
-        raise ValidationFailed("invalid page token")
-    body, mac = raw[: _BODY.size], raw[_BODY.size :]
-    if not hmac.compare_digest(mac, _mac(key, kind, scope, body)):
-        raise ValidationFailed("invalid page token")
-    version, micros, id_bytes = _BODY.unpack(body)
-    if version != _VERSION:
-        raise ValidationFailed("invalid page token")
+    body = _open(key, token, kind=kind, scope=scope, layout=_BODY, what="page token")
+    _, micros, id_bytes = _BODY.unpack(body)
     try:
         at = _EPOCH + timedelta(microseconds=micros)
     except OverflowError:
@@ -71,24 +83,12 @@ _SYNC_BODY = struct.Struct(">BQ")  # version, position in the user's change log
 
 def encode_sync_token(key: bytes, *, user_id: str, position: int) -> str:
     """A position in ``user_id``'s change log, signed and bound to that user."""
-    body = _SYNC_BODY.pack(_VERSION, position)
-    token = body + _mac(key, "sync", user_id, body)
-    return base64.urlsafe_b64encode(token).rstrip(b"=").decode()
+    return _seal(key, "sync", user_id, _SYNC_BODY.pack(_VERSION, position))
 
 
 def decode_sync_token(key: bytes, token: str, *, user_id: str) -> int:
     """The log position a sync token stands for; ``ValidationFailed`` for anything not minted here
     for this user (a token is only meaningful in its own user's log)."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValidationFailed("invalid sync token") from exc
-    if len(raw) != _SYNC_BODY.size + _MAC_BYTES:
-        raise ValidationFailed("invalid sync token")
-    body, mac = raw[: _SYNC_BODY.size], raw[_SYNC_BODY.size :]
-    if not hmac.compare_digest(mac, _mac(key, "sync", user_id, body)):
-        raise ValidationFailed("invalid sync token")
-    version, position = _SYNC_BODY.unpack(body)
-    if version != _VERSION:
-        raise ValidationFailed("invalid sync token")
+    body = _open(key, token, kind="sync", scope=user_id, layout=_SYNC_BODY, what="sync token")
+    _, position = _SYNC_BODY.unpack(body)
     return int(position)
