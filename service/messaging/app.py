@@ -39,10 +39,12 @@ from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
 from messaging.errors import MessagingError
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
+from messaging.outbox import Outbox
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
+from messaging.webhooks import Dispatcher, Policy
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,10 @@ class Service:
         connections: ConnectionsChecker,
         grpc: GrpcServer | None,
         redis: Redis | None,
+        webhooks: Dispatcher | None = None,
     ) -> None:
         self.settings = settings
+        self.webhooks = webhooks
         self.verifier = verifier
         self.chat = chat
         self.sockets = sockets
@@ -111,6 +115,8 @@ class Service:
             self._spawn(self.presence.run(), "presence")
             self._spawn(self.delivery.run_publisher(), "backplane-publisher")
             self._spawn(self.delivery.run_listener(), "backplane-listener")
+        if self.webhooks is not None:
+            self._spawn(self.webhooks.run(), "webhook-dispatcher")
         if self.grpc is not None:
             await self.grpc.start()
             log.info("gRPC listening", extra={"port": self.grpc.port})
@@ -134,6 +140,8 @@ class Service:
         await self.presence.leave()
         await self.connections.close()
         await self.verifier.close()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.aclose()
@@ -261,13 +269,18 @@ def build_service(settings: Settings) -> Service:
             else None
         ),
     )
+    events = Outbox.from_settings(settings)
     chat = Chat(
         engine=engine,
         connections=connections,
         delivery=delivery,
         presence=presence,
         cursor_key=settings.cursor_key,
+        events=events,
     )
+    webhooks = None
+    if events.enabled:
+        webhooks = Dispatcher(engine=engine, outbox=events, policy=Policy.from_settings(settings))
     delivery.use_log(heads=chat.log_heads, events=chat.log_events)
     limiter = RateLimiter(
         settings.rate_limit_budgets,
@@ -310,6 +323,7 @@ def build_service(settings: Settings) -> Service:
         connections=connections,
         grpc=grpc,
         redis=redis,
+        webhooks=webhooks,
     )
 
 

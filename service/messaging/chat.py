@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from messaging import metrics, store
+from messaging import metrics, outbox, store
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
 from messaging.cursor import (
@@ -75,8 +75,11 @@ class Chat:
         delivery: Delivery,
         presence: Presence,
         cursor_key: bytes,
+        events: outbox.Outbox | None = None,
     ) -> None:
         self._engine = engine
+        # Webhook events, written in the transaction of each change (none configured: a no-op).
+        self._outbox = events or outbox.Outbox([])
         self._connections = connections
         self._delivery = delivery
         self._presence = presence
@@ -86,7 +89,11 @@ class Chat:
         # On PostgreSQL the committer keeps its connection between close batches; SQLite has one
         # connection, which readers need too.
         linger = 0.05 if engine.dialect.name == "postgresql" else 0.0
-        self._committer = GroupCommitter(self._connection, linger_seconds=linger)
+        self._committer = GroupCommitter(
+            self._connection,
+            linger_seconds=linger,
+            events=self._outbox.message_events if self._outbox.enabled else None,
+        )
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,6 +104,11 @@ class Chat:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def outbox(self) -> outbox.Outbox:
+        """Where features record their webhook events (``record`` inside their transaction)."""
+        return self._outbox
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -153,13 +165,20 @@ class Chat:
         if not await self._connections.is_connected(user_id, other_user_id):
             raise Forbidden("you can only message your first-degree connections")
         async with self._transaction() as conn:
-            conversation, _ = await store.get_or_create_conversation(
+            conversation, created = await store.get_or_create_conversation(
                 conn,
                 conversation_id=uuid.uuid4(),
                 user_a=user_id,
                 user_b=other_user_id,
                 created_at=datetime.now(UTC),
             )
+            if created:
+                await self._outbox.record(
+                    conn,
+                    "conversation.created",
+                    outbox.conversation_created(conversation),
+                    at=conversation.created_at,
+                )
         self._remember(conversation)
         return conversation
 
@@ -278,14 +297,27 @@ class Chat:
             target = await store.get_message(conn, up_to_message_id)
             if target is None or target.conversation_id != conversation_id:
                 raise NotFound("no such message in this conversation")
+            read_at = datetime.now(UTC)
             changes = await store.advance_status(
                 conn,
                 status="read",
                 conversation_id=conversation_id,
                 not_author=user_id,
                 up_to=(target.created_at, target.id),
-                at=datetime.now(UTC),
+                at=read_at,
             )
+            if changes:
+                await self._outbox.record(
+                    conn,
+                    "message.read",
+                    outbox.message_read(
+                        conversation_id=conversation_id,
+                        user_id=user_id,
+                        message_ids=list(dict.fromkeys(c.message_id for c in changes)),
+                        read_at=read_at,
+                    ),
+                    at=read_at,
+                )
         return await self._announce_status(changes, origin_sid)
 
     async def _announce_status(

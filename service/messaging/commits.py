@@ -18,7 +18,7 @@ the first place; this is what holds when something slips past it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -26,12 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import metrics, store
 from messaging.errors import RateLimited
+from messaging.storage.outbox import MessageEvents
 from messaging.store import MessageRecord, NewMessage
 
 # Opens the connection batches are written on; each batch is committed before its senders are
 # answered (on PostgreSQL in autocommit a batch is one statement, and the commit a no-op).
 Connection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 Pending = tuple[NewMessage, "asyncio.Future[tuple[MessageRecord, bool]]"]
+# The webhook events of a batch (``outbox.Outbox.message_events``), written in its statement.
+Events = Callable[[Sequence[NewMessage]], MessageEvents | None]
 
 
 def refused_for_its_data(exc: DBAPIError) -> bool:
@@ -53,8 +56,10 @@ class GroupCommitter:
         max_batch: int = 256,
         max_pending: int = 5_000,
         linger_seconds: float = 0.0,
+        events: Events | None = None,
     ) -> None:
         self._connection = connection
+        self._events = events
         self._linger = linger_seconds
         self._max_batch = max_batch
         self._max_pending = max_pending
@@ -91,7 +96,7 @@ class GroupCommitter:
                     batch = self._pending[: self._max_batch]
                     del self._pending[: self._max_batch]
                     try:
-                        results = await store.insert_messages(conn, [m for m, _ in batch])
+                        results = await self._insert(conn, [m for m, _ in batch])
                         if not autocommit:
                             await conn.commit()
                     except DBAPIError as exc:
@@ -132,7 +137,7 @@ class GroupCommitter:
         metrics.GROUP_COMMIT_ISOLATED.inc()
         for index, (message, future) in enumerate(batch):
             try:
-                [result] = await store.insert_messages(conn, [message])
+                [result] = await self._insert(conn, [message])
                 if not autocommit:
                     await conn.commit()
             except DBAPIError as exc:
@@ -147,6 +152,12 @@ class GroupCommitter:
             metrics.GROUP_COMMIT_SIZE.observe(1)
             if not future.done():
                 future.set_result(result)
+
+    async def _insert(
+        self, conn: AsyncConnection, messages: list[NewMessage]
+    ) -> list[tuple[MessageRecord, bool]]:
+        events = self._events(messages) if self._events is not None else None
+        return await store.insert_messages(conn, messages, events=events)
 
     async def _more_soon(self) -> bool:
         """Keep the connection a moment for the next sends (saves a checkout and its ping)."""

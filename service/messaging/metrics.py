@@ -199,3 +199,35 @@ def prime(
         BACKPLANE_PUBLISHED.labels(outcome=outcome)
     for reason in ("gap", "check", "resubscribed", "stalled"):
         DELIVERY_HEALS.labels(reason=reason)
+
+
+# Webhooks. ``endpoint`` is the configured URL without its query (a few per cluster).
+WEBHOOK_DELIVERIES = Counter(
+    "messaging_webhook_deliveries_total",
+    "Webhook deliveries settled, by endpoint and outcome: delivered, retried (a failed attempt "
+    "rescheduled), expired (failing past the retry window), gone (410: endpoint disabled), "
+    "dropped (endpoint no longer configured or disabled).",
+    ["endpoint", "outcome"],
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "messaging_webhook_attempts_total", "Webhook HTTP attempts started, by endpoint.", ["endpoint"]
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "messaging_webhook_attempt_seconds",
+    "Duration of one webhook HTTP attempt (answer or timeout).",
+    buckets=LATENCY_BUCKETS,
+)
+WEBHOOK_BACKLOG = Gauge(
+    "messaging_webhook_outbox_backlog",
+    "Webhook deliveries in the outbox (due, leased or waiting to retry), as last counted here.",
+)
+WEBHOOK_OLDEST_DUE = Gauge(
+    "messaging_webhook_outbox_oldest_due_seconds",
+    "How long the oldest due webhook delivery has been waiting to be sent (0: none due).",
+)
+WEBHOOK_NOTIFICATIONS = Counter(
+    "messaging_webhook_notifications_total",
+    "Push-notification checks come due: requested (no device of the recipient marked the "
+    "message delivered) or skipped (one did).",
+    ["outcome"],
+)

@@ -7,6 +7,8 @@ fails at start-up with a message instead of serving with a guessable secret.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -17,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 - refused in production
@@ -31,6 +33,67 @@ _TLS_FILES = (
     "connections_tls_cert_file",
     "connections_tls_key_file",
 )
+
+
+WEBHOOK_EVENT_TYPES = (
+    "message.created",
+    "message.updated",
+    "message.deleted",
+    "message.read",
+    "conversation.created",
+    "conversation.updated",
+    "message.reported",
+    "notification.requested",
+)
+WebhookEventType = Literal[
+    "message.created",
+    "message.updated",
+    "message.deleted",
+    "message.read",
+    "conversation.created",
+    "conversation.updated",
+    "message.reported",
+    "notification.requested",
+]
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+
+
+class WebhookEndpointSetting(BaseModel):
+    """One item of ``MESSAGING_WEBHOOKS``: what the operator writes (``secretEnv`` names the
+    variable holding the secret, so the secret is never in the pod spec), or ``secret`` inline
+    (a laptop, a test)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
+
+    url: str = Field(pattern=r"^https?://[^\s/]+", max_length=2048)
+    secret: SecretStr = SecretStr("")
+    secret_env: str = Field("", alias="secretEnv", max_length=256)
+    events: list[WebhookEventType] = Field(default_factory=list)  # empty: every type
+
+    @model_validator(mode="after")
+    def _secret(self) -> Self:
+        value = self.secret.get_secret_value()
+        if self.secret_env:
+            if value:
+                raise ValueError(f"webhook {self.url}: give secret or secretEnv, not both")
+            value = os.environ.get(self.secret_env, "")
+            if not value:
+                raise ValueError(f"webhook {self.url}: ${self.secret_env} is not set")
+            object.__setattr__(self, "secret", SecretStr(value))
+        if not value.startswith(WEBHOOK_SECRET_PREFIX):
+            raise ValueError(f"webhook {self.url}: the secret must start with whsec_")
+        try:
+            key = base64.b64decode(value.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+        except binascii.Error:
+            raise ValueError(f"webhook {self.url}: the secret is not whsec_<base64>") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError(f"webhook {self.url}: the secret must hold 24 to 64 bytes")
+        return self
+
+    @property
+    def key(self) -> bytes:
+        """The HMAC key (the base64 after ``whsec_``)."""
+        return base64.b64decode(self.secret.get_secret_value().removeprefix(WEBHOOK_SECRET_PREFIX))
 
 
 def _default_replica_id() -> str:
@@ -152,6 +215,26 @@ class Settings(BaseSettings):
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)
 
+    # Webhooks (docs/webhooks.md). Endpoints as the operator writes them (a JSON list); none
+    # means no event is written at all.
+    webhooks: Annotated[list[WebhookEndpointSetting], NoDecode] = []
+    # Print every event on standard output instead of (or besides) POSTing it (`messaging dev`).
+    webhooks_console: bool = False
+    # notification.requested: a recipient none of whose devices marked a message delivered this
+    # long after it was committed; the preview (the start of the text) can be left out.
+    webhook_notify_delay_seconds: float = Field(15.0, ge=0, le=86_400)
+    webhook_notify_preview: bool = True
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # A replica holds a claimed delivery this long; past it another replica may send it again.
+    webhook_lease_seconds: float = Field(60.0, gt=0, le=3600)
+    # Retries: jittered exponential back-off from base to max, for at least the window.
+    webhook_retry_base_seconds: float = Field(5.0, gt=0, le=3600)
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0, le=86_400)
+    webhook_retry_window_seconds: float = Field(86_400.0, ge=60, le=30 * 86_400)
+    webhook_poll_seconds: float = Field(0.5, gt=0, le=60)
+    # Requests in flight per replica (also the HTTP client's connection limit).
+    webhook_concurrency: int = Field(32, ge=1, le=1000)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None
     # Keys the hash that stands for user ids in logs; set the same value on every replica to
@@ -190,6 +273,23 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"cors origin {origin!r} must look like https://host[:port] (no path)"
                 )
+        return value
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _webhooks_from_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else []
+        return value
+
+    @field_validator("webhooks")
+    @classmethod
+    def _distinct_webhooks(
+        cls, value: list[WebhookEndpointSetting]
+    ) -> list[WebhookEndpointSetting]:
+        urls = [hook.url for hook in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("MESSAGING_WEBHOOKS lists the same url twice")
         return value
 
     @field_validator("jwt_jwks_url")
@@ -256,6 +356,13 @@ class Settings(BaseSettings):
             raise ValueError("MESSAGING_METRICS_PORT must differ from MESSAGING_HTTP_PORT")
         if self.shutdown_deadline_seconds <= self.drain_window_seconds:
             raise ValueError("shutdown_deadline_seconds must exceed drain_window_seconds")
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            # Otherwise a slow answer could still be on its way when another replica sends again.
+            raise ValueError("webhook_lease_seconds must exceed webhook_timeout_seconds")
+        if self.webhook_retry_max_seconds < self.webhook_retry_base_seconds:
+            raise ValueError(
+                "webhook_retry_max_seconds must be at least webhook_retry_base_seconds"
+            )
         return self
 
     @model_validator(mode="after")

@@ -19,13 +19,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from messaging.storage import outbox as outbox_sql
+from messaging.storage.outbox import MessageEvents
 from messaging.tables import (
     UTCDateTime,
     conversations,
@@ -260,9 +262,13 @@ async def _unread_counts(
 
 
 async def insert_messages(
-    conn: AsyncConnection, batch: Sequence[NewMessage]
+    conn: AsyncConnection, batch: Sequence[NewMessage], *, events: MessageEvents | None = None
 ) -> list[tuple[MessageRecord, bool]]:
     """Store a batch of new messages, each logged as "created" for every participant.
+
+    ``events`` (webhooks, ``outbox.Outbox.message_events``) are written with them, only for the
+    messages this call stored: on PostgreSQL in the same statement (one multi-row INSERT more in
+    it), elsewhere in the caller's transaction.
 
     Returns, for each input in order, the stored message and whether this call stored it; a
     repeated ``(author_id, client_message_id)`` returns the original message instead (also when the
@@ -284,9 +290,17 @@ async def insert_messages(
         unique.append(item)
 
     if conn.dialect.name == "postgresql":
-        positions = await _insert_postgres(conn, unique)
+        positions = await _insert_postgres(conn, unique, events)
     else:
         positions = await _insert_portable(conn, unique)
+        if events is not None:
+            await outbox_sql.insert_message_events(
+                conn,
+                events,
+                inserted=set(positions),
+                created_at={m.id: m.created_at for m in unique},
+                now=datetime.now(UTC),
+            )
     stored: dict[uuid.UUID, MessageRecord] = {}
     for item in unique:
         if item.id in positions:
@@ -348,22 +362,41 @@ SELECT t.user_id, b.position - t.n + t.nth, t.id, 'created', t.author_id, t.crea
 FROM targets t JOIN bumped b ON b.user_id = t.user_id
 RETURNING user_id, position, message_id
 """
+_FINAL_INSERT = _INSERT_BATCH_POSTGRES.index("INSERT INTO user_changes")
+
+
+def _with_ctes(*ctes: str) -> str:
+    """The batch statement with more CTEs (webhook events) before its final INSERT."""
+    head, tail = _INSERT_BATCH_POSTGRES[:_FINAL_INSERT], _INSERT_BATCH_POSTGRES[_FINAL_INSERT:]
+    return head.rstrip() + "".join(ctes) + tail
+
+
+_INSERT_BATCH_WITH_EVENTS = _with_ctes(outbox_sql.POSTGRES_EVENTS_CTE)
+_INSERT_BATCH_WITH_NOTIFY = _with_ctes(
+    outbox_sql.POSTGRES_EVENTS_CTE, outbox_sql.POSTGRES_NOTIFY_CTE
+)
 
 
 async def _insert_postgres(
-    conn: AsyncConnection, unique: Sequence[NewMessage]
+    conn: AsyncConnection, unique: Sequence[NewMessage], events: MessageEvents | None = None
 ) -> dict[uuid.UUID, dict[str, int]]:
-    result = await conn.exec_driver_sql(
-        _INSERT_BATCH_POSTGRES,
-        (
-            [m.id for m in unique],
-            [m.conversation_id for m in unique],
-            [m.author_id for m in unique],
-            [m.content for m in unique],
-            [m.created_at for m in unique],
-            [m.client_message_id for m in unique],
-        ),
+    statement = _INSERT_BATCH_POSTGRES
+    args: tuple[Any, ...] = (
+        [m.id for m in unique],
+        [m.conversation_id for m in unique],
+        [m.author_id for m in unique],
+        [m.content for m in unique],
+        [m.created_at for m in unique],
+        [m.client_message_id for m in unique],
     )
+    if events is not None:
+        statement = (
+            _INSERT_BATCH_WITH_NOTIFY
+            if events.notify_after is not None
+            else _INSERT_BATCH_WITH_EVENTS
+        )
+        args += outbox_sql.postgres_event_args(events)
+    result = await conn.exec_driver_sql(statement, args)
     positions: dict[uuid.UUID, dict[str, int]] = {}
     for row in result:
         positions.setdefault(row.message_id, {})[row.user_id] = row.position

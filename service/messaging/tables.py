@@ -17,6 +17,7 @@ from sqlalchemy import (
     Dialect,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -153,4 +154,51 @@ user_changes = Table(
     Column("actor_id", USER_ID, nullable=True),
     Column("changed_at", UTCDateTime(), nullable=False),
     Index(None, "message_id"),
+)
+
+
+# Webhooks (migration 0006). The outbox: one row per event and endpoint, written in the transaction
+# of the change it reports, so no change goes without its event and no event without its change.
+# ``id`` is the ``webhook-id`` (stable across retries); ``due_at`` is when the next attempt may
+# start, and doubles as the lease of the replica that claimed it (set into the future while it
+# sends: a replica that dies mid-delivery leaves the row due again when the lease runs out);
+# ``attempts`` fences a late answer of an expired lease. Delivered rows are deleted.
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column("endpoint", String(2048), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("body", Text(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("attempts", Integer(), nullable=False, server_default="0"),
+    Column("last_error", String(200), nullable=True),
+    Index(None, "due_at"),
+)
+
+# Pending push-notification checks: one per recipient and message (the key makes it at most one),
+# written with the message; when due, a recipient none of whose devices marked the message
+# delivered gets a ``notification.requested`` event, in the transaction that deletes the row.
+webhook_notifications = Table(
+    "webhook_notifications",
+    metadata,
+    Column(
+        "message_id",
+        Uuid(),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_id", USER_ID, primary_key=True),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Index(None, "due_at"),
+)
+
+# Endpoints that answered ``410 Gone``: nothing more is sent to them (every replica reads it).
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("url", String(2048), primary_key=True),
+    Column("disabled_at", UTCDateTime(), nullable=False),
+    Column("reason", String(200), nullable=False),
 )

@@ -129,3 +129,53 @@ async def test_a_pod_of_the_previous_release_still_writing_during_the_rollout_is
         await engine.dispose()
     assert [m.content for m, _ in bobs] == ["old pod"]
     assert [p for _, p in bobs] == [4]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_events(
+    backend: str, request: pytest.FixtureRequest, tmp_path: object
+) -> None:
+    """Migration 0006 adds the webhook tables to a database holding today's schema and data."""
+    from messaging.outbox import Endpoint, Outbox  # noqa: PLC0415 - only this test needs them
+    from tests.support.webhooks import SECRET  # noqa: PLC0415
+
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path}/outbox.db"
+    config = alembic_config(url)
+    await asyncio.to_thread(command.upgrade, config, "0002")
+    engine = create_async_engine(url)
+    conversation_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as conn:  # today's code writing today's schema
+            await store.get_or_create_conversation(
+                conn, conversation_id=conversation_id, user_a=ALICE, user_b=BOB, created_at=now
+            )
+            before = await store.insert_messages(
+                conn,
+                [store.NewMessage(uuid.uuid4(), conversation_id, ALICE, "old", now, None)],
+            )
+        await asyncio.to_thread(command.upgrade, config, "0006")
+
+        events = Outbox([Endpoint("http://hooks.test/in", SECRET.encode(), frozenset())])
+        new = store.NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")
+        [(old, _)] = before
+        async with engine.begin() as conn:
+            await store.insert_messages(conn, [new], events=events.message_events([new]))
+        async with engine.connect() as conn:
+            history = await store.history_page(
+                conn, conversation_id=conversation_id, limit=10, before=None
+            )
+            rows = (await conn.execute(tables.webhook_outbox.select())).all()
+            checks = (await conn.execute(tables.webhook_notifications.select())).all()
+            heads = await store.log_heads(conn, [ALICE, BOB])
+    finally:
+        await engine.dispose()
+    assert sorted(m.content for m in history) == ["new", "old"]
+    assert old.content == "old"
+    assert heads == {ALICE: 2, BOB: 2}
+    assert [(r.event_type, str(new.id) in r.body) for r in rows] == [("message.created", True)]
+    assert [(c.message_id, c.user_id) for c in checks] == [(new.id, ALICE)]

@@ -1,0 +1,251 @@
+"""Recording webhook events: the one call a change makes inside its own transaction.
+
+``Outbox.record(conn, type, data)`` writes the event for every configured endpoint that wants
+that type, in the caller's transaction: if it commits, the event is in the outbox; if it rolls
+back, so does the event. With no endpoint configured it writes nothing and costs nothing. New
+messages go through ``message_events`` instead, so the group commit's one statement carries them
+(see ``store.insert_messages``). ``webhooks.py`` sends what is recorded.
+
+The payload builders below are the ``data`` of each type (docs/webhooks.md); features call
+``record`` with one of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from messaging.payloads import conversation_json, iso, message_json
+from messaging.settings import WEBHOOK_EVENT_TYPES, Settings
+from messaging.storage import outbox as sql
+from messaging.storage.outbox import MessageEvents, OutboxRow
+from messaging.store import ConversationRecord, MessageRecord, NewMessage
+
+# The pseudo-endpoint of ``MESSAGING_WEBHOOKS_CONSOLE``: events printed, not POSTed.
+CONSOLE = "console:"
+PREVIEW_CHARS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    url: str
+    key: bytes  # the HMAC key (empty for the console)
+    events: frozenset[str]  # empty: every type
+
+    def wants(self, event_type: str) -> bool:
+        return not self.events or event_type in self.events
+
+
+def endpoints_from(settings: Settings) -> list[Endpoint]:
+    found = [Endpoint(h.url, h.key, frozenset(h.events)) for h in settings.webhooks]
+    if settings.webhooks_console:
+        found.append(Endpoint(CONSOLE, b"", frozenset()))
+    return found
+
+
+def body(event_type: str, data: dict[str, Any], at: datetime) -> str:
+    """The JSON POSTed: ``{type, timestamp, data}`` (fixed when recorded, so every attempt
+    sends and signs the same bytes)."""
+    return orjson.dumps({"type": event_type, "timestamp": iso(at), "data": data}).decode()
+
+
+class Outbox:
+    """Which endpoint gets which event type, and the writing of events."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        notify_delay_seconds: float = 15.0,
+        notify_preview: bool = True,
+    ) -> None:
+        self.endpoints = {e.url: e for e in endpoints}
+        self.notify_delay = timedelta(seconds=notify_delay_seconds)
+        self.notify_preview = notify_preview
+        self._wanting = {t: [e.url for e in endpoints if e.wants(t)] for t in WEBHOOK_EVENT_TYPES}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Outbox:
+        return cls(
+            endpoints_from(settings),
+            notify_delay_seconds=settings.webhook_notify_delay_seconds,
+            notify_preview=settings.webhook_notify_preview,
+        )
+
+    def disable(self, url: str) -> None:
+        """Stop writing events for ``url`` (it answered 410 Gone; ``webhooks.py`` tells)."""
+        for urls in self._wanting.values():
+            if url in urls:
+                urls.remove(url)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoints)
+
+    def wants(self, event_type: str) -> bool:
+        return bool(self._wanting.get(event_type))
+
+    def rows(
+        self, event_type: str, data: dict[str, Any], *, at: datetime | None = None
+    ) -> list[OutboxRow]:
+        if event_type not in self._wanting:
+            raise ValueError(f"unknown webhook event type {event_type!r}")
+        urls = self._wanting[event_type]
+        if not urls:
+            return []
+        at = at or datetime.now(UTC)
+        text = body(event_type, data, at)
+        return [OutboxRow(uuid.uuid4(), url, event_type, text, at) for url in urls]
+
+    async def record(
+        self,
+        conn: AsyncConnection,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        """Write ``event_type`` with ``data`` for every endpoint wanting it, in ``conn``'s
+        transaction (call it inside the transaction of the change it reports)."""
+        rows = self.rows(event_type, data, at=at)
+        if rows:
+            await sql.insert_rows(conn, rows, now=datetime.now(UTC))
+
+    async def record_many(
+        self,
+        conn: AsyncConnection,
+        events: Iterable[tuple[str, dict[str, Any]]],
+        *,
+        at: datetime | None = None,
+    ) -> None:
+        """Several events in one INSERT."""
+        rows = [row for t, d in events for row in self.rows(t, d, at=at)]
+        if rows:
+            await sql.insert_rows(conn, rows, now=datetime.now(UTC))
+
+    def message_events(self, batch: Sequence[NewMessage]) -> MessageEvents | None:
+        """The ``message.created`` rows (and notification checks) of a group-commit batch, for
+        ``store.insert_messages`` to write with the messages; None when nothing is wanted."""
+        notify = self.wants("notification.requested")
+        if not self.wants("message.created") and not notify:
+            return None
+        rows = [
+            (m.id, row)
+            for m in batch
+            for row in self.rows("message.created", message_created(_stored(m)), at=m.created_at)
+        ]
+        return MessageEvents(rows, self.notify_delay if notify else None)
+
+
+def _stored(m: NewMessage) -> MessageRecord:
+    return MessageRecord(
+        id=m.id,
+        conversation_id=m.conversation_id,
+        author_id=m.author_id,
+        content=m.content,
+        status="sent",
+        created_at=m.created_at,
+        client_message_id=m.client_message_id,
+    )
+
+
+# --- payloads (the ``data`` of each type) -------------------------------------------------------
+
+
+def message_created(message: MessageRecord) -> dict[str, Any]:
+    """A Message, as the socket's ``newMessage`` carries it (without a syncToken)."""
+    return message_json(message)
+
+
+def message_updated(message: MessageRecord) -> dict[str, Any]:
+    """The edited Message in its new state (with ``editedAt`` once Message carries it)."""
+    return message_json(message)
+
+
+def message_deleted(
+    message: MessageRecord, *, deleted_by: str, deleted_at: datetime
+) -> dict[str, Any]:
+    return {
+        "id": str(message.id),
+        "conversationId": str(message.conversation_id),
+        "authorId": message.author_id,
+        "deletedBy": deleted_by,
+        "deletedAt": iso(deleted_at),
+    }
+
+
+def message_read(
+    *,
+    conversation_id: uuid.UUID,
+    user_id: str,
+    message_ids: Sequence[uuid.UUID],
+    read_at: datetime,
+) -> dict[str, Any]:
+    """``user_id`` read these messages (those the markRead moved, in creation order)."""
+    return {
+        "conversationId": str(conversation_id),
+        "userId": user_id,
+        "messageIds": [str(i) for i in message_ids],
+        "readAt": iso(read_at),
+    }
+
+
+def conversation_created(conversation: ConversationRecord) -> dict[str, Any]:
+    """A Conversation, as ``createConversation`` answers it."""
+    return conversation_json(conversation)
+
+
+def conversation_updated(
+    conversation: dict[str, Any], *, change: str, actor_id: str, user_ids: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The Conversation in its new state (pass the JSON the socket's ``conversationUpdated``
+    carries), what changed (``participantsAdded``, ``participantLeft``, ``titleChanged``), who
+    changed it and whom it concerns."""
+    return {**conversation, "change": change, "actorId": actor_id, "userIds": list(user_ids)}
+
+
+def message_reported(
+    *,
+    report_id: uuid.UUID,
+    message: MessageRecord,
+    reporter_id: str,
+    reason: str,
+    reported_at: datetime,
+) -> dict[str, Any]:
+    return {
+        "reportId": str(report_id),
+        "messageId": str(message.id),
+        "conversationId": str(message.conversation_id),
+        "authorId": message.author_id,
+        "content": message.content,
+        "reporterId": reporter_id,
+        "reason": reason,
+        "reportedAt": iso(reported_at),
+    }
+
+
+def notification_requested(
+    *,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    message_id: uuid.UUID,
+    author_id: str,
+    content: str,
+    unread_count: int,
+    preview: bool,
+) -> dict[str, Any]:
+    """The push-notification hook; ``preview`` is null when previews are turned off."""
+    return {
+        "userId": user_id,
+        "conversationId": str(conversation_id),
+        "messageId": str(message_id),
+        "authorId": author_id,
+        "preview": content[:PREVIEW_CHARS] if preview else None,
+        "unreadCount": unread_count,
+    }
