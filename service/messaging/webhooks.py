@@ -212,9 +212,24 @@ class Dispatcher:
             )
         if not claimed:
             return 0
-        outcomes = await asyncio.gather(*(self._attempt(d) for d in claimed))
+        try:
+            outcomes = await asyncio.gather(*(self._attempt(d) for d in claimed))
+        except asyncio.CancelledError:
+            # Stopping: hand the unsettled rows back at once instead of at the lease's end (an
+            # attempt that reached its receiver is sent again: at least once).
+            await asyncio.shield(self._release(claimed))
+            raise
         await self._settle(outcomes)
         return len(claimed)
+
+    async def _release(self, claimed: list[Claimed]) -> None:
+        at = datetime.now(UTC)
+        try:
+            async with self._engine.begin() as conn:
+                for delivery in claimed:
+                    await sql.retry_later(conn, delivery, due_at=at, error="replica stopped")
+        except Exception as exc:  # the lease runs out anyway
+            log.warning("could not release webhook deliveries", extra={"error": repr(exc)[:300]})
 
     async def _attempt(self, delivery: Claimed) -> Outcome:
         endpoint = self._outbox.endpoints.get(delivery.endpoint)
