@@ -234,6 +234,9 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(0.5, gt=0, le=60)
     # Requests in flight per replica (also the HTTP client's connection limit).
     webhook_concurrency: int = Field(32, ge=1, le=1000)
+    # HTTP/2 (httpx with h2) to endpoints that offer it over TLS; off: aiohttp's HTTP/1.1 client,
+    # which costs a fraction of the CPU per request (BENCHMARKS.md, "Webhooks").
+    webhook_http2: bool = False
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] | None = None

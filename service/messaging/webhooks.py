@@ -2,7 +2,8 @@
 
 Each pass claims due deliveries (``storage/outbox.py``: a lease, taken with ``FOR UPDATE SKIP
 LOCKED``, so two replicas never send the same attempt at once), POSTs them concurrently with a
-signed Standard Webhooks request (``webhook_signing.py``), and settles them in one transaction:
+signed Standard Webhooks request (``webhook_signing.py``; aiohttp's HTTP/1.1 client, or httpx
+with HTTP/2 when ``MESSAGING_WEBHOOK_HTTP2`` is on), and settles them in one transaction:
 a 2xx deletes the row (the outbox is pruned as it delivers), ``410 Gone`` disables the endpoint
 for every replica, anything else (another status, a timeout, a refused connection) reschedules it
 with jittered exponential back-off until it has failed for longer than the retry window. A replica
@@ -23,9 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TextIO
+from typing import Protocol, TextIO
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 BACKLOG_EVERY_SECONDS = 5.0
 DISABLED_EVERY_SECONDS = 30.0
 ERROR_PAUSE_SECONDS = 1.0
+USER_AGENT = "messaging-webhooks/1"
 
 
 def endpoint_label(url: str) -> str:
@@ -62,6 +65,7 @@ class Policy:
     retry_window_seconds: float = 86_400.0
     poll_seconds: float = 0.5
     concurrency: int = 32
+    http2: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -73,6 +77,7 @@ class Policy:
             retry_window_seconds=settings.webhook_retry_window_seconds,
             poll_seconds=settings.webhook_poll_seconds,
             concurrency=settings.webhook_concurrency,
+            http2=settings.webhook_http2,
         )
 
 
@@ -83,19 +88,90 @@ class Outcome:
     error: str = ""
 
 
-def build_client(policy: Policy) -> httpx.AsyncClient:
-    """HTTP/2 where the endpoint offers it (TLS with ALPN), HTTP/1.1 otherwise; bounded."""
-    return httpx.AsyncClient(
-        http2=True,
-        timeout=httpx.Timeout(policy.timeout_seconds, connect=min(5.0, policy.timeout_seconds)),
-        limits=httpx.Limits(
-            max_connections=policy.concurrency,
-            max_keepalive_connections=policy.concurrency,
-            keepalive_expiry=30.0,
-        ),
-        follow_redirects=False,
-        headers={"user-agent": "messaging-webhooks/1"},
-    )
+class SendFailed(Exception):
+    """An attempt got no HTTP answer (timeout, refused or broken connection)."""
+
+
+class Sender(Protocol):
+    """POSTs one attempt; returns the status, or raises ``SendFailed``."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class AiohttpSender:
+    """HTTP/1.1 with keep-alive (aiohttp): the default, as it costs a tenth of the CPU per
+    request of httpx here (BENCHMARKS.md, "Webhooks")."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:  # in the running loop, on first use
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._policy.concurrency, keepalive_timeout=30.0
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=self._policy.timeout_seconds,
+                    connect=min(5.0, self._policy.timeout_seconds),
+                ),
+                headers={"user-agent": USER_AGENT},
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        try:
+            async with self._open().post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as reply:
+                await reply.read()
+                return reply.status
+        except TimeoutError as exc:
+            raise SendFailed("timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class HttpxSender:
+    """HTTP/2 where the endpoint offers it (TLS with ALPN), HTTP/1.1 otherwise (httpx with h2;
+    ``MESSAGING_WEBHOOK_HTTP2``)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._client = httpx.AsyncClient(
+            http2=True,
+            timeout=httpx.Timeout(policy.timeout_seconds, connect=min(5.0, policy.timeout_seconds)),
+            limits=httpx.Limits(
+                max_connections=policy.concurrency,
+                max_keepalive_connections=policy.concurrency,
+                keepalive_expiry=30.0,
+            ),
+            follow_redirects=False,
+            headers={"user-agent": USER_AGENT},
+        )
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        try:
+            reply = await self._client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise SendFailed("timeout") from exc
+        except httpx.HTTPError as exc:
+            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+        return reply.status_code
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def build_sender(policy: Policy) -> Sender:
+    return HttpxSender(policy) if policy.http2 else AiohttpSender(policy)
 
 
 class Dispatcher:
@@ -107,14 +183,14 @@ class Dispatcher:
         engine: AsyncEngine,
         outbox: Outbox,
         policy: Policy,
-        client: httpx.AsyncClient | None = None,
+        sender: Sender | None = None,
         console: TextIO | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._engine = engine
         self._outbox = outbox
         self._policy = policy
-        self._client = client or build_client(policy)
+        self._sender = sender or build_sender(policy)
         self._console = console
         self._jitter = jitter
         self._disabled: set[str] = set()
@@ -252,18 +328,16 @@ class Dispatcher:
         sent = headers(endpoint.key, msg_id=msg_id, timestamp=int(time.time()), body=body)
         started = time.perf_counter()
         try:
-            reply = await self._client.post(endpoint.url, content=body, headers=sent)
-        except httpx.TimeoutException:
-            return Outcome(delivery, "failed", "timeout")
-        except httpx.HTTPError as exc:
-            return Outcome(delivery, "failed", f"{type(exc).__name__}: {exc}")
+            status = await self._sender.post(endpoint.url, body, sent)
+        except SendFailed as exc:
+            return Outcome(delivery, "failed", str(exc))
         finally:
             metrics.WEBHOOK_ATTEMPT_SECONDS.observe(time.perf_counter() - started)
-        if 200 <= reply.status_code < 300:
+        if 200 <= status < 300:
             return Outcome(delivery, "delivered")
-        if reply.status_code == 410:
+        if status == 410:
             return Outcome(delivery, "gone", "410 Gone")
-        return Outcome(delivery, "failed", f"HTTP {reply.status_code}")
+        return Outcome(delivery, "failed", f"HTTP {status}")
 
     async def _settle(self, outcomes: list[Outcome]) -> None:
         """Write every attempt's result in one transaction."""
@@ -308,4 +382,4 @@ class Dispatcher:
             metrics.WEBHOOK_DELIVERIES.labels(endpoint=label, outcome=result).inc()
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._sender.close()

@@ -368,3 +368,23 @@ async def test_the_console_endpoint_prints_each_event(database_url: str) -> None
         await engine.dispose()
     line = next(x for x in printed.getvalue().splitlines() if user in x)
     assert line.startswith("webhook message.reported {")
+
+
+async def test_the_http2_capable_client_delivers_signed_events_too(
+    database_url: str, backend: str
+) -> None:
+    """``MESSAGING_WEBHOOK_HTTP2``: httpx with h2 (HTTP/2 over TLS with ALPN, else HTTP/1.1)."""
+    async with receiver() as hooks:
+        settings = service_settings(
+            database_url,
+            webhooks=[{"url": hooks.url, "secret": SECRET}],
+            webhook_http2=True,
+            webhook_poll_seconds=0.05,
+        )
+        async with running_service(settings, ConnectionGraph(), backend) as running:
+            user = unique("h2")
+            async with running.service.chat.engine.begin() as conn:
+                await running.service.chat.outbox.record(conn, "message.reported", _report(user))
+            await hooks.wait_for(lambda _: bool(hooks.events(about(user))), timeout=30)
+        [received] = hooks.events(about(user))
+        assert verify(received)["data"]["reporterId"] == user
