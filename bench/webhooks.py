@@ -95,11 +95,11 @@ async def send_path_run(
 
 
 async def delivery_run(
-    procs: cluster.Processes, env: dict[str, str], database_url: str, counter: Counter, events: int
+    procs: cluster.Processes, env: dict[str, str], counter: Counter, events: int
 ) -> dict[str, float]:
     service = await asyncio.to_thread(procs.service, "replica-delivery", env)
     settings = Settings(
-        database_url=database_url,
+        database_url=env["MESSAGING_DATABASE_URL"],
         webhooks=json.loads(env["MESSAGING_WEBHOOKS"]),
     )
     outbox = Outbox(endpoints_from(settings))
@@ -139,33 +139,36 @@ async def run(args: argparse.Namespace, procs: cluster.Processes) -> dict[str, A
     port = servers.free_port()
     receiver = await start_receiver(counter, port)
     try:
-        database_url = pg.create_database("webhooks")
-        base = cluster.service_env(
-            database_url=database_url, connections=connections, workdir=procs.workdir
-        )
-        await asyncio.to_thread(cluster.migrate, base)
-        hooked = {
-            **base,
-            "MESSAGING_WEBHOOKS": json.dumps(
-                [{"url": f"http://127.0.0.1:{port}/hooks", "secret": SECRET}]
-            ),
-        }
+        hooks = json.dumps([{"url": f"http://127.0.0.1:{port}/hooks", "secret": SECRET}])
+        databases = iter(range(1_000))
+
+        async def fresh(**more: str) -> dict[str, str]:
+            """A new migrated database per run: no run inherits another's outbox or checks."""
+            name = f"webhooks_{next(databases)}"
+            url = await asyncio.to_thread(pg.create_database, name)
+            env = cluster.service_env(
+                database_url=url, connections=connections, workdir=procs.workdir
+            )
+            await asyncio.to_thread(cluster.migrate, env)
+            return {**env, **more}
+
+        base: dict[str, str] = {}
+        hooked = {"MESSAGING_WEBHOOKS": hooks}
         # Recorded but not sent during the run: the dispatcher's first pass comes at start-up,
         # the next a minute later. What the transactional write alone costs the send path.
         recorded_only = {**hooked, "MESSAGING_WEBHOOK_POLL_SECONDS": "60"}
         variants = (("none", base), ("one endpoint", hooked), ("recorded only", recorded_only))
         runs: dict[str, list[float]] = {label: [] for label, _ in variants}
         for index in range(args.rounds):
-            for label, env in variants:
+            for label, more in variants:
                 name = f"replica-{label.replace(' ', '-')}-{index}"
-                result = await send_path_run(procs, env, args, name)
+                result = await send_path_run(procs, await fresh(**more), args, name)
                 acked = result["rates"]["acked_per_s"]
                 runs[label].append(acked)
                 print(f"send path, {label}: {acked:,.0f} acked/s", flush=True)
         delivered_during_load = counter.count
-        # Only the events loaded below: what the runs left (stopped mid-backlog) goes.
-        pg.psql("webhooks", "DELETE FROM webhook_outbox; DELETE FROM webhook_notifications")
-        delivery = await delivery_run(procs, hooked, database_url, counter, args.events)
+        env = await fresh(**hooked)
+        delivery = await delivery_run(procs, env, counter, args.events)
         print(f"delivery: {delivery['per_s']:,.0f} events/s ({delivery['events']} events)")
     finally:
         await receiver.cleanup()

@@ -327,17 +327,21 @@ async def delete_notifications(conn: AsyncConnection, done: Sequence[DueNotifica
 async def unread_counts(
     conn: AsyncConnection, pairs: Sequence[tuple[str, uuid.UUID]]
 ) -> dict[tuple[str, uuid.UUID], int]:
-    """Unread messages of each (user, conversation): not theirs and not read."""
-    found: dict[tuple[str, uuid.UUID], int] = {}
-    for user_id, conversation_id in set(pairs):
-        count = (
-            await conn.execute(
-                select(func.count()).where(
-                    messages.c.conversation_id == conversation_id,
-                    messages.c.author_id != user_id,
-                    messages.c.status != "read",
-                )
-            )
-        ).scalar_one()
-        found[(user_id, conversation_id)] = int(count)
-    return found
+    """Unread messages of each (user, conversation): not theirs and not read (one query)."""
+    if not pairs:
+        return {}
+    rows = await conn.execute(
+        select(messages.c.conversation_id, messages.c.author_id, func.count())
+        .where(
+            messages.c.conversation_id.in_(list({c for _, c in pairs})),
+            messages.c.status != "read",
+        )
+        .group_by(messages.c.conversation_id, messages.c.author_id)
+    )
+    by_author: dict[uuid.UUID, list[tuple[str, int]]] = {}
+    for conversation_id, author_id, count in rows:
+        by_author.setdefault(conversation_id, []).append((author_id, int(count)))
+    return {
+        (user, conversation): sum(n for a, n in by_author.get(conversation, []) if a != user)
+        for user, conversation in pairs
+    }
