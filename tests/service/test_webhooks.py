@@ -8,7 +8,7 @@ import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 from messaging import db, outbox
 from messaging.dev_connections import ConnectionGraph
 from messaging.outbox import Outbox
+from messaging.storage import outbox as sql
 from messaging.store import ConversationRecord, MessageRecord
 from messaging.tables import webhook_endpoints, webhook_notifications, webhook_outbox
 from messaging.webhooks import Dispatcher, Policy
@@ -388,3 +389,95 @@ async def test_the_http2_capable_client_delivers_signed_events_too(
             await hooks.wait_for(lambda _: bool(hooks.events(about(user))), timeout=30)
         [received] = hooks.events(about(user))
         assert verify(received)["data"]["reporterId"] == user
+
+
+async def test_notification_previews_can_be_turned_off(database_url: str, backend: str) -> None:
+    async with receiver() as pushes:
+        settings = service_settings(
+            database_url,
+            webhooks=[{"url": pushes.url, "secret": SECRET, "events": ["notification.requested"]}],
+            webhook_notify_delay_seconds=0.2,
+            webhook_notify_preview=False,
+            webhook_poll_seconds=0.05,
+        )
+        async with running_service(settings, ConnectionGraph(), backend) as running:
+            alice, bob = await _pair(running)
+            async with devices(running, alice) as [a]:
+                conversation = await open_conversation(running, a, bob)
+                await a.ok("sendMessage", {"conversationId": conversation, "content": "secret"})
+            await pushes.wait_for(lambda _: bool(pushes.events(about(bob))), timeout=30)
+        [push] = pushes.events(about(bob))
+        assert push.event["data"]["preview"] is None
+        assert b"secret" not in push.body
+
+
+def _fake_rows(events: Outbox, count: int) -> list[Any]:
+    return [
+        row
+        for n in range(count)
+        for row in events.rows("message.reported", _report(f"claimed-{n}"))
+    ]
+
+
+async def test_concurrent_claims_never_take_the_same_delivery(pg_svc: RunningService) -> None:
+    """Two dispatchers claiming at the same moment get disjoint rows (FOR UPDATE SKIP LOCKED):
+    the first's transaction is still open while the second claims."""
+    url = f"http://claims.invalid/{uuid.uuid4().hex}"  # an endpoint no running replica knows
+    events = Outbox([outbox.Endpoint(url, b"k" * 32, frozenset())])
+    engine = pg_svc.service.chat.engine
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await sql.insert_rows(conn, _fake_rows(events, 40), now=now)
+    lease = now + timedelta(seconds=60)
+    async with engine.begin() as first:
+        mine = await sql.claim_due(first, endpoints=[url], now=now, lease_until=lease, limit=25)
+        async with engine.begin() as second:
+            theirs = await sql.claim_due(
+                second, endpoints=[url], now=now, lease_until=lease, limit=25
+            )
+    assert len(mine) == 25 and len(theirs) == 15
+    assert not {d.id for d in mine} & {d.id for d in theirs}
+    async with engine.begin() as conn:
+        again = await sql.claim_due(conn, endpoints=[url], now=now, lease_until=lease, limit=25)
+    assert again == []  # leased: not due until the lease ends
+
+
+async def test_a_stopping_dispatcher_hands_its_claimed_deliveries_back(
+    database_url: str,
+) -> None:
+    async with receiver() as hanging:
+        release = asyncio.Event()
+
+        async def hang(_: Received) -> int:
+            await release.wait()
+            return 204
+
+        hanging.respond = hang
+        settings = service_settings(database_url)
+        events = Outbox([outbox.Endpoint(hanging.url, b"k" * 32, frozenset())])
+        engine = db.create_engine(settings)
+        dispatcher = Dispatcher(engine=engine, outbox=events, policy=Policy(lease_seconds=600))
+        try:
+            async with engine.begin() as conn:
+                await sql.insert_rows(conn, _fake_rows(events, 3), now=datetime.now(UTC))
+            task = asyncio.create_task(dispatcher.deliver_batch())
+            await hanging.wait_for(lambda _: len(hanging.arrived) == 3, timeout=30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            release.set()
+            async with engine.connect() as conn:
+                due = await conn.scalar(
+                    select(func.count()).where(
+                        webhook_outbox.c.endpoint == hanging.url,
+                        webhook_outbox.c.due_at <= datetime.now(UTC),
+                    )
+                )
+            assert due == 3  # due again now, not in ten minutes
+            async with engine.begin() as conn:
+                await conn.execute(
+                    webhook_outbox.delete().where(webhook_outbox.c.endpoint == hanging.url)
+                )
+        finally:
+            await dispatcher.close()
+            await engine.dispose()
