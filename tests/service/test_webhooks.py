@@ -481,3 +481,29 @@ async def test_a_stopping_dispatcher_hands_its_claimed_deliveries_back(
         finally:
             await dispatcher.close()
             await engine.dispose()
+
+
+async def test_an_attempt_that_times_out_is_retried_under_the_same_id(
+    hook_svc: RunningService, hooks: Receiver
+) -> None:
+    user = unique("slow")
+    normal = hooks.respond
+    slow_once = {"left": 1}
+
+    async def slow(received: Received) -> int:
+        if about(user)(received.event) and slow_once["left"]:
+            slow_once["left"] = 0
+            await asyncio.sleep(hook_svc.settings.webhook_timeout_seconds + 1)  # past the timeout
+        return await normal(received)
+
+    def attempts() -> list[Received]:
+        return [r for r in hooks.arrived if about(user)(r.event)]
+
+    hooks.respond = slow
+    try:
+        async with hook_svc.service.chat.engine.begin() as conn:
+            await hook_svc.service.chat.outbox.record(conn, "message.reported", _report(user))
+        await hooks.wait_for(lambda _: len(attempts()) >= 2, timeout=30)
+    finally:
+        hooks.respond = normal
+    assert len({r.id for r in attempts()}) == 1
