@@ -7,15 +7,18 @@ both ways; B is told nothing a non-connection is not told.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
 import pytest
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from messaging.blocking import Blocks
 from messaging.dev_connections import ConnectionGraph
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
@@ -343,3 +346,34 @@ async def test_an_unknown_message_id_in_a_blocked_conversation_is_still_not_foun
         await a.ok("blockUser", {"userId": bob})
         reply = await b.call("sendMessage", send(str(uuid.uuid4())))
     assert reply["error"]["code"] == "NOT_FOUND"
+
+
+async def test_an_answer_read_before_a_block_is_never_cached_after_it(svc: RunningService) -> None:
+    """A check that read "no block" while a block was being committed must not cache that
+    answer once the block's invalidation has passed: the next check reads again."""
+    alice, bob = unique("alice"), unique("bob")
+    blocks = Blocks(
+        delivery=svc.service.delivery,
+        redis=None,
+        replica_id=unique("replica"),
+        cache_ttl_seconds=3600,
+        cache_size=100,
+        max_blocked=10,
+        invalidation_timeout_seconds=1,
+    )
+    chat = svc.service.chat
+    race = {"armed": True}
+
+    @contextlib.asynccontextmanager
+    async def connection_then_a_block() -> AsyncIterator[AsyncConnection]:
+        async with chat.connection() as conn:
+            yield conn
+        if race.pop("armed", False):
+            # The check has read "no block"; before it can cache that, the block commits.
+            await blocks.block(alice, bob)
+
+    blocks.use_database(connection=connection_then_a_block, transaction=chat.transaction)
+    first = await blocks.relation(bob, alice)
+    second = await blocks.relation(bob, alice)
+    assert not first.any  # read before the block committed
+    assert second.blocked_by_other and not second.blocks_other
