@@ -140,10 +140,19 @@ async def test_a_user_blocks_at_most_the_configured_number_of_users(
     assert sorted(listed["userIds"]) == sorted([carol, dave])
 
 
-def test_the_block_limit_setting_refuses_nonsense() -> None:
-    for value in (0, -1, 10**9):
+def test_the_blocking_settings_refuse_nonsense() -> None:
+    nonsense: list[tuple[str, object]] = [
+        ("max_blocked_per_user", 0),
+        ("max_blocked_per_user", -1),
+        ("max_blocked_per_user", 10**9),
+        ("blocks_cache_ttl_seconds", -1),
+        ("blocks_cache_size", -5),
+        ("blocks_invalidation_timeout_seconds", 0),
+        ("blocks_invalidation_timeout_seconds", 3600),
+    ]
+    for name, value in nonsense:
         with pytest.raises(ValueError):
-            service_settings("sqlite+aiosqlite://", max_blocked_per_user=value)
+            service_settings("sqlite+aiosqlite://", **{name: value})
 
 
 # --- what a block forbids ------------------------------------------------------------------------
