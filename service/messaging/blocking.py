@@ -152,6 +152,14 @@ class Blocks:
         return frozenset(other for other, relation in relations.items() if relation.any)
 
     async def relation(self, user_id: str, other_id: str) -> Relation:
+        """One pair (every send asks this): a cached answer costs a dictionary lookup."""
+        if self._trusted():
+            key = _pair(user_id, other_id)
+            cached = self._cache.get(key)
+            if cached is not None and cached[2] > time.monotonic():
+                self._cache.move_to_end(key)
+                self._from_cache.inc()
+                return _seen_from(user_id, key, cached[0], cached[1])
         return (await self.relations(user_id, [other_id]))[other_id]
 
     async def relations(self, user_id: str, others: Iterable[str]) -> dict[str, Relation]:
