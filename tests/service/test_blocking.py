@@ -20,8 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.blocking import Blocks
 from messaging.dev_connections import ConnectionGraph
+from messaging.errors import Unavailable
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
+from tests.support.servers import free_port
 from tests.support.service import (
     Device,
     RunningService,
@@ -386,3 +388,22 @@ async def test_an_answer_read_before_a_block_is_never_cached_after_it(svc: Runni
     second = await blocks.relation(bob, alice)
     assert not first.any  # read before the block committed
     assert second.blocked_by_other and not second.blocks_other
+
+
+async def test_with_the_database_unreachable_blocking_and_reports_are_unavailable() -> None:
+    """Every failure is typed: a block that cannot be read or written is UNAVAILABLE (never
+    allowed on a guess: the check fails closed, like the Connections check)."""
+    nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/messaging"
+    async with running_service(service_settings(nowhere), ConnectionGraph(), "postgres") as svc:
+        alice, bob = unique("alice"), unique("bob")
+        async with devices(svc, alice) as [a]:
+            replies = [
+                await a.call("blockUser", {"userId": bob}),
+                await a.call("unblockUser", {"userId": bob}),
+                await a.call("listBlocked", {}),
+                await a.call("reportMessage", {"messageId": str(uuid.uuid4()), "reason": "spam"}),
+            ]
+            assert a.client.connected
+        with pytest.raises(Unavailable):
+            await svc.service.chat.blocks.either_blocks(alice, [bob])
+    assert [r["error"]["code"] for r in replies] == ["UNAVAILABLE"] * 4
