@@ -34,6 +34,7 @@ from starlette.types import ASGIApp
 
 from messaging import db, metrics
 from messaging.auth import TokenVerifier
+from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
@@ -41,6 +42,7 @@ from messaging.errors import MessagingError
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
+from messaging.reports import Reports
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
 
@@ -261,13 +263,26 @@ def build_service(settings: Settings) -> Service:
             else None
         ),
     )
+    blocks = Blocks(
+        delivery=delivery,
+        redis=redis,
+        replica_id=settings.replica_id,
+        cache_ttl_seconds=settings.blocks_cache_ttl_seconds,
+        cache_size=settings.blocks_cache_size,
+        max_blocked=settings.max_blocked_per_user,
+        invalidation_timeout_seconds=settings.blocks_invalidation_timeout_seconds,
+    )
     chat = Chat(
         engine=engine,
         connections=connections,
         delivery=delivery,
         presence=presence,
         cursor_key=settings.cursor_key,
+        blocks=blocks,
     )
+    blocks.use_database(connection=chat.connection, transaction=chat.transaction)
+    # The webhooks outbox records ``message.reported`` here: on_reported=... (see reports.py).
+    reports = Reports(transaction=chat.transaction)
     delivery.use_log(heads=chat.log_heads, events=chat.log_events)
     limiter = RateLimiter(
         settings.rate_limit_budgets,
@@ -283,6 +298,8 @@ def build_service(settings: Settings) -> Service:
         server=server,
         limiter=limiter,
         max_sockets_per_user=settings.max_sockets_per_user,
+        blocks=blocks,
+        reports=reports,
     )
     grpc = None
     if settings.grpc_enabled:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from messaging import metrics, store
+from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
 from messaging.cursor import (
@@ -75,9 +76,11 @@ class Chat:
         delivery: Delivery,
         presence: Presence,
         cursor_key: bytes,
+        blocks: Blocks,
     ) -> None:
         self._engine = engine
         self._connections = connections
+        self._blocks = blocks
         self._delivery = delivery
         self._presence = presence
         self._cursor_key = cursor_key
@@ -97,6 +100,11 @@ class Chat:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def blocks(self) -> Blocks:
+        """The blocking rules (the groups rules ask ``blocks.either_blocks``)."""
+        return self._blocks
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -131,6 +139,14 @@ class Chat:
             self.database_ok = False
             raise
 
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for the feature modules' reads (failures surface as ``UNAVAILABLE``)."""
+        return self._connection()
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction for the feature modules' writes (failures surface as ``UNAVAILABLE``)."""
+        return self._transaction()
+
     def request_started(self) -> None:
         """Count a request in flight, so a draining process can wait for them to finish."""
         self._in_flight += 1
@@ -150,6 +166,7 @@ class Chat:
     async def create_conversation(self, user_id: str, other_user_id: str) -> ConversationRecord:
         if other_user_id == user_id:
             raise ValidationFailed("cannot open a conversation with yourself")
+        await self._blocks.check_may_message(user_id, other_user_id)
         if not await self._connections.is_connected(user_id, other_user_id):
             raise Forbidden("you can only message your first-degree connections")
         async with self._transaction() as conn:
@@ -210,6 +227,7 @@ class Chat:
         received = time.perf_counter()
         try:
             _, other = await self._conversation_for(user_id, conversation_id)
+            await self._blocks.check_may_message(user_id, other)
             if not await self._connections.is_connected(user_id, other):
                 raise Forbidden("you can only message your first-degree connections")
             message_id, created_at = new_message_id()
@@ -382,19 +400,24 @@ class Chat:
         origin_sid: str | None = None,
     ) -> None:
         _, other = await self._conversation_for(user_id, conversation_id)
+        # Between a blocked pair typing goes nowhere (the ack is the same: nothing is told).
+        hidden = (await self._blocks.relation(user_id, other)).any
         await self._deliver(
-            [other, user_id],
+            [user_id] if hidden else [other, user_id],
             "typing",
             {"conversationId": str(conversation_id), "userId": user_id, "isTyping": is_typing},
             skip_sid=origin_sid,
         )
 
     async def presence(self, user_id: str, user_ids: Sequence[str]) -> dict[str, PresenceInfo]:
-        """Presence of the users the caller shares a conversation with; others are left out."""
+        """Presence of the users the caller shares a conversation with; others are left out, and
+        so are users the caller blocks or is blocked by (as if unknown)."""
         async with self._connection() as conn:
             shared = await store.users_sharing_a_conversation(
                 conn, user_id=user_id, candidates=user_ids
             )
+        if shared:
+            shared -= await self._blocks.either_blocks(user_id, shared)
         return await self._presence.lookup(u for u in user_ids if u in shared)
 
     async def sync(

@@ -12,7 +12,7 @@ import re
 import unicodedata
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -169,3 +169,34 @@ def conversation_json(conversation: ConversationRecord) -> dict[str, Any]:
         "participantIds": list(conversation.participant_ids),
         "createdAt": iso(conversation.created_at),
     }
+
+
+# --- blocking and reports ----------------------------------------------------------------------
+
+MAX_NOTE_CHARS = 500
+
+
+def _note(value: str) -> str:
+    """A reporter's note: text the database can store; empty is allowed (``0..500``)."""
+    if found := _NOT_TEXT.search(value):
+        raise ValueError(_problem(found))
+    return value
+
+
+Note = Annotated[str, StringConstraints(max_length=MAX_NOTE_CHARS), AfterValidator(_note)]
+
+
+class BlockUser(Request):
+    """``blockUser`` and ``unblockUser``."""
+
+    user_id: UserId = Field(alias="userId")
+
+
+class ListBlocked(Request):
+    pass
+
+
+class ReportMessage(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+    reason: Literal["spam", "abuse", "other"]
+    note: Note | None = None

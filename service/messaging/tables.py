@@ -154,3 +154,49 @@ user_changes = Table(
     Column("changed_at", UTCDateTime(), nullable=False),
     Index(None, "message_id"),
 )
+
+# Who blocks whom (schema 0004). A row means ``blocker_id`` blocks ``blocked_id``; the rules
+# (blocking.py) apply it both ways where the contract says so. The primary key answers "does A
+# block any of these" and the second index "is A blocked by any of these", so a check of one
+# user against a set of others is one query over two index ranges.
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("blocker_id", USER_ID, primary_key=True),
+    Column("blocked_id", USER_ID, primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint("blocker_id <> blocked_id", name="not_self"),
+    Index(None, "blocked_id", "blocker_id"),
+)
+
+# Reports of messages, for moderators (schema 0004). No copy of the content is kept: deleting a
+# message erases its content everywhere in the database; the ``message.reported`` webhook carries
+# the content as it was when reported, to the moderation system that needs it.
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column(
+        "message_id",
+        Uuid(),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("reporter_id", USER_ID, nullable=False),
+    Column("author_id", USER_ID, nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("note", Text(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # One report per reporter and message: a repeat returns the first (moderators see one).
+    UniqueConstraint("message_id", "reporter_id"),
+    CheckConstraint("reason IN ('spam', 'abuse', 'other')", name="known_reason"),
+    # Moderators look for what one author was reported for, newest first.
+    Index(None, "author_id", "created_at"),
+)

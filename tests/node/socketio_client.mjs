@@ -5,6 +5,7 @@
 //   node socketio_client.mjs hold <url> <count> <token>...   (until stdin closes; reports reconnects)
 //   node socketio_client.mjs expire <url> <transport> <token> <watchMs>
 //     (reconnection on; waits for the session to end, then watches watchMs for reconnects)
+//   node socketio_client.mjs moderation <url> <transport> <aliceToken> <bobToken> <bobId>
 import { io } from "socket.io-client";
 
 const [scenario, url, ...args] = process.argv.slice(2);
@@ -108,7 +109,28 @@ async function expire([transport, token, watchMs]) {
   return result;
 }
 
-const scenarios = { roundtrip, refused, hold, expire };
+// Blocking and reports with the official client: alice reports bob's message, blocks him, and
+// his next send is refused; the ack shapes are what browsers and apps will parse.
+async function moderation([transport, aliceToken, bobToken, bobId]) {
+  const transports = [transport];
+  const alice = connect(aliceToken, transports);
+  const bob = connect(bobToken, transports);
+  await Promise.all([once(alice, "connect"), once(bob, "connect")]);
+  const ack = (socket, event, payload) => socket.timeout(5000).emitWithAck(event, payload);
+  const created = await ack(alice, "createConversation", { participantId: bobId });
+  const conversationId = created.data.id;
+  const sent = await ack(bob, "sendMessage", { conversationId, content: "spam spam spam" });
+  const reported = await ack(alice, "reportMessage", { messageId: sent.data.id, reason: "spam", note: "js" });
+  const blocked = await ack(alice, "blockUser", { userId: bobId });
+  const listed = await ack(alice, "listBlocked", {});
+  const refused = await ack(bob, "sendMessage", { conversationId, content: "after the block" });
+  const unblocked = await ack(alice, "unblockUser", { userId: bobId });
+  alice.disconnect();
+  bob.disconnect();
+  return { reported, blocked, listed, refused, unblocked };
+}
+
+const scenarios = { roundtrip, refused, hold, expire, moderation };
 try {
   print(await scenarios[scenario](args));
   process.exit(0);
