@@ -38,6 +38,7 @@ from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
 from messaging.errors import MessagingError
+from messaging.groups import Groups
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
@@ -269,6 +270,16 @@ def build_service(settings: Settings) -> Service:
         cursor_key=settings.cursor_key,
     )
     delivery.use_log(heads=chat.log_heads, events=chat.log_events)
+    # Group rules run in chat's transactions. ``blocked=`` is where the blocking feature's batched
+    # check (either side blocks) plugs in; until then no pair blocks another.
+    chat.use_groups(
+        Groups(
+            database=chat,
+            connections=connections,
+            delivery=delivery,
+            max_members=settings.group_max_members,
+        )
+    )
     limiter = RateLimiter(
         settings.rate_limit_budgets,
         redis=redis,

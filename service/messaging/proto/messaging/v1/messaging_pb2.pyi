@@ -28,6 +28,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ConversationKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConversationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConversationKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONVERSATION_KIND_UNSPECIFIED: _ConversationKind.ValueType  # 0
+    """Never set by the server."""
+    CONVERSATION_KIND_DIRECT: _ConversationKind.ValueType  # 1
+    """Between two first-degree connections; one per pair."""
+    CONVERSATION_KIND_GROUP: _ConversationKind.ValueType  # 2
+    """Members brought in by their connections; created by one of them."""
+
+class ConversationKind(_ConversationKind, metaclass=_ConversationKindEnumTypeWrapper):
+    """What kind of conversation: two users, or a group with a title."""
+
+CONVERSATION_KIND_UNSPECIFIED: ConversationKind.ValueType  # 0
+"""Never set by the server."""
+CONVERSATION_KIND_DIRECT: ConversationKind.ValueType  # 1
+"""Between two first-degree connections; one per pair."""
+CONVERSATION_KIND_GROUP: ConversationKind.ValueType  # 2
+"""Members brought in by their connections; created by one of them."""
+Global___ConversationKind: _TypeAlias = ConversationKind  # noqa: Y015
+
 class _MessageStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -109,11 +133,20 @@ class Conversation(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     PARTICIPANT_IDS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID of the conversation."""
+    kind: Global___ConversationKind.ValueType
+    """Direct or group."""
+    title: _builtins.str
+    """A group's title; empty for a direct conversation."""
+    created_by: _builtins.str
+    """The group's creator; empty for a direct conversation."""
     @_builtins.property
     def participant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The two participants' user ids, in sorted order."""
+        """The participants' user ids, in sorted order (a group: its current members)."""
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -125,10 +158,13 @@ class Conversation(_message.Message):
         id: _builtins.str = ...,
         participant_ids: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___ConversationKind.ValueType = ...,
+        title: _builtins.str = ...,
+        created_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "participant_ids", b"participant_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "id", b"id", "kind", b"kind", "participant_ids", b"participant_ids", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,17 +314,96 @@ class CreateConversationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PARTICIPANT_ID_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_IDS_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CLIENT_CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     participant_id: _builtins.str
-    """The other participant's user id; must be a first-degree connection of the caller."""
+    """The other participant's user id; must be a first-degree connection of the caller.
+    Leave empty for a group.
+    """
+    title: _builtins.str
+    """The group's title, 1..100 characters."""
+    client_conversation_id: _builtins.str
+    """Optional idempotency key of the creator (1..64): a repeat returns the same group."""
+    @_builtins.property
+    def participant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A group's other members (1..49): each must be a first-degree connection of the caller.
+        Set these (and title) instead of participant_id to create a group.
+        """
+
     def __init__(
         self,
         *,
         participant_id: _builtins.str = ...,
+        participant_ids: _abc.Iterable[_builtins.str] | None = ...,
+        title: _builtins.str = ...,
+        client_conversation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["participant_id", b"participant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_conversation_id", b"client_conversation_id", "participant_id", b"participant_id", "participant_ids", b"participant_ids", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateConversationRequest: _TypeAlias = CreateConversationRequest  # noqa: Y015
+
+@_typing.final
+class AddParticipantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The group (UUID); the caller must be a member."""
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Users to add (1..49), each a first-degree connection of the caller."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddParticipantsRequest: _TypeAlias = AddParticipantsRequest  # noqa: Y015
+
+@_typing.final
+class LeaveConversationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The group (UUID); the caller must be a member."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveConversationRequest: _TypeAlias = LeaveConversationRequest  # noqa: Y015
+
+@_typing.final
+class LeaveConversationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveConversationResponse: _TypeAlias = LeaveConversationResponse  # noqa: Y015

@@ -49,6 +49,12 @@ class MessagingServiceStub:
     """CreateConversation returns the conversation between the caller and another user, creating
     it if needed. Idempotent: the same pair always gets the same conversation.
     """
+    AddParticipants: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.AddParticipantsRequest, _messaging_pb2.Conversation]
+    """AddParticipants adds the caller's first-degree connections to a group it is a member of;
+    users already members are left as they are. At most 50 members (a setting).
+    """
+    LeaveConversation: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.LeaveConversationRequest, _messaging_pb2.LeaveConversationResponse]
+    """LeaveConversation takes the caller out of a group; afterwards the group is NOT_FOUND to it."""
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -63,6 +69,12 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """CreateConversation returns the conversation between the caller and another user, creating
     it if needed. Idempotent: the same pair always gets the same conversation.
     """
+    AddParticipants: _aio.UnaryUnaryMultiCallable[_messaging_pb2.AddParticipantsRequest, _messaging_pb2.Conversation]  # type: ignore[assignment]
+    """AddParticipants adds the caller's first-degree connections to a group it is a member of;
+    users already members are left as they are. At most 50 members (a setting).
+    """
+    LeaveConversation: _aio.UnaryUnaryMultiCallable[_messaging_pb2.LeaveConversationRequest, _messaging_pb2.LeaveConversationResponse]  # type: ignore[assignment]
+    """LeaveConversation takes the caller out of a group; afterwards the group is NOT_FOUND to it."""
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """MessagingService reads and creates conversations on behalf of the authenticated user."""
@@ -92,5 +104,23 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateConversation returns the conversation between the caller and another user, creating
         it if needed. Idempotent: the same pair always gets the same conversation.
         """
+
+    @_abc_1.abstractmethod
+    def AddParticipants(
+        self,
+        request: _messaging_pb2.AddParticipantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.Conversation, _abc.Awaitable[_messaging_pb2.Conversation]]:
+        """AddParticipants adds the caller's first-degree connections to a group it is a member of;
+        users already members are left as they are. At most 50 members (a setting).
+        """
+
+    @_abc_1.abstractmethod
+    def LeaveConversation(
+        self,
+        request: _messaging_pb2.LeaveConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_pb2.LeaveConversationResponse, _abc.Awaitable[_messaging_pb2.LeaveConversationResponse]]:
+        """LeaveConversation takes the caller out of a group; afterwards the group is NOT_FOUND to it."""
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
