@@ -689,6 +689,25 @@ def _log_of(user_id: str) -> Any:
     return user_changes.c.user_id == user_id
 
 
+def _readable_by(user_id: str) -> Any:
+    """The message (of the outer query) is in a conversation ``user_id`` is a member of now, and
+    was sent after it joined: a group member who left reads nothing of the group any more, not
+    even by sync, and one who joined (again) reads from then on. Always true in a direct
+    conversation (its participants never leave; ``joined_at`` is NULL)."""
+    return (
+        select(participants.c.user_id)
+        .where(
+            participants.c.conversation_id == messages.c.conversation_id,
+            participants.c.user_id == user_id,
+            or_(
+                participants.c.joined_at.is_(None),
+                participants.c.joined_at <= messages.c.created_at,
+            ),
+        )
+        .exists()
+    )
+
+
 async def log_heads(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, int]:
     """The last position of each user's log (users with no log yet are at 0)."""
     heads = dict.fromkeys(user_ids, 0)
@@ -734,6 +753,7 @@ async def created_after(
                 _log_of(user_id),
                 user_changes.c.position > after_pos,
                 user_changes.c.kind == "created",
+                _readable_by(user_id),
             )
             .order_by(user_changes.c.position)
             .limit(limit)
@@ -760,6 +780,7 @@ async def changed_since(
     rows = await conn.execute(
         select(*_MESSAGE_COLUMNS, latest.c.position)
         .join(latest, latest.c.message_id == messages.c.id)
+        .where(_readable_by(user_id))
         .order_by(latest.c.position)
         .limit(limit)
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -376,3 +377,33 @@ async def test_a_refused_group_stores_nothing(svc: RunningService) -> None:
             await conn.execute(select(func.count()).where(conversations.c.created_by == alice))
         ).scalar()
     assert count == 0
+
+
+async def test_a_member_who_left_syncs_nothing_of_the_group(svc: RunningService) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    svc.connect_users((alice, bob))
+    async with devices(svc, alice, bob) as [a, b]:
+        direct = await a.ok("createConversation", {"participantId": bob})
+        group = await _group(svc, a, [bob])
+        await _send(a, group["id"], "in the group")
+        kept = await _send(a, direct["id"], "direct")
+        token = (await b.ok("syncMessages", {}))["syncToken"]
+        await b.ok("leaveConversation", {"conversationId": group["id"]})
+        everything = await b.ok("syncMessages", {})
+        since = await b.ok("syncMessages", {"since": token})
+    assert [m["id"] for m in everything["messages"]] == [kept["id"]]
+    assert since["messages"] == []
+
+
+async def test_racing_creates_with_one_client_conversation_id_make_one_group(
+    svc: RunningService,
+) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    svc.connect_users((alice, bob))
+    payload = {"participantIds": [bob], "title": "T", "clientConversationId": "race"}
+    async with devices(svc, alice, alice, alice) as group:
+        replies = await asyncio.gather(
+            *(d.call("createConversation", payload) for d in group for _ in range(3))
+        )
+    assert all(r["ok"] for r in replies), replies
+    assert len({r["data"]["id"] for r in replies}) == 1
