@@ -212,3 +212,31 @@ async def test_unread_counts_are_per_member(svc: RunningService) -> None:
     assert await _unread(svc, bob, group) == 1
     assert await _unread(svc, carol, group) == 4
     assert await _unread(svc, alice, group) == 1
+
+
+async def test_marking_delivered_after_reading_changes_nothing(svc: RunningService) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    async with devices(svc, alice, bob) as [a, b]:
+        group = await _group(svc, a, alice, [bob])
+        sent = await a.ok("sendMessage", {"conversationId": group, "content": "hi"})
+        await b.ok("markRead", {"conversationId": group, "upToMessageId": sent["id"]})
+        await a.next("messageStatus")
+        again = await b.ok("markDelivered", {"messageIds": [sent["id"]]})
+        await a.nothing("messageStatus")
+        status = await _status(a, group, sent["id"])
+    assert again == {"updated": 0}
+    assert status == "read"  # read stays read
+
+
+async def test_a_member_who_joined_later_does_not_hold_back_an_older_messages_status(
+    svc: RunningService,
+) -> None:
+    alice, bob, carol = unique("alice"), unique("bob"), unique("carol")
+    async with devices(svc, alice, bob) as [a, b]:
+        group = await _group(svc, a, alice, [bob])
+        sent = await a.ok("sendMessage", {"conversationId": group, "content": "before carol"})
+        svc.connect_users((alice, carol))
+        await a.ok("addParticipants", {"conversationId": group, "userIds": [carol]})
+        await b.ok("markRead", {"conversationId": group, "upToMessageId": sent["id"]})
+        status = await _status(a, group, sent["id"])
+    assert status == "read"
