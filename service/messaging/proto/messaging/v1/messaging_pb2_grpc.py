@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class MessagingServiceStub:
-    """MessagingService reads and creates conversations on behalf of the authenticated user.
+    """MessagingService reads and creates conversations, and changes groups' membership, on behalf of
+    the authenticated user.
     """
 
     def __init__(self, channel):
@@ -63,7 +64,8 @@ class MessagingServiceStub:
 
 
 class MessagingServiceServicer:
-    """MessagingService reads and creates conversations on behalf of the authenticated user.
+    """MessagingService reads and creates conversations, and changes groups' membership, on behalf of
+    the authenticated user.
     """
 
     def GetMessageHistory(self, request, context):
@@ -140,7 +142,8 @@ def add_MessagingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MessagingService:
-    """MessagingService reads and creates conversations on behalf of the authenticated user.
+    """MessagingService reads and creates conversations, and changes groups' membership, on behalf of
+    the authenticated user.
     """
 
     @staticmethod
