@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from messaging import store
+from messaging import store, tables
 from messaging.db import alembic_config
 from messaging.storage import groups as group_sql
 from tests.support.servers import PostgresServer
@@ -95,3 +97,25 @@ async def test_upgrading_to_groups_keeps_direct_conversations_and_takes_groups(
     assert (group.kind, group.participant_ids) == ("group", (ALICE, BOB, CAROL))
     unread = {s.conversation.id: s.unread_count for s in listed}
     assert unread == {conversation: 1, group_id: 0}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_the_migrated_schema_is_the_schema_the_code_describes(
+    backend: str, request: pytest.FixtureRequest, tmp_path: object
+) -> None:
+    """tables.py (what the store writes) and the migrations (what databases hold) agree."""
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path}/schema.db"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), tables.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert differences == []
