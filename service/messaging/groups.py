@@ -29,6 +29,7 @@ from messaging.delivery import Delivery
 from messaging.errors import Forbidden, NotFound, ValidationFailed
 from messaging.payloads import conversation_json
 from messaging.storage import groups as sql
+from messaging.storage import receipts as receipt_sql
 from messaging.storage.groups import Member
 from messaging.store import ConversationRecord
 
@@ -189,7 +190,16 @@ class Groups:
         async with self._database.transaction() as conn:
             await sql.lock_group(conn, conversation_id)
             current = await self._group_of(conn, user_id, conversation_id)
+            leaving = await sql.member(conn, conversation_id, user_id)
             await sql.remove_member(conn, conversation_id, user_id)
+            if leaving is not None:
+                # It no longer counts for a message's status: what only it held back moves on.
+                await receipt_sql.settle_after_leaving(
+                    conn,
+                    conversation_id=conversation_id,
+                    after=leaving.read_through,
+                    joined_at=leaving.joined_at,
+                )
         after = sql.with_members(current, [u for u in current.participant_ids if u != user_id])
         # The member who left is told on all its devices (the others drop the group from view).
         await self._announce(

@@ -240,3 +240,17 @@ async def test_a_member_who_joined_later_does_not_hold_back_an_older_messages_st
         await b.ok("markRead", {"conversationId": group, "upToMessageId": sent["id"]})
         status = await _status(a, group, sent["id"])
     assert status == "read"
+
+
+async def test_a_member_who_left_no_longer_holds_back_a_messages_status(
+    svc: RunningService,
+) -> None:
+    alice, bob, carol = unique("alice"), unique("bob"), unique("carol")
+    async with devices(svc, alice, bob, carol) as [a, b, c]:
+        group = await _group(svc, a, alice, [bob, carol])
+        sent = await a.ok("sendMessage", {"conversationId": group, "content": "hi"})
+        await b.ok("markRead", {"conversationId": group, "upToMessageId": sent["id"]})
+        before = await _status(a, group, sent["id"])
+        await c.ok("leaveConversation", {"conversationId": group})
+        after = await _status(a, group, sent["id"])
+    assert (before, after) == ("sent", "read")

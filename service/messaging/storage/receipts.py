@@ -345,3 +345,30 @@ async def current_members(
         )
     )
     return set(rows.scalars())
+
+
+async def settle_after_leaving(
+    conn: AsyncConnection,
+    *,
+    conversation_id: uuid.UUID,
+    after: Position | None,
+    joined_at: datetime | None,
+) -> None:
+    """A member left: messages it was the last one missing become ``read`` or ``delivered``.
+
+    Only messages the member could still have held back are looked at: those after its read
+    position, sent since it joined. Call after its participant row is deleted.
+    """
+    conditions = [messages.c.conversation_id == conversation_id, messages.c.status != "read"]
+    if after is not None:
+        conditions.append(_position() > tuple_(*after))
+    if joined_at is not None:
+        conditions.append(messages.c.created_at >= joined_at)
+    await conn.execute(
+        update(messages).where(*conditions, not_(_others_pending("read"))).values(status="read")
+    )
+    await conn.execute(
+        update(messages)
+        .where(*conditions, messages.c.status == "sent", not_(_others_pending("delivered")))
+        .values(status="delivered")
+    )
