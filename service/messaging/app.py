@@ -39,6 +39,7 @@ from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
 from messaging.errors import MessagingError
+from messaging.groups import Groups
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
@@ -284,6 +285,16 @@ def build_service(settings: Settings) -> Service:
     # The webhooks outbox records ``message.reported`` here: on_reported=... (see reports.py).
     reports = Reports(transaction=chat.transaction)
     delivery.use_log(heads=chat.log_heads, events=chat.log_events)
+    # Group rules run in chat's transactions; a block either way keeps a user out of a group.
+    chat.use_groups(
+        Groups(
+            database=chat,
+            connections=connections,
+            delivery=delivery,
+            blocked=blocks.either_blocks,
+            max_members=settings.group_max_members,
+        )
+    )
     limiter = RateLimiter(
         settings.rate_limit_budgets,
         redis=redis,

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from messaging import metrics, store
+from messaging import metrics, receipts, store
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
@@ -35,10 +35,12 @@ from messaging.cursor import (
 )
 from messaging.delivery import Delivery, Logged
 from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
+from messaging.groups import Groups
 from messaging.ids import new_message_id
 from messaging.logs import describe_error
 from messaging.payloads import iso, message_json
 from messaging.presence import Presence, PresenceInfo
+from messaging.receipts import Receipts
 from messaging.store import ConversationRecord, MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,27 @@ class Chat:
         # False from the moment a request finds the database away until a ping succeeds:
         # readiness turns at once, not at the next periodic check.
         self.database_ok = True
+        # Group rules (groups.py, receipts.py), wired by the app factory with ``use_groups``:
+        # they run in this object's transactions.
+        self._groups: Groups | None = None
+        self.receipts = Receipts(database=self)
+
+    def use_groups(self, groups: Groups) -> None:
+        self._groups = groups
+
+    @property
+    def groups(self) -> Groups:
+        if self._groups is None:
+            raise RuntimeError("Chat.use_groups() was not called")
+        return self._groups
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction whose database failures surface as ``UNAVAILABLE`` (for groups.py)."""
+        return self._transaction()
+
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection without an open transaction, as ``_connection`` (for groups.py)."""
+        return self._connection()
 
     @property
     def engine(self) -> AsyncEngine:
@@ -183,7 +206,11 @@ class Chat:
     async def _conversation_for(
         self, user_id: str, conversation_id: uuid.UUID
     ) -> tuple[ConversationRecord, str]:
-        """The conversation and its other participant, if ``user_id`` takes part in it."""
+        """The conversation and its other participant, if ``user_id`` takes part in it.
+
+        For a group, the other participant is "" and membership is read from the database
+        (members change; the cached record is a snapshot): ``NOT_FOUND`` for non-members.
+        """
         conversation = self._conversations.get(conversation_id)
         if conversation is None:
             async with self._connection() as conn:
@@ -191,6 +218,9 @@ class Chat:
             if conversation is None:
                 raise NotFound("no such conversation")
             self._remember(conversation)
+        if conversation.kind == "group":
+            await self.groups.require_member(user_id, conversation_id)
+            return conversation, ""
         if user_id not in conversation.participant_ids:
             raise Forbidden("you are not a participant of this conversation")
         low, high = conversation.participant_ids
@@ -226,9 +256,14 @@ class Chat:
         """Store a message and deliver it; a repeated clientMessageId returns the original."""
         received = time.perf_counter()
         try:
-            _, other = await self._conversation_for(user_id, conversation_id)
-            await self._blocks.check_may_message(user_id, other)
-            if not await self._connections.is_connected(user_id, other):
+            conversation, other = await self._conversation_for(user_id, conversation_id)
+            # In a group, membership is the rule (connections and blocks were checked when
+            # members joined); in a direct conversation both are checked on every message.
+            if conversation.kind != "group":
+                await self._blocks.check_may_message(user_id, other)
+            if conversation.kind != "group" and not await self._connections.is_connected(
+                user_id, other
+            ):
                 raise Forbidden("you can only message your first-degree connections")
             message_id, created_at = new_message_id()
             new = NewMessage(
@@ -274,14 +309,34 @@ class Chat:
             own = [str(m.id) for m in visible if m.author_id == user_id]
             if own:
                 raise Forbidden("only a recipient can mark a message delivered", details=own)
-            changes = await store.advance_status(
-                conn,
-                status="delivered",
-                message_ids=wanted,
-                not_author=user_id,
-                at=datetime.now(UTC),
-            )
+            at = datetime.now(UTC)
+            groups = await self._groups_among(conn, {m.conversation_id for m in visible})
+            in_groups = [m for m in visible if m.conversation_id in groups]
+            direct = [i for i in wanted if i not in {m.id for m in in_groups}]
+            changes: list[store.Change] = []
+            if direct:
+                changes = await store.advance_status(
+                    conn, status="delivered", message_ids=direct, not_author=user_id, at=at
+                )
+            if in_groups:
+                changes += await receipts.mark_delivered(
+                    conn, user_id=user_id, messages=in_groups, at=at
+                )
         return await self._announce_status(changes, origin_sid)
+
+    async def _groups_among(
+        self, conn: AsyncConnection, conversation_ids: set[uuid.UUID]
+    ) -> set[uuid.UUID]:
+        """Which of these conversations are groups (a conversation's kind never changes)."""
+        for conversation_id in conversation_ids - self._conversations.keys():
+            conversation = await store.get_conversation(conn, conversation_id)
+            if conversation is not None:
+                self._remember(conversation)
+        return {
+            c
+            for c in conversation_ids
+            if (known := self._conversations.get(c)) is not None and known.kind == "group"
+        }
 
     async def mark_read(
         self,
@@ -291,20 +346,28 @@ class Chat:
         up_to_message_id: uuid.UUID,
         origin_sid: str | None = None,
     ) -> int:
-        await self._conversation_for(user_id, conversation_id)
+        conversation, _ = await self._conversation_for(user_id, conversation_id)
         async with self._transaction() as conn:
             target = await store.get_message(conn, up_to_message_id)
             if target is None or target.conversation_id != conversation_id:
                 raise NotFound("no such message in this conversation")
-            changes = await store.advance_status(
-                conn,
-                status="read",
-                conversation_id=conversation_id,
-                not_author=user_id,
-                up_to=(target.created_at, target.id),
-                at=datetime.now(UTC),
-            )
-        return await self._announce_status(changes, origin_sid)
+            if conversation.kind == "group":
+                # A read position per member (receipts.py): one row moves, whatever the size.
+                covered, changes = await receipts.mark_read(
+                    conn, user_id=user_id, target=target, at=datetime.now(UTC)
+                )
+            else:
+                covered = None
+                changes = await store.advance_status(
+                    conn,
+                    status="read",
+                    conversation_id=conversation_id,
+                    not_author=user_id,
+                    up_to=(target.created_at, target.id),
+                    at=datetime.now(UTC),
+                )
+        announced = await self._announce_status(changes, origin_sid)
+        return announced if covered is None else covered
 
     async def _announce_status(
         self, changes: Sequence[store.Change], origin_sid: str | None
@@ -399,11 +462,15 @@ class Chat:
         is_typing: bool,
         origin_sid: str | None = None,
     ) -> None:
-        _, other = await self._conversation_for(user_id, conversation_id)
-        # Between a blocked pair typing goes nowhere (the ack is the same: nothing is told).
-        hidden = (await self._blocks.relation(user_id, other)).any
+        conversation, other = await self._conversation_for(user_id, conversation_id)
+        users = [other, user_id]
+        if conversation.kind == "group":
+            users = await self.groups.member_ids(conversation_id)
+        # Between a blocked pair typing goes nowhere, either way (the ack is the same: nothing
+        # is told).
+        hidden = await self._blocks.either_blocks(user_id, [u for u in users if u != user_id])
         await self._deliver(
-            [user_id] if hidden else [other, user_id],
+            [u for u in users if u not in hidden],
             "typing",
             {"conversationId": str(conversation_id), "userId": user_id, "isTyping": is_typing},
             skip_sid=origin_sid,
@@ -466,7 +533,10 @@ class Chat:
     ) -> Page[MessageRecord]:
         """A page of a conversation's messages, newest first."""
         limit = _page_size(page_size)
-        await self._conversation_for(user_id, conversation_id)
+        conversation, _ = await self._conversation_for(user_id, conversation_id)
+        joined_at = None
+        if conversation.kind == "group":  # a member sees messages from the moment it joined
+            joined_at = (await self.groups.require_member(user_id, conversation_id)).joined_at
         cursor = _Cursor(self._cursor_key, kind="history", scope=str(conversation_id))
         async with self._connection() as conn:
             rows = await store.history_page(
@@ -474,6 +544,7 @@ class Chat:
                 conversation_id=conversation_id,
                 limit=limit + 1,
                 before=cursor.decode(page_token),
+                not_before=joined_at,
             )
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 

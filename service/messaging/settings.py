@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     # queue is shared; one user's pipelined sends must not fill it for everyone).
     max_sends_in_flight_per_user: int = Field(32, ge=1, le=10_000)
     max_sockets_per_user: int = Field(20, ge=1, le=10_000)
+    # Members of a group, its creator included (createConversation and addParticipants refuse
+    # more with VALIDATION_FAILED). Every message of a group writes a log row per member.
+    group_max_members: int = Field(50, ge=2, le=1000)
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)

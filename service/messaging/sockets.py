@@ -39,9 +39,13 @@ from messaging.errors import (
 from messaging.logs import log_context, new_request_id, user_hash
 from messaging.payloads import (
     BlockUser,
+    AddParticipants,
     CreateConversation,
+    CreateGroup,
     GetPresence,
     ListBlocked,
+    GetReceipts,
+    LeaveConversation,
     MarkDelivered,
     MarkRead,
     ReportMessage,
@@ -52,6 +56,7 @@ from messaging.payloads import (
     iso,
     message_json,
     parse,
+    receipt_json,
 )
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
@@ -85,6 +90,9 @@ EVENT_LIMITS = {
     "unblockUser": "conversations",
     "reportMessage": "conversations",
     "listBlocked": "sync",
+    "addParticipants": "conversations",
+    "leaveConversation": "conversations",
+    "getReceipts": "receipts",
 }
 
 
@@ -154,6 +162,9 @@ class SocketEvents:
             "unblockUser": self._unblock_user,
             "listBlocked": self._list_blocked,
             "reportMessage": self._report_message,
+            "addParticipants": self._add_participants,
+            "leaveConversation": self._leave_conversation,
+            "getReceipts": self._get_receipts,
         }
         self.events = list(handlers)
         for event, handler in handlers.items():
@@ -287,6 +298,16 @@ class SocketEvents:
     # --- the events ----------------------------------------------------------------------------
 
     async def _create_conversation(self, user_id: str, sid: str, payload: Any) -> Any:
+        if isinstance(payload, dict) and "participantIds" in payload:
+            group = parse(CreateGroup, payload)
+            created = await self._chat.groups.create(
+                user_id,
+                participant_ids=group.participant_ids,
+                title=group.title,
+                client_conversation_id=group.client_conversation_id,
+                origin_sid=sid,
+            )
+            return conversation_json(created)
         request = parse(CreateConversation, payload)
         conversation = await self._chat.create_conversation(user_id, request.participant_id)
         return conversation_json(conversation)
@@ -352,6 +373,28 @@ class SocketEvents:
         if page.sync_token is not None:
             reply["syncToken"] = page.sync_token
         return reply
+
+    async def _add_participants(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(AddParticipants, payload)
+        conversation = await self._chat.groups.add_participants(
+            user_id,
+            conversation_id=request.conversation_id,
+            user_ids=request.user_ids,
+            origin_sid=sid,
+        )
+        return conversation_json(conversation)
+
+    async def _leave_conversation(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(LeaveConversation, payload)
+        await self._chat.groups.leave(
+            user_id, conversation_id=request.conversation_id, origin_sid=sid
+        )
+        return {}
+
+    async def _get_receipts(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(GetReceipts, payload)
+        found = await self._chat.receipts.get(user_id, request.message_id)
+        return {"receipts": [receipt_json(r) for r in found]}
 
     async def _reauthenticate(self, user_id: str, sid: str, payload: Any) -> Any:
         if not isinstance(payload, dict):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, text, tuple_, update
+from sqlalchemy import and_, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -54,8 +54,15 @@ class MessageRecord:
 @dataclass(frozen=True, slots=True)
 class ConversationRecord:
     id: uuid.UUID
-    participant_ids: tuple[str, str]
+    # Sorted. A direct conversation's pair never changes; a group's members do, so a group's
+    # record is a snapshot (``groups.py`` reads membership from the database for every rule).
+    participant_ids: tuple[str, ...]
     created_at: datetime
+    kind: str = "direct"
+    title: str | None = None
+    # The group's creator; None for direct conversations (a pair has no owner: either side's
+    # createConversation returns the same conversation).
+    created_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +106,37 @@ def _message(row: Any) -> MessageRecord:
     )
 
 
-def _conversation(row: Any) -> ConversationRecord:
+def _conversation(row: Any, members: Sequence[str] = ()) -> ConversationRecord:
+    """A direct conversation from its row; a group from its row and its ``members``."""
+    if row.kind == "group":
+        return ConversationRecord(
+            id=row.id,
+            participant_ids=tuple(sorted(members)),
+            created_at=row.created_at,
+            kind="group",
+            title=row.title,
+            created_by=row.created_by,
+        )
     return ConversationRecord(
         id=row.id, participant_ids=(row.user_low, row.user_high), created_at=row.created_at
     )
+
+
+async def _members_of(
+    conn: AsyncConnection, conversation_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[str]]:
+    """The current members of each conversation (for groups: the pair is not in the row)."""
+    if not conversation_ids:
+        return {}
+    found: dict[uuid.UUID, list[str]] = {}
+    rows = await conn.execute(
+        select(participants.c.conversation_id, participants.c.user_id).where(
+            participants.c.conversation_id.in_(list(conversation_ids))
+        )
+    )
+    for row in rows:
+        found.setdefault(row.conversation_id, []).append(row.user_id)
+    return found
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:
@@ -159,7 +193,12 @@ async def get_conversation(
     row = (
         await conn.execute(select(conversations).where(conversations.c.id == conversation_id))
     ).first()
-    return None if row is None else _conversation(row)
+    if row is None:
+        return None
+    if row.kind == "group":
+        members = await _members_of(conn, [row.id])
+        return _conversation(row, members.get(row.id, ()))
+    return _conversation(row)
 
 
 async def users_sharing_a_conversation(
@@ -204,7 +243,12 @@ async def list_conversations(
         return []
     ids = [row.id for row in rows]
     last_messages = await _last_messages(conn, ids)
-    unread = await _unread_counts(conn, user_id=user_id, conversation_ids=ids)
+    direct = [row.id for row in rows if row.kind != "group"]
+    groups = [row.id for row in rows if row.kind == "group"]
+    unread = await _unread_counts(conn, user_id=user_id, conversation_ids=direct)
+    if groups:
+        unread.update(await _group_unread_counts(conn, user_id=user_id, conversation_ids=groups))
+    members = await _members_of(conn, groups)
     summaries = []
     for row in rows:
         activity_at = row.activity_at
@@ -212,7 +256,7 @@ async def list_conversations(
             activity_at = UTCDateTime().process_result_value(activity_at, conn.dialect)
         summaries.append(
             ConversationSummary(
-                conversation=_conversation(row),
+                conversation=_conversation(row, members.get(row.id, ())),
                 last_message=last_messages.get(row.id),
                 unread_count=unread.get(row.id, 0),
                 activity_at=activity_at,
@@ -250,6 +294,32 @@ async def _unread_counts(
             messages.c.conversation_id.in_(conversation_ids),
             messages.c.author_id != user_id,
             messages.c.status != "read",
+        )
+        .group_by(messages.c.conversation_id)
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def _group_unread_counts(
+    conn: AsyncConnection, *, user_id: str, conversation_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """Per member: messages of others since the member joined and after its read position."""
+    me = participants.alias("me")
+    position = tuple_(messages.c.created_at, messages.c.id)
+    rows = await conn.execute(
+        select(messages.c.conversation_id, func.count())
+        .join(
+            me,
+            and_(me.c.conversation_id == messages.c.conversation_id, me.c.user_id == user_id),
+        )
+        .where(
+            messages.c.conversation_id.in_(conversation_ids),
+            messages.c.author_id != user_id,
+            or_(me.c.joined_at.is_(None), messages.c.created_at >= me.c.joined_at),
+            or_(
+                me.c.read_through_at.is_(None),
+                position > tuple_(me.c.read_through_at, me.c.read_through_id),
+            ),
         )
         .group_by(messages.c.conversation_id)
     )
@@ -602,9 +672,13 @@ async def history_page(
     conversation_id: uuid.UUID,
     limit: int,
     before: tuple[datetime, uuid.UUID] | None,
+    not_before: datetime | None = None,
 ) -> list[MessageRecord]:
-    """Newest first, strictly older than ``before``; one range scan of the history index."""
+    """Newest first, strictly older than ``before`` (and not older than ``not_before``: when a
+    group member joined); one range scan of the history index."""
     query = select(*_MESSAGE_COLUMNS).where(messages.c.conversation_id == conversation_id)
+    if not_before is not None:
+        query = query.where(messages.c.created_at >= not_before)
     if before is not None:
         query = query.where(tuple_(messages.c.created_at, messages.c.id) < tuple_(*before))
     query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
@@ -613,6 +687,25 @@ async def history_page(
 
 def _log_of(user_id: str) -> Any:
     return user_changes.c.user_id == user_id
+
+
+def _readable_by(user_id: str) -> Any:
+    """The message (of the outer query) is in a conversation ``user_id`` is a member of now, and
+    was sent after it joined: a group member who left reads nothing of the group any more, not
+    even by sync, and one who joined (again) reads from then on. Always true in a direct
+    conversation (its participants never leave; ``joined_at`` is NULL)."""
+    return (
+        select(participants.c.user_id)
+        .where(
+            participants.c.conversation_id == messages.c.conversation_id,
+            participants.c.user_id == user_id,
+            or_(
+                participants.c.joined_at.is_(None),
+                participants.c.joined_at <= messages.c.created_at,
+            ),
+        )
+        .exists()
+    )
 
 
 async def log_heads(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, int]:
@@ -660,6 +753,7 @@ async def created_after(
                 _log_of(user_id),
                 user_changes.c.position > after_pos,
                 user_changes.c.kind == "created",
+                _readable_by(user_id),
             )
             .order_by(user_changes.c.position)
             .limit(limit)
@@ -686,6 +780,7 @@ async def changed_since(
     rows = await conn.execute(
         select(*_MESSAGE_COLUMNS, latest.c.position)
         .join(latest, latest.c.message_id == messages.c.id)
+        .where(_readable_by(user_id))
         .order_by(latest.c.position)
         .limit(limit)
     )

@@ -2,6 +2,7 @@
 //
 //   node socketio_client.mjs roundtrip <url> <transport> <aliceToken> <bobToken> <bobId>
 //   node socketio_client.mjs refused <url> <transport> <token>
+//   node socketio_client.mjs group <url> <transport> <aliceToken> <bobToken> <bobId> <carolId>
 //   node socketio_client.mjs hold <url> <count> <token>...   (until stdin closes; reports reconnects)
 //   node socketio_client.mjs expire <url> <transport> <token> <watchMs>
 //     (reconnection on; waits for the session to end, then watches watchMs for reconnects)
@@ -54,6 +55,31 @@ async function roundtrip([transport, aliceToken, bobToken, bobId]) {
   alice.close();
   bob.close();
   return result;
+}
+
+async function group([transport, aliceToken, bobToken, bobId, carolId]) {
+  const transports = [transport];
+  const alice = connect(aliceToken, transports);
+  const bob = connect(bobToken, transports);
+  await Promise.all([once(alice, "connect"), once(bob, "connect")]);
+  const told = once(bob, "conversationUpdated");
+  const created = await alice
+    .timeout(5000)
+    .emitWithAck("createConversation", { participantIds: [bobId, carolId], title: "From JS" });
+  const createdEvent = await told;
+  const conversationId = created.data.id;
+  const delivered = once(bob, "newMessage");
+  const sent = await alice.timeout(5000).emitWithAck("sendMessage", { conversationId, content: "to the group" });
+  const received = await delivered;
+  const status = once(alice, "messageStatus");
+  const read = await bob.timeout(5000).emitWithAck("markRead", { conversationId, upToMessageId: sent.data.id });
+  const statusEvent = await status;
+  const receipts = await alice.timeout(5000).emitWithAck("getReceipts", { messageId: sent.data.id });
+  const left = await bob.timeout(5000).emitWithAck("leaveConversation", { conversationId });
+  const afterLeaving = await bob.timeout(5000).emitWithAck("sendMessage", { conversationId, content: "x" });
+  alice.close();
+  bob.close();
+  return { created, createdEvent, sent, received, read, statusEvent, receipts, left, afterLeaving };
 }
 
 async function refused([transport, token]) {
@@ -130,7 +156,7 @@ async function moderation([transport, aliceToken, bobToken, bobId]) {
   return { reported, blocked, listed, refused, unblocked };
 }
 
-const scenarios = { roundtrip, refused, hold, expire, moderation };
+const scenarios = { roundtrip, group, refused, hold, expire, moderation };
 try {
   print(await scenarios[scenario](args));
   process.exit(0);
