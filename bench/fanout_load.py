@@ -117,6 +117,28 @@ class Population:
             added += [sender, *devices]
         return added
 
+    def add_group(self, members: int, active_replicas: int) -> list[Device]:
+        """One group: member m with one socket on replica m mod R, every member a sender whose
+        messages are expected on every other member's socket (most of them on other replicas)."""
+        devices = [self._device(self.user("g", m), m % active_replicas) for m in range(members)]
+        everyone = frozenset(d.index for d in devices)
+        for device in devices:
+            self.senders.append(Sender(device, "", everyone - {device.index}))
+        return devices
+
+    async def make_group(self, title: str) -> None:
+        """The first sender creates the group of every sender; all of them send into it."""
+        creator, *others = self.senders
+        answer = await creator.device.client.call(
+            "createConversation",
+            {"participantIds": [s.device.user for s in others], "title": title},
+            limit_s=30.0,
+        )
+        if not (isinstance(answer, dict) and answer.get("ok")):
+            raise SetupError(f"createConversation (group) failed: {answer!r}")
+        for sender in self.senders:
+            sender.conversation_id = answer["data"]["id"]
+
     def add_idle(self, count: int, replica: int, first_number: int) -> list[Device]:
         return [self._device(self.user("idle", first_number + i), replica) for i in range(count)]
 

@@ -30,20 +30,26 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp
 
 from messaging import db, metrics
 from messaging.auth import TokenVerifier
+from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
 from messaging.errors import MessagingError
+from messaging.groups import Groups
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.outbox import Outbox
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
+from messaging.reports import Reports, reported_event
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
+from messaging.storage.reports import ReportRecord
+from messaging.store import MessageRecord
 from messaging.webhooks import Dispatcher, Policy
 
 log = logging.getLogger(__name__)
@@ -270,6 +276,15 @@ def build_service(settings: Settings) -> Service:
         ),
     )
     events = Outbox.from_settings(settings)
+    blocks = Blocks(
+        delivery=delivery,
+        redis=redis,
+        replica_id=settings.replica_id,
+        cache_ttl_seconds=settings.blocks_cache_ttl_seconds,
+        cache_size=settings.blocks_cache_size,
+        max_blocked=settings.max_blocked_per_user,
+        invalidation_timeout_seconds=settings.blocks_invalidation_timeout_seconds,
+    )
     chat = Chat(
         engine=engine,
         connections=connections,
@@ -277,11 +292,34 @@ def build_service(settings: Settings) -> Service:
         presence=presence,
         cursor_key=settings.cursor_key,
         events=events,
+        blocks=blocks,
     )
+    blocks.use_database(connection=chat.connection, transaction=chat.transaction)
+
+    async def report_event(
+        conn: AsyncConnection, report: ReportRecord, message: MessageRecord
+    ) -> None:
+        await events.record(
+            conn, "message.reported", reported_event(report, message), at=report.created_at
+        )
+
+    # The report and its message.reported event commit together (reports.py).
+    reports = Reports(transaction=chat.transaction, on_reported=report_event)
     webhooks = None
     if events.enabled:
         webhooks = Dispatcher(engine=engine, outbox=events, policy=Policy.from_settings(settings))
     delivery.use_log(heads=chat.log_heads, events=chat.log_events)
+    # Group rules run in chat's transactions; a block either way keeps a user out of a group.
+    chat.use_groups(
+        Groups(
+            database=chat,
+            connections=connections,
+            delivery=delivery,
+            blocked=blocks.either_blocks,
+            max_members=settings.group_max_members,
+            events=events,
+        )
+    )
     limiter = RateLimiter(
         settings.rate_limit_budgets,
         redis=redis,
@@ -296,6 +334,8 @@ def build_service(settings: Settings) -> Service:
         server=server,
         limiter=limiter,
         max_sockets_per_user=settings.max_sockets_per_user,
+        blocks=blocks,
+        reports=reports,
     )
     grpc = None
     if settings.grpc_enabled:

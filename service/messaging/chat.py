@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -23,7 +23,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from messaging import metrics, outbox, store
+from messaging import metrics, outbox, receipts, store
+from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
 from messaging.cursor import (
@@ -34,10 +35,12 @@ from messaging.cursor import (
 )
 from messaging.delivery import Delivery, Logged
 from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
+from messaging.groups import Groups
 from messaging.ids import new_message_id
 from messaging.logs import describe_error
 from messaging.payloads import iso, message_json
 from messaging.presence import Presence, PresenceInfo
+from messaging.receipts import Receipts
 from messaging.store import ConversationRecord, MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
@@ -75,12 +78,14 @@ class Chat:
         delivery: Delivery,
         presence: Presence,
         cursor_key: bytes,
+        blocks: Blocks,
         events: outbox.Outbox | None = None,
     ) -> None:
         self._engine = engine
         # Webhook events, written in the transaction of each change (none configured: a no-op).
         self._outbox = events or outbox.Outbox([])
         self._connections = connections
+        self._blocks = blocks
         self._delivery = delivery
         self._presence = presence
         self._cursor_key = cursor_key
@@ -100,6 +105,19 @@ class Chat:
         # False from the moment a request finds the database away until a ping succeeds:
         # readiness turns at once, not at the next periodic check.
         self.database_ok = True
+        # Group rules (groups.py, receipts.py), wired by the app factory with ``use_groups``:
+        # they run in this object's transactions.
+        self._groups: Groups | None = None
+        self.receipts = Receipts(database=self)
+
+    def use_groups(self, groups: Groups) -> None:
+        self._groups = groups
+
+    @property
+    def groups(self) -> Groups:
+        if self._groups is None:
+            raise RuntimeError("Chat.use_groups() was not called")
+        return self._groups
 
     @property
     def engine(self) -> AsyncEngine:
@@ -109,6 +127,11 @@ class Chat:
     def outbox(self) -> outbox.Outbox:
         """Where features record their webhook events (``record`` inside their transaction)."""
         return self._outbox
+
+    @property
+    def blocks(self) -> Blocks:
+        """The blocking rules (the groups rules ask ``blocks.either_blocks``)."""
+        return self._blocks
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -143,6 +166,14 @@ class Chat:
             self.database_ok = False
             raise
 
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for the feature modules' reads (failures surface as ``UNAVAILABLE``)."""
+        return self._connection()
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction for the feature modules' writes (failures surface as ``UNAVAILABLE``)."""
+        return self._transaction()
+
     def request_started(self) -> None:
         """Count a request in flight, so a draining process can wait for them to finish."""
         self._in_flight += 1
@@ -162,6 +193,7 @@ class Chat:
     async def create_conversation(self, user_id: str, other_user_id: str) -> ConversationRecord:
         if other_user_id == user_id:
             raise ValidationFailed("cannot open a conversation with yourself")
+        await self._blocks.check_may_message(user_id, other_user_id)
         if not await self._connections.is_connected(user_id, other_user_id):
             raise Forbidden("you can only message your first-degree connections")
         async with self._transaction() as conn:
@@ -185,7 +217,11 @@ class Chat:
     async def _conversation_for(
         self, user_id: str, conversation_id: uuid.UUID
     ) -> tuple[ConversationRecord, str]:
-        """The conversation and its other participant, if ``user_id`` takes part in it."""
+        """The conversation and its other participant, if ``user_id`` takes part in it.
+
+        For a group, the other participant is "" and membership is read from the database
+        (members change; the cached record is a snapshot): ``NOT_FOUND`` for non-members.
+        """
         conversation = self._conversations.get(conversation_id)
         if conversation is None:
             async with self._connection() as conn:
@@ -193,6 +229,9 @@ class Chat:
             if conversation is None:
                 raise NotFound("no such conversation")
             self._remember(conversation)
+        if conversation.kind == "group":
+            await self.groups.require_member(user_id, conversation_id)
+            return conversation, ""
         if user_id not in conversation.participant_ids:
             raise Forbidden("you are not a participant of this conversation")
         low, high = conversation.participant_ids
@@ -228,8 +267,14 @@ class Chat:
         """Store a message and deliver it; a repeated clientMessageId returns the original."""
         received = time.perf_counter()
         try:
-            _, other = await self._conversation_for(user_id, conversation_id)
-            if not await self._connections.is_connected(user_id, other):
+            conversation, other = await self._conversation_for(user_id, conversation_id)
+            # In a group, membership is the rule (connections and blocks were checked when
+            # members joined); in a direct conversation both are checked on every message.
+            if conversation.kind != "group":
+                await self._blocks.check_may_message(user_id, other)
+            if conversation.kind != "group" and not await self._connections.is_connected(
+                user_id, other
+            ):
                 raise Forbidden("you can only message your first-degree connections")
             message_id, created_at = new_message_id()
             new = NewMessage(
@@ -275,14 +320,34 @@ class Chat:
             own = [str(m.id) for m in visible if m.author_id == user_id]
             if own:
                 raise Forbidden("only a recipient can mark a message delivered", details=own)
-            changes = await store.advance_status(
-                conn,
-                status="delivered",
-                message_ids=wanted,
-                not_author=user_id,
-                at=datetime.now(UTC),
-            )
+            at = datetime.now(UTC)
+            groups = await self._groups_among(conn, {m.conversation_id for m in visible})
+            in_groups = [m for m in visible if m.conversation_id in groups]
+            direct = [i for i in wanted if i not in {m.id for m in in_groups}]
+            changes: list[store.Change] = []
+            if direct:
+                changes = await store.advance_status(
+                    conn, status="delivered", message_ids=direct, not_author=user_id, at=at
+                )
+            if in_groups:
+                changes += await receipts.mark_delivered(
+                    conn, user_id=user_id, messages=in_groups, at=at
+                )
         return await self._announce_status(changes, origin_sid)
+
+    async def _groups_among(
+        self, conn: AsyncConnection, conversation_ids: set[uuid.UUID]
+    ) -> set[uuid.UUID]:
+        """Which of these conversations are groups (a conversation's kind never changes)."""
+        for conversation_id in conversation_ids - self._conversations.keys():
+            conversation = await store.get_conversation(conn, conversation_id)
+            if conversation is not None:
+                self._remember(conversation)
+        return {
+            c
+            for c in conversation_ids
+            if (known := self._conversations.get(c)) is not None and known.kind == "group"
+        }
 
     async def mark_read(
         self,
@@ -292,21 +357,28 @@ class Chat:
         up_to_message_id: uuid.UUID,
         origin_sid: str | None = None,
     ) -> int:
-        await self._conversation_for(user_id, conversation_id)
+        conversation, _ = await self._conversation_for(user_id, conversation_id)
         async with self._transaction() as conn:
             target = await store.get_message(conn, up_to_message_id)
             if target is None or target.conversation_id != conversation_id:
                 raise NotFound("no such message in this conversation")
             read_at = datetime.now(UTC)
-            changes = await store.advance_status(
-                conn,
-                status="read",
-                conversation_id=conversation_id,
-                not_author=user_id,
-                up_to=(target.created_at, target.id),
-                at=read_at,
-            )
-            if changes:
+            if conversation.kind == "group":
+                # A read position per member (receipts.py): one row moves, whatever the size.
+                covered, changes = await receipts.mark_read(
+                    conn, user_id=user_id, target=target, at=read_at
+                )
+            else:
+                covered = None
+                changes = await store.advance_status(
+                    conn,
+                    status="read",
+                    conversation_id=conversation_id,
+                    not_author=user_id,
+                    up_to=(target.created_at, target.id),
+                    at=read_at,
+                )
+            if changes or covered:
                 await self._outbox.record(
                     conn,
                     "message.read",
@@ -314,11 +386,13 @@ class Chat:
                         conversation_id=conversation_id,
                         user_id=user_id,
                         message_ids=list(dict.fromkeys(c.message_id for c in changes)),
+                        up_to_message_id=target.id,
                         read_at=read_at,
                     ),
                     at=read_at,
                 )
-        return await self._announce_status(changes, origin_sid)
+        announced = await self._announce_status(changes, origin_sid)
+        return announced if covered is None else covered
 
     async def _announce_status(
         self, changes: Sequence[store.Change], origin_sid: str | None
@@ -413,20 +487,29 @@ class Chat:
         is_typing: bool,
         origin_sid: str | None = None,
     ) -> None:
-        _, other = await self._conversation_for(user_id, conversation_id)
+        conversation, other = await self._conversation_for(user_id, conversation_id)
+        users = [other, user_id]
+        if conversation.kind == "group":
+            users = await self.groups.member_ids(conversation_id)
+        # Between a blocked pair typing goes nowhere, either way (the ack is the same: nothing
+        # is told).
+        hidden = await self._blocks.either_blocks(user_id, [u for u in users if u != user_id])
         await self._deliver(
-            [other, user_id],
+            [u for u in users if u not in hidden],
             "typing",
             {"conversationId": str(conversation_id), "userId": user_id, "isTyping": is_typing},
             skip_sid=origin_sid,
         )
 
     async def presence(self, user_id: str, user_ids: Sequence[str]) -> dict[str, PresenceInfo]:
-        """Presence of the users the caller shares a conversation with; others are left out."""
+        """Presence of the users the caller shares a conversation with; others are left out, and
+        so are users the caller blocks or is blocked by (as if unknown)."""
         async with self._connection() as conn:
             shared = await store.users_sharing_a_conversation(
                 conn, user_id=user_id, candidates=user_ids
             )
+        if shared:
+            shared -= await self._blocks.either_blocks(user_id, shared)
         return await self._presence.lookup(u for u in user_ids if u in shared)
 
     async def sync(
@@ -475,7 +558,10 @@ class Chat:
     ) -> Page[MessageRecord]:
         """A page of a conversation's messages, newest first."""
         limit = _page_size(page_size)
-        await self._conversation_for(user_id, conversation_id)
+        conversation, _ = await self._conversation_for(user_id, conversation_id)
+        joined_at = None
+        if conversation.kind == "group":  # a member sees messages from the moment it joined
+            joined_at = (await self.groups.require_member(user_id, conversation_id)).joined_at
         cursor = _Cursor(self._cursor_key, kind="history", scope=str(conversation_id))
         async with self._connection() as conn:
             rows = await store.history_page(
@@ -483,6 +569,7 @@ class Chat:
                 conversation_id=conversation_id,
                 limit=limit + 1,
                 before=cursor.decode(page_token),
+                not_before=joined_at,
             )
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 

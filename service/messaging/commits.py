@@ -26,15 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import metrics, store
 from messaging.errors import RateLimited
-from messaging.storage.outbox import MessageEvents
-from messaging.store import MessageRecord, NewMessage
+from messaging.store import BatchEvents, MessageRecord, NewMessage
 
 # Opens the connection batches are written on; each batch is committed before its senders are
 # answered (on PostgreSQL in autocommit a batch is one statement, and the commit a no-op).
 Connection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 Pending = tuple[NewMessage, "asyncio.Future[tuple[MessageRecord, bool]]"]
 # The webhook events of a batch (``outbox.Outbox.message_events``), written in its statement.
-Events = Callable[[Sequence[NewMessage]], MessageEvents | None]
+Events = Callable[[Sequence[NewMessage]], BatchEvents | None]
 
 
 def refused_for_its_data(exc: DBAPIError) -> bool:

@@ -144,6 +144,10 @@ class Delivery:
         self._control = f"{CHANNEL_PREFIX}replica:{replica_id}"
         self._own_header = orjson.dumps({"o": replica_id})[:-1] + b","
         self._pending: dict[str, asyncio.Future[None]] = {}
+        # Channels other parts of the service hear through this listener (``listen``), and what
+        # they are told when a subscription is (re)established (they may have missed messages).
+        self._channels: dict[bytes, Callable[[bytes], None]] = {}
+        self._on_subscribed: list[Callable[[], None]] = []
         self._listener_healthy = asyncio.Event()
         self._last_heard = 0.0
         # Metric series used per message, resolved once.
@@ -163,6 +167,23 @@ class Delivery:
         """Where gaps are filled from (the rules layer, built after this object)."""
         self._heads = heads
         self._events = events
+
+    def listen(
+        self,
+        channel: str,
+        handler: Callable[[bytes], None],
+        *,
+        subscribed: Callable[[], None] | None = None,
+    ) -> None:
+        """Hear ``channel`` (not a ``deliver:`` one) on the backplane's own subscription.
+
+        Called before the listener starts. ``handler`` gets each message's data (it must not
+        block); ``subscribed`` is called each time the subscription is (re)established, before
+        ``listener_healthy`` is set. While ``listener_healthy`` is false messages may be missed.
+        """
+        self._channels[channel.encode()] = handler
+        if subscribed is not None:
+            self._on_subscribed.append(subscribed)
 
     async def to_users(
         self,
@@ -522,7 +543,13 @@ class Delivery:
 
         pubsub = await RedisWire.open(self._redis, on_push=on_push)
         self._pubsub = pubsub
-        channels = [self._control, *(user_channel(u) for u in self._watched)]
+        # The other channels first: when the control channel's confirmation arrives, they are
+        # subscribed too (one command).
+        channels = [
+            *(c.decode() for c in self._channels),
+            self._control,
+            *(user_channel(u) for u in self._watched),
+        ]
         pubsub.send([command("SUBSCRIBE", *channels)])
         self._last_heard = time.monotonic()
         reader = asyncio.create_task(self._read(received, arrived), name="backplane-reader")
@@ -574,6 +601,8 @@ class Delivery:
         if kind == b"subscribe":
             channel = reply[1].decode()
             if channel == self._control:
+                for subscribed in self._on_subscribed:
+                    subscribed()
                 self._listener_healthy.set()
                 self._subscribed = True
                 metrics.BACKPLANE_LISTENER_UP.set(1)
@@ -586,6 +615,12 @@ class Delivery:
 
     async def _deliver_remote(self, channel: bytes, data: bytes) -> None:
         if not channel.startswith(b"deliver:"):
+            handler = self._channels.get(channel)
+            if handler is not None:
+                try:
+                    handler(data)
+                except Exception:
+                    log.exception("backplane handler failed", extra={"channel": channel.decode()})
             return
         header, _, text = data.partition(b"\n")
         if header.startswith(self._own_header):

@@ -30,6 +30,9 @@ class ConnectionGraph:
     delay_seconds: float = 0.0
     fail_with: grpc.StatusCode | None = None
     calls: int = 0
+    # Calls being answered right now, and the most there were at once (tests of batched checks).
+    in_flight: int = 0
+    most_in_flight: int = 0
 
     def connect(self, a: str, b: str) -> None:
         self.pairs.add(frozenset((a, b)))
@@ -77,8 +80,13 @@ class _Servicer(connections_pb2_grpc.ConnectionsServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> connections_pb2.IsConnectedResponse:
         self._graph.calls += 1
-        if self._graph.delay_seconds:
-            await asyncio.sleep(self._graph.delay_seconds)
+        self._graph.in_flight += 1
+        self._graph.most_in_flight = max(self._graph.most_in_flight, self._graph.in_flight)
+        try:
+            if self._graph.delay_seconds:
+                await asyncio.sleep(self._graph.delay_seconds)
+        finally:
+            self._graph.in_flight -= 1
         if self._graph.fail_with is not None:
             await context.abort(self._graph.fail_with, "injected failure")
         connected = self._graph.is_connected(request.user_id, request.other_user_id)

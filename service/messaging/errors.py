@@ -79,3 +79,7 @@ def as_messaging_error(exc: BaseException) -> MessagingError:
     if isinstance(exc, MessagingError):
         return exc
     return Internal(INTERNAL_MESSAGE)
+
+
+# Every code an ack may carry: the contract's list, one per error class above.
+ACK_CODES = frozenset(error.code for error in MessagingError.__subclasses__())

@@ -28,7 +28,13 @@ from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.errors import INTERNAL_MESSAGE, MessagingError, ValidationFailed
 from messaging.logs import log_context, new_request_id, user_hash
-from messaging.payloads import CreateConversation, parse
+from messaging.payloads import (
+    AddParticipants,
+    CreateConversation,
+    CreateGroup,
+    LeaveConversation,
+    parse,
+)
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.store import ConversationRecord, MessageRecord
@@ -44,6 +50,7 @@ _STATUS = {
     "delivered": pb.MESSAGE_STATUS_DELIVERED,
     "read": pb.MESSAGE_STATUS_READ,
 }
+_KIND = {"direct": pb.CONVERSATION_KIND_DIRECT, "group": pb.CONVERSATION_KIND_GROUP}
 MAX_METADATA_BYTES = 16_384
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
@@ -163,9 +170,47 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def CreateConversation(
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Conversation:
+        if request.participant_ids or request.title or request.client_conversation_id:
+            if request.participant_id:
+                raise ValidationFailed("give participant_id, or a group's participant_ids")
+            fields: dict[str, Any] = {
+                "participantIds": list(request.participant_ids),
+                "title": request.title,
+            }
+            if request.client_conversation_id:
+                fields["clientConversationId"] = request.client_conversation_id
+            group = parse(CreateGroup, fields)
+            return conversation_pb(
+                await self._chat.groups.create(
+                    caller(),
+                    participant_ids=group.participant_ids,
+                    title=group.title,
+                    client_conversation_id=group.client_conversation_id,
+                )
+            )
         # The socket event's rules (length, no NUL or control characters, not blank).
         other = parse(CreateConversation, {"participantId": request.participant_id}).participant_id
         return conversation_pb(await self._chat.create_conversation(caller(), other))
+
+    async def AddParticipants(
+        self, request: pb.AddParticipantsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Conversation:
+        parsed = parse(
+            AddParticipants,
+            {"conversationId": request.conversation_id, "userIds": list(request.user_ids)},
+        )
+        return conversation_pb(
+            await self._chat.groups.add_participants(
+                caller(), conversation_id=parsed.conversation_id, user_ids=parsed.user_ids
+            )
+        )
+
+    async def LeaveConversation(
+        self, request: pb.LeaveConversationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.LeaveConversationResponse:
+        parsed = parse(LeaveConversation, {"conversationId": request.conversation_id})
+        await self._chat.groups.leave(caller(), conversation_id=parsed.conversation_id)
+        return pb.LeaveConversationResponse()
 
 
 def _uuid(value: str, field: str) -> uuid.UUID:
@@ -198,6 +243,9 @@ def conversation_pb(conversation: ConversationRecord) -> pb.Conversation:
         id=str(conversation.id),
         participant_ids=list(conversation.participant_ids),
         created_at=_timestamp(conversation.created_at),
+        kind=_KIND[conversation.kind],
+        title=conversation.title or "",
+        created_by=conversation.created_by or "",
     )
 
 

@@ -162,6 +162,24 @@ OUTCOME_CODES = (
     "INTERNAL",
 )
 
+BLOCK_CHECKS = Counter(
+    "messaging_block_checks_total",
+    "Block checks of a pair, by where the answer came from (cache, database).",
+    ["source"],
+)
+BLOCK_INVALIDATIONS = Counter(
+    "messaging_block_invalidations_total",
+    "Block changes announced to the other replicas' caches, by outcome (acked: every "
+    "subscribed replica confirmed; timeout: some did not in time; failed: Redis refused; "
+    "local: no Redis).",
+    ["outcome"],
+)
+REPORTS = Counter(
+    "messaging_reports_total",
+    "Messages reported by users, by reason (repeats of a report not counted).",
+    ["reason"],
+)
+
 
 def prime(
     *, socket_events: list[str], grpc_methods: list[str], rate_limits: tuple[str, ...] = ()
@@ -199,6 +217,17 @@ def prime(
         BACKPLANE_PUBLISHED.labels(outcome=outcome)
     for reason in ("gap", "check", "resubscribed", "stalled"):
         DELIVERY_HEALS.labels(reason=reason)
+    _prime_moderation()
+
+
+def _prime_moderation() -> None:
+    """The series of blocking and reports (``prime``'s part for them)."""
+    for source in ("cache", "database"):
+        BLOCK_CHECKS.labels(source=source)
+    for outcome in ("acked", "timeout", "failed", "local"):
+        BLOCK_INVALIDATIONS.labels(outcome=outcome)
+    for reason in ("spam", "abuse", "other"):
+        REPORTS.labels(reason=reason)
 
 
 # Webhooks. ``endpoint`` is the configured URL without its query (a few per cluster).

@@ -186,11 +186,14 @@ def message_read(
     user_id: str,
     message_ids: Sequence[uuid.UUID],
     read_at: datetime,
+    up_to_message_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
-    """``user_id`` read these messages (those the markRead moved, in creation order)."""
+    """``user_id`` read the conversation up to ``up_to_message_id``; ``messageIds`` are the
+    messages whose status that moved to read (in a group: read by every other member)."""
     return {
         "conversationId": str(conversation_id),
         "userId": user_id,
+        "upToMessageId": None if up_to_message_id is None else str(up_to_message_id),
         "messageIds": [str(i) for i in message_ids],
         "readAt": iso(read_at),
     }
@@ -204,10 +207,12 @@ def conversation_created(conversation: ConversationRecord) -> dict[str, Any]:
 def conversation_updated(
     conversation: dict[str, Any], *, change: str, actor_id: str, user_ids: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """The Conversation in its new state (pass the JSON the socket's ``conversationUpdated``
-    carries), what changed (``participantsAdded``, ``participantLeft``, ``titleChanged``), who
-    changed it and whom it concerns."""
-    return {**conversation, "change": change, "actorId": actor_id, "userIds": list(user_ids)}
+    """What the socket's ``conversationUpdated`` carries: the Conversation in its new state (its
+    JSON) and the change (``joined``, ``left``; who changed it and whom it concerns)."""
+    return {
+        "conversation": conversation,
+        "change": {"type": change, "userIds": sorted(user_ids), "by": actor_id},
+    }
 
 
 def message_reported(
@@ -217,16 +222,19 @@ def message_reported(
     reporter_id: str,
     reason: str,
     reported_at: datetime,
+    note: str | None = None,
 ) -> dict[str, Any]:
+    """The shape of ``reports.reported_event`` (which the reports feature records)."""
     return {
         "reportId": str(report_id),
         "messageId": str(message.id),
         "conversationId": str(message.conversation_id),
-        "authorId": message.author_id,
-        "content": message.content,
         "reporterId": reporter_id,
+        "authorId": message.author_id,
         "reason": reason,
+        "note": note,
         "reportedAt": iso(reported_at),
+        "message": {"content": message.content, "createdAt": iso(message.created_at)},
     }
 
 

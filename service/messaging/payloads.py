@@ -12,7 +12,7 @@ import re
 import unicodedata
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from messaging.errors import ValidationFailed
+from messaging.storage.receipts import Receipt
 from messaging.store import ConversationRecord, MessageRecord
 
 MAX_CONTENT_CHARS = 2000
@@ -97,6 +98,33 @@ class CreateConversation(Request):
     participant_id: UserId = Field(alias="participantId")
 
 
+MAX_GROUP_IDS = 999  # the members setting (at most 1000) is the real bound, checked by groups.py
+Title = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_identifier)]
+
+
+class CreateGroup(Request):
+    """createConversation's group form."""
+
+    participant_ids: list[UserId] = Field(
+        alias="participantIds", min_length=1, max_length=MAX_GROUP_IDS
+    )
+    title: Title
+    client_conversation_id: ClientMessageId | None = Field(None, alias="clientConversationId")
+
+
+class AddParticipants(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    user_ids: list[UserId] = Field(alias="userIds", min_length=1, max_length=MAX_GROUP_IDS)
+
+
+class LeaveConversation(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+
+
+class GetReceipts(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+
+
 class SendMessage(Request):
     conversation_id: uuid.UUID = Field(alias="conversationId")
     content: Content
@@ -163,9 +191,51 @@ def message_json(message: MessageRecord) -> dict[str, Any]:
     }
 
 
+def receipt_json(receipt: Receipt) -> dict[str, Any]:
+    return {
+        "userId": receipt.user_id,
+        "deliveredAt": None if receipt.delivered_at is None else iso(receipt.delivered_at),
+        "readAt": None if receipt.read_at is None else iso(receipt.read_at),
+    }
+
+
 def conversation_json(conversation: ConversationRecord) -> dict[str, Any]:
     return {
         "id": str(conversation.id),
+        "kind": conversation.kind,
         "participantIds": list(conversation.participant_ids),
+        "title": conversation.title,
+        "createdBy": conversation.created_by,
         "createdAt": iso(conversation.created_at),
     }
+
+
+# --- blocking and reports ----------------------------------------------------------------------
+
+MAX_NOTE_CHARS = 500
+
+
+def _note(value: str) -> str:
+    """A reporter's note: text the database can store; empty is allowed (``0..500``)."""
+    if found := _NOT_TEXT.search(value):
+        raise ValueError(_problem(found))
+    return value
+
+
+Note = Annotated[str, StringConstraints(max_length=MAX_NOTE_CHARS), AfterValidator(_note)]
+
+
+class BlockUser(Request):
+    """``blockUser`` and ``unblockUser``."""
+
+    user_id: UserId = Field(alias="userId")
+
+
+class ListBlocked(Request):
+    pass
+
+
+class ReportMessage(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+    reason: Literal["spam", "abuse", "other"]
+    note: Note | None = None

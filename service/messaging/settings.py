@@ -160,6 +160,14 @@ class Settings(BaseSettings):
     connections_timeout_seconds: float = Field(0.5, gt=0, le=30)
     connections_cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
     connections_cache_size: int = Field(100_000, ge=0)
+    # Blocks (blocking.py): answers cached per pair like the Connections check, and dropped on
+    # every replica at once when a block changes (through Redis); the TTL bounds what a replica
+    # cut off from Redis could miss. A user may block at most ``max_blocked_per_user`` users.
+    # A block change waits this long for every replica to confirm it dropped its cached answer.
+    blocks_cache_ttl_seconds: float = Field(30.0, ge=0, le=3600)
+    blocks_cache_size: int = Field(100_000, ge=0)
+    blocks_invalidation_timeout_seconds: float = Field(1.0, gt=0, le=30)
+    max_blocked_per_user: int = Field(1000, ge=1, le=100_000)
     # TLS to the Connections service: a CA file turns it on; a cert and key add a client identity.
     connections_tls_ca_file: Path | None = None
     connections_tls_cert_file: Path | None = None
@@ -211,6 +219,9 @@ class Settings(BaseSettings):
     # queue is shared; one user's pipelined sends must not fill it for everyone).
     max_sends_in_flight_per_user: int = Field(32, ge=1, le=10_000)
     max_sockets_per_user: int = Field(20, ge=1, le=10_000)
+    # Members of a group, its creator included (createConversation and addParticipants refuse
+    # more with VALIDATION_FAILED). Every message of a group writes a log row per member.
+    group_max_members: int = Field(50, ge=2, le=1000)
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)

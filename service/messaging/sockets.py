@@ -26,6 +26,7 @@ from socketio import packet as sio_packet
 
 from messaging import metrics, websocket_transport
 from messaging.auth import TokenVerifier, bearer_token
+from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.delivery import Delivery, user_room
 from messaging.errors import (
@@ -37,10 +38,17 @@ from messaging.errors import (
 )
 from messaging.logs import log_context, new_request_id, user_hash
 from messaging.payloads import (
+    AddParticipants,
+    BlockUser,
     CreateConversation,
+    CreateGroup,
     GetPresence,
+    GetReceipts,
+    LeaveConversation,
+    ListBlocked,
     MarkDelivered,
     MarkRead,
+    ReportMessage,
     SendMessage,
     SyncMessages,
     Typing,
@@ -48,9 +56,11 @@ from messaging.payloads import (
     iso,
     message_json,
     parse,
+    receipt_json,
 )
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
+from messaging.reports import Reports
 from messaging.sessions import SessionClock
 from messaging.settings import Settings
 
@@ -75,6 +85,14 @@ EVENT_LIMITS = {
     # Rare (once per token lifetime) but each one verifies a signature: it shares the small
     # presence budget rather than going unlimited.
     "reauthenticate": "presence",
+    # Rare writes, like opening a conversation; the list is a read like a sync.
+    "blockUser": "conversations",
+    "unblockUser": "conversations",
+    "reportMessage": "conversations",
+    "listBlocked": "sync",
+    "addParticipants": "conversations",
+    "leaveConversation": "conversations",
+    "getReceipts": "receipts",
 }
 
 
@@ -115,8 +133,12 @@ class SocketEvents:
         server: socketio.AsyncServer,
         limiter: RateLimiter,
         max_sockets_per_user: int = 20,
+        blocks: Blocks,
+        reports: Reports,
     ) -> None:
         self._verifier = verifier
+        self._blocks = blocks
+        self._reports = reports
         self.limiter = limiter
         self._max_sockets_per_user = max_sockets_per_user
         self._chat = chat
@@ -136,6 +158,13 @@ class SocketEvents:
             "getPresence": self._get_presence,
             "syncMessages": self._sync_messages,
             "reauthenticate": self._reauthenticate,
+            "blockUser": self._block_user,
+            "unblockUser": self._unblock_user,
+            "listBlocked": self._list_blocked,
+            "reportMessage": self._report_message,
+            "addParticipants": self._add_participants,
+            "leaveConversation": self._leave_conversation,
+            "getReceipts": self._get_receipts,
         }
         self.events = list(handlers)
         for event, handler in handlers.items():
@@ -269,6 +298,16 @@ class SocketEvents:
     # --- the events ----------------------------------------------------------------------------
 
     async def _create_conversation(self, user_id: str, sid: str, payload: Any) -> Any:
+        if isinstance(payload, dict) and "participantIds" in payload:
+            group = parse(CreateGroup, payload)
+            created = await self._chat.groups.create(
+                user_id,
+                participant_ids=group.participant_ids,
+                title=group.title,
+                client_conversation_id=group.client_conversation_id,
+                origin_sid=sid,
+            )
+            return conversation_json(created)
         request = parse(CreateConversation, payload)
         conversation = await self._chat.create_conversation(user_id, request.participant_id)
         return conversation_json(conversation)
@@ -335,6 +374,28 @@ class SocketEvents:
             reply["syncToken"] = page.sync_token
         return reply
 
+    async def _add_participants(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(AddParticipants, payload)
+        conversation = await self._chat.groups.add_participants(
+            user_id,
+            conversation_id=request.conversation_id,
+            user_ids=request.user_ids,
+            origin_sid=sid,
+        )
+        return conversation_json(conversation)
+
+    async def _leave_conversation(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(LeaveConversation, payload)
+        await self._chat.groups.leave(
+            user_id, conversation_id=request.conversation_id, origin_sid=sid
+        )
+        return {}
+
+    async def _get_receipts(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(GetReceipts, payload)
+        found = await self._chat.receipts.get(user_id, request.message_id)
+        return {"receipts": [receipt_json(r) for r in found]}
+
     async def _reauthenticate(self, user_id: str, sid: str, payload: Any) -> Any:
         if not isinstance(payload, dict):
             raise ValidationFailed("reauthenticate takes {token}")
@@ -345,6 +406,27 @@ class SocketEvents:
             raise Unauthorized("the session has already ended")
         self._sessions.set(sid, identity.expires_at + self._verifier.leeway_seconds)
         return {"expiresAt": iso(datetime.fromtimestamp(identity.expires_at, UTC))}
+
+    async def _block_user(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(BlockUser, payload)
+        await self._blocks.block(user_id, request.user_id)
+        return {}
+
+    async def _unblock_user(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(BlockUser, payload)
+        await self._blocks.unblock(user_id, request.user_id)
+        return {}
+
+    async def _list_blocked(self, user_id: str, sid: str, payload: Any) -> Any:
+        parse(ListBlocked, payload if payload is not None else {})
+        return {"userIds": await self._blocks.blocked(user_id)}
+
+    async def _report_message(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(ReportMessage, payload)
+        report = await self._reports.report(
+            user_id, message_id=request.message_id, reason=request.reason, note=request.note
+        )
+        return {"reportId": str(report.id)}
 
     # --- session expiry ------------------------------------------------------------------------
 

@@ -16,18 +16,17 @@ rows in user order, so two of them cannot deadlock.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import and_, func, select, text, tuple_, update
+from sqlalchemy import and_, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging.storage import outbox as outbox_sql
-from messaging.storage.outbox import MessageEvents
 from messaging.tables import (
     UTCDateTime,
     conversations,
@@ -56,8 +55,15 @@ class MessageRecord:
 @dataclass(frozen=True, slots=True)
 class ConversationRecord:
     id: uuid.UUID
-    participant_ids: tuple[str, str]
+    # Sorted. A direct conversation's pair never changes; a group's members do, so a group's
+    # record is a snapshot (``groups.py`` reads membership from the database for every rule).
+    participant_ids: tuple[str, ...]
     created_at: datetime
+    kind: str = "direct"
+    title: str | None = None
+    # The group's creator; None for direct conversations (a pair has no owner: either side's
+    # createConversation returns the same conversation).
+    created_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +107,37 @@ def _message(row: Any) -> MessageRecord:
     )
 
 
-def _conversation(row: Any) -> ConversationRecord:
+def _conversation(row: Any, members: Sequence[str] = ()) -> ConversationRecord:
+    """A direct conversation from its row; a group from its row and its ``members``."""
+    if row.kind == "group":
+        return ConversationRecord(
+            id=row.id,
+            participant_ids=tuple(sorted(members)),
+            created_at=row.created_at,
+            kind="group",
+            title=row.title,
+            created_by=row.created_by,
+        )
     return ConversationRecord(
         id=row.id, participant_ids=(row.user_low, row.user_high), created_at=row.created_at
     )
+
+
+async def _members_of(
+    conn: AsyncConnection, conversation_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[str]]:
+    """The current members of each conversation (for groups: the pair is not in the row)."""
+    if not conversation_ids:
+        return {}
+    found: dict[uuid.UUID, list[str]] = {}
+    rows = await conn.execute(
+        select(participants.c.conversation_id, participants.c.user_id).where(
+            participants.c.conversation_id.in_(list(conversation_ids))
+        )
+    )
+    for row in rows:
+        found.setdefault(row.conversation_id, []).append(row.user_id)
+    return found
 
 
 def _insert(conn: AsyncConnection, table: Any) -> Any:
@@ -161,7 +194,12 @@ async def get_conversation(
     row = (
         await conn.execute(select(conversations).where(conversations.c.id == conversation_id))
     ).first()
-    return None if row is None else _conversation(row)
+    if row is None:
+        return None
+    if row.kind == "group":
+        members = await _members_of(conn, [row.id])
+        return _conversation(row, members.get(row.id, ()))
+    return _conversation(row)
 
 
 async def users_sharing_a_conversation(
@@ -206,7 +244,12 @@ async def list_conversations(
         return []
     ids = [row.id for row in rows]
     last_messages = await _last_messages(conn, ids)
-    unread = await _unread_counts(conn, user_id=user_id, conversation_ids=ids)
+    direct = [row.id for row in rows if row.kind != "group"]
+    groups = [row.id for row in rows if row.kind == "group"]
+    unread = await _unread_counts(conn, user_id=user_id, conversation_ids=direct)
+    if groups:
+        unread.update(await _group_unread_counts(conn, user_id=user_id, conversation_ids=groups))
+    members = await _members_of(conn, groups)
     summaries = []
     for row in rows:
         activity_at = row.activity_at
@@ -214,7 +257,7 @@ async def list_conversations(
             activity_at = UTCDateTime().process_result_value(activity_at, conn.dialect)
         summaries.append(
             ConversationSummary(
-                conversation=_conversation(row),
+                conversation=_conversation(row, members.get(row.id, ())),
                 last_message=last_messages.get(row.id),
                 unread_count=unread.get(row.id, 0),
                 activity_at=activity_at,
@@ -258,11 +301,37 @@ async def _unread_counts(
     return {row[0]: int(row[1]) for row in rows}
 
 
+async def _group_unread_counts(
+    conn: AsyncConnection, *, user_id: str, conversation_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """Per member: messages of others since the member joined and after its read position."""
+    me = participants.alias("me")
+    position = tuple_(messages.c.created_at, messages.c.id)
+    rows = await conn.execute(
+        select(messages.c.conversation_id, func.count())
+        .join(
+            me,
+            and_(me.c.conversation_id == messages.c.conversation_id, me.c.user_id == user_id),
+        )
+        .where(
+            messages.c.conversation_id.in_(conversation_ids),
+            messages.c.author_id != user_id,
+            or_(me.c.joined_at.is_(None), messages.c.created_at >= me.c.joined_at),
+            or_(
+                me.c.read_through_at.is_(None),
+                position > tuple_(me.c.read_through_at, me.c.read_through_id),
+            ),
+        )
+        .group_by(messages.c.conversation_id)
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
 # --- messages --------------------------------------------------------------------------------
 
 
 async def insert_messages(
-    conn: AsyncConnection, batch: Sequence[NewMessage], *, events: MessageEvents | None = None
+    conn: AsyncConnection, batch: Sequence[NewMessage], *, events: BatchEvents | None = None
 ) -> list[tuple[MessageRecord, bool]]:
     """Store a batch of new messages, each logged as "created" for every participant.
 
@@ -294,9 +363,8 @@ async def insert_messages(
     else:
         positions = await _insert_portable(conn, unique)
         if events is not None:
-            await outbox_sql.insert_message_events(
+            await events.write(
                 conn,
-                events,
                 inserted=set(positions),
                 created_at={m.id: m.created_at for m in unique},
                 now=datetime.now(UTC),
@@ -365,20 +433,39 @@ RETURNING user_id, position, message_id
 _FINAL_INSERT = _INSERT_BATCH_POSTGRES.index("INSERT INTO user_changes")
 
 
-def _with_ctes(*ctes: str) -> str:
+class BatchEvents(Protocol):
+    """What a batch of new messages writes besides itself, only for the messages it stored
+    (webhook events: ``storage.outbox.MessageEvents``)."""
+
+    @property
+    def postgres_ctes(self) -> str:
+        """CTEs for the batch statement (they may name its ``inserted`` and ``targets``; their
+        parameters start at $7)."""
+        ...
+
+    def postgres_args(self) -> tuple[Any, ...]: ...
+
+    async def write(
+        self,
+        conn: AsyncConnection,
+        *,
+        inserted: set[uuid.UUID],
+        created_at: dict[uuid.UUID, datetime],
+        now: datetime,
+    ) -> None:
+        """The same, on other backends, in the caller's transaction."""
+        ...
+
+
+@functools.cache
+def _with_ctes(ctes: str) -> str:
     """The batch statement with more CTEs (webhook events) before its final INSERT."""
     head, tail = _INSERT_BATCH_POSTGRES[:_FINAL_INSERT], _INSERT_BATCH_POSTGRES[_FINAL_INSERT:]
-    return head.rstrip() + "".join(ctes) + tail
-
-
-_INSERT_BATCH_WITH_EVENTS = _with_ctes(outbox_sql.POSTGRES_EVENTS_CTE)
-_INSERT_BATCH_WITH_NOTIFY = _with_ctes(
-    outbox_sql.POSTGRES_EVENTS_CTE, outbox_sql.POSTGRES_NOTIFY_CTE
-)
+    return head.rstrip() + ctes + tail
 
 
 async def _insert_postgres(
-    conn: AsyncConnection, unique: Sequence[NewMessage], events: MessageEvents | None = None
+    conn: AsyncConnection, unique: Sequence[NewMessage], events: BatchEvents | None = None
 ) -> dict[uuid.UUID, dict[str, int]]:
     statement = _INSERT_BATCH_POSTGRES
     args: tuple[Any, ...] = (
@@ -390,12 +477,8 @@ async def _insert_postgres(
         [m.client_message_id for m in unique],
     )
     if events is not None:
-        statement = (
-            _INSERT_BATCH_WITH_NOTIFY
-            if events.notify_after is not None
-            else _INSERT_BATCH_WITH_EVENTS
-        )
-        args += outbox_sql.postgres_event_args(events)
+        statement = _with_ctes(events.postgres_ctes)
+        args += events.postgres_args()
     result = await conn.exec_driver_sql(statement, args)
     positions: dict[uuid.UUID, dict[str, int]] = {}
     for row in result:
@@ -635,9 +718,13 @@ async def history_page(
     conversation_id: uuid.UUID,
     limit: int,
     before: tuple[datetime, uuid.UUID] | None,
+    not_before: datetime | None = None,
 ) -> list[MessageRecord]:
-    """Newest first, strictly older than ``before``; one range scan of the history index."""
+    """Newest first, strictly older than ``before`` (and not older than ``not_before``: when a
+    group member joined); one range scan of the history index."""
     query = select(*_MESSAGE_COLUMNS).where(messages.c.conversation_id == conversation_id)
+    if not_before is not None:
+        query = query.where(messages.c.created_at >= not_before)
     if before is not None:
         query = query.where(tuple_(messages.c.created_at, messages.c.id) < tuple_(*before))
     query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
@@ -646,6 +733,25 @@ async def history_page(
 
 def _log_of(user_id: str) -> Any:
     return user_changes.c.user_id == user_id
+
+
+def _readable_by(user_id: str) -> Any:
+    """The message (of the outer query) is in a conversation ``user_id`` is a member of now, and
+    was sent after it joined: a group member who left reads nothing of the group any more, not
+    even by sync, and one who joined (again) reads from then on. Always true in a direct
+    conversation (its participants never leave; ``joined_at`` is NULL)."""
+    return (
+        select(participants.c.user_id)
+        .where(
+            participants.c.conversation_id == messages.c.conversation_id,
+            participants.c.user_id == user_id,
+            or_(
+                participants.c.joined_at.is_(None),
+                participants.c.joined_at <= messages.c.created_at,
+            ),
+        )
+        .exists()
+    )
 
 
 async def log_heads(conn: AsyncConnection, user_ids: Sequence[str]) -> dict[str, int]:
@@ -693,6 +799,7 @@ async def created_after(
                 _log_of(user_id),
                 user_changes.c.position > after_pos,
                 user_changes.c.kind == "created",
+                _readable_by(user_id),
             )
             .order_by(user_changes.c.position)
             .limit(limit)
@@ -719,6 +826,7 @@ async def changed_since(
     rows = await conn.execute(
         select(*_MESSAGE_COLUMNS, latest.c.position)
         .join(latest, latest.c.message_id == messages.c.id)
+        .where(_readable_by(user_id))
         .order_by(latest.c.position)
         .limit(limit)
     )

@@ -71,11 +71,21 @@ conversations = Table(
     "conversations",
     metadata,
     Column("id", Uuid(), primary_key=True),
-    Column("user_low", USER_ID, nullable=False),
-    Column("user_high", USER_ID, nullable=False),
+    # The pair of a direct conversation; NULL for a group (whose members are only in
+    # ``participants``), so groups never collide on the pair's constraint.
+    Column("user_low", USER_ID, nullable=True),
+    Column("user_high", USER_ID, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Schema 0005 (groups): "direct" or "group"; a group's title and creator, and the creator's
+    # idempotency key (a repeated createConversation returns the same group).
+    Column("kind", String(8), nullable=False, server_default="direct"),
+    Column("title", String(100), nullable=True),
+    Column("created_by", USER_ID, nullable=True),
+    Column("client_conversation_id", String(64), nullable=True),
     UniqueConstraint("user_low", "user_high"),
+    UniqueConstraint("created_by", "client_conversation_id"),
     CheckConstraint("user_low < user_high", name="sorted_pair"),
+    CheckConstraint("kind IN ('direct', 'group')", name="known_kind"),
 )
 
 participants = Table(
@@ -88,7 +98,49 @@ participants = Table(
         primary_key=True,
     ),
     Column("user_id", USER_ID, primary_key=True),
+    # Schema 0005 (groups; NULL in direct conversations, which have no such state): when the
+    # member joined (they see messages from then on), and their read position, the last message
+    # they read as (created_at, id). markRead moves the position: one row whatever the group's size.
+    Column("joined_at", UTCDateTime(), nullable=True),
+    Column("read_through_at", UTCDateTime(), nullable=True),
+    Column("read_through_id", Uuid(), nullable=True),
     Index(None, "user_id", "conversation_id"),
+)
+
+# Schema 0005: which member's devices received which group message (markDelivered takes at most
+# 100 ids, so a call writes at most 100 rows, whatever the group's size).
+message_deliveries = Table(
+    "message_deliveries",
+    metadata,
+    Column(
+        "message_id",
+        Uuid(),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_id", USER_ID, primary_key=True),
+    Column("delivered_at", UTCDateTime(), nullable=False),
+)
+
+# Schema 0005: each group markRead that moved a member's read position, appended (one row per
+# call), so getReceipts can say when a member read a given message: the first mark at or past it.
+read_marks = Table(
+    "read_marks",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("user_id", USER_ID, nullable=False),
+    Column("through_at", UTCDateTime(), nullable=False),
+    Column("through_id", Uuid(), nullable=False),
+    Column("read_at", UTCDateTime(), nullable=False),
+    Index(None, "conversation_id", "user_id", "through_at"),
 )
 
 messages = Table(
@@ -154,6 +206,52 @@ user_changes = Table(
     Column("actor_id", USER_ID, nullable=True),
     Column("changed_at", UTCDateTime(), nullable=False),
     Index(None, "message_id"),
+)
+
+# Who blocks whom (schema 0004). A row means ``blocker_id`` blocks ``blocked_id``; the rules
+# (blocking.py) apply it both ways where the contract says so. The primary key answers "does A
+# block any of these" and the second index "is A blocked by any of these", so a check of one
+# user against a set of others is one query over two index ranges.
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("blocker_id", USER_ID, primary_key=True),
+    Column("blocked_id", USER_ID, primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    CheckConstraint("blocker_id <> blocked_id", name="not_self"),
+    Index(None, "blocked_id", "blocker_id"),
+)
+
+# Reports of messages, for moderators (schema 0004). No copy of the content is kept: deleting a
+# message erases its content everywhere in the database; the ``message.reported`` webhook carries
+# the content as it was when reported, to the moderation system that needs it.
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column(
+        "message_id",
+        Uuid(),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("reporter_id", USER_ID, nullable=False),
+    Column("author_id", USER_ID, nullable=False),
+    Column("reason", String(16), nullable=False),
+    Column("note", Text(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # One report per reporter and message: a repeat returns the first (moderators see one).
+    UniqueConstraint("message_id", "reporter_id"),
+    CheckConstraint("reason IN ('spam', 'abuse', 'other')", name="known_reason"),
+    # Moderators look for what one author was reported for, newest first.
+    Index(None, "author_id", "created_at"),
 )
 
 

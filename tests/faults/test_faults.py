@@ -31,7 +31,8 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 
-from tests.faults.traffic import CONTRACT_CODES, RETRYABLE, Pair, Traffic
+from messaging.errors import ACK_CODES
+from tests.faults.traffic import RETRYABLE, Pair, Traffic
 from tests.support.replicas import Cluster, Replica, logs_on_failure
 from tests.support.servers import PostgresServer
 
@@ -202,7 +203,7 @@ async def run(cluster: Cluster, name: str, fault: Fault) -> Outcome:
         assert healed_after < float("inf")
         unexpected = set(traffic.failures) - RETRYABLE - {"NO_ANSWER"}
         assert not unexpected, f"sends failed with {unexpected}"
-        assert set(traffic.failures) - {"NO_ANSWER"} <= CONTRACT_CODES
+        assert set(traffic.failures) - {"NO_ANSWER"} <= ACK_CODES
         return outcome
 
 

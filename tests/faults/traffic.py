@@ -22,15 +22,6 @@ import socketio
 from tests.support.replicas import Cluster, Replica
 from tests.support.service import unique
 
-CONTRACT_CODES = {
-    "VALIDATION_FAILED",
-    "UNAUTHORIZED",
-    "FORBIDDEN",
-    "NOT_FOUND",
-    "RATE_LIMITED",
-    "UNAVAILABLE",
-    "INTERNAL",
-}
 RETRYABLE = {"UNAVAILABLE", "RATE_LIMITED"}
 CALL_TIMEOUT_SECONDS = 15.0
 

@@ -2,9 +2,11 @@
 //
 //   node socketio_client.mjs roundtrip <url> <transport> <aliceToken> <bobToken> <bobId>
 //   node socketio_client.mjs refused <url> <transport> <token>
+//   node socketio_client.mjs group <url> <transport> <aliceToken> <bobToken> <bobId> <carolId>
 //   node socketio_client.mjs hold <url> <count> <token>...   (until stdin closes; reports reconnects)
 //   node socketio_client.mjs expire <url> <transport> <token> <watchMs>
 //     (reconnection on; waits for the session to end, then watches watchMs for reconnects)
+//   node socketio_client.mjs moderation <url> <transport> <aliceToken> <bobToken> <bobId>
 import { io } from "socket.io-client";
 
 const [scenario, url, ...args] = process.argv.slice(2);
@@ -53,6 +55,31 @@ async function roundtrip([transport, aliceToken, bobToken, bobId]) {
   alice.close();
   bob.close();
   return result;
+}
+
+async function group([transport, aliceToken, bobToken, bobId, carolId]) {
+  const transports = [transport];
+  const alice = connect(aliceToken, transports);
+  const bob = connect(bobToken, transports);
+  await Promise.all([once(alice, "connect"), once(bob, "connect")]);
+  const told = once(bob, "conversationUpdated");
+  const created = await alice
+    .timeout(5000)
+    .emitWithAck("createConversation", { participantIds: [bobId, carolId], title: "From JS" });
+  const createdEvent = await told;
+  const conversationId = created.data.id;
+  const delivered = once(bob, "newMessage");
+  const sent = await alice.timeout(5000).emitWithAck("sendMessage", { conversationId, content: "to the group" });
+  const received = await delivered;
+  const status = once(alice, "messageStatus");
+  const read = await bob.timeout(5000).emitWithAck("markRead", { conversationId, upToMessageId: sent.data.id });
+  const statusEvent = await status;
+  const receipts = await alice.timeout(5000).emitWithAck("getReceipts", { messageId: sent.data.id });
+  const left = await bob.timeout(5000).emitWithAck("leaveConversation", { conversationId });
+  const afterLeaving = await bob.timeout(5000).emitWithAck("sendMessage", { conversationId, content: "x" });
+  alice.close();
+  bob.close();
+  return { created, createdEvent, sent, received, read, statusEvent, receipts, left, afterLeaving };
 }
 
 async function refused([transport, token]) {
@@ -108,7 +135,28 @@ async function expire([transport, token, watchMs]) {
   return result;
 }
 
-const scenarios = { roundtrip, refused, hold, expire };
+// Blocking and reports with the official client: alice reports bob's message, blocks him, and
+// his next send is refused; the ack shapes are what browsers and apps will parse.
+async function moderation([transport, aliceToken, bobToken, bobId]) {
+  const transports = [transport];
+  const alice = connect(aliceToken, transports);
+  const bob = connect(bobToken, transports);
+  await Promise.all([once(alice, "connect"), once(bob, "connect")]);
+  const ack = (socket, event, payload) => socket.timeout(5000).emitWithAck(event, payload);
+  const created = await ack(alice, "createConversation", { participantId: bobId });
+  const conversationId = created.data.id;
+  const sent = await ack(bob, "sendMessage", { conversationId, content: "spam spam spam" });
+  const reported = await ack(alice, "reportMessage", { messageId: sent.data.id, reason: "spam", note: "js" });
+  const blocked = await ack(alice, "blockUser", { userId: bobId });
+  const listed = await ack(alice, "listBlocked", {});
+  const refused = await ack(bob, "sendMessage", { conversationId, content: "after the block" });
+  const unblocked = await ack(alice, "unblockUser", { userId: bobId });
+  alice.disconnect();
+  bob.disconnect();
+  return { reported, blocked, listed, refused, unblocked };
+}
+
+const scenarios = { roundtrip, group, refused, hold, expire, moderation };
 try {
   print(await scenarios[scenario](args));
   process.exit(0);

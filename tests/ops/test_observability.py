@@ -13,8 +13,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.scale.test_replicas import on
-from tests.support.replicas import Cluster, Replica, logs_on_failure
+from tests.support.replicas import Cluster, Replica, devices_on, logs_on_failure
 from tests.support.service import unique
 
 FILES = Path(__file__).resolve().parents[2] / "charts" / "messaging-operator" / "files"
@@ -42,11 +41,8 @@ async def test_the_connection_gauge_follows_clean_and_abrupt_disconnects(cluster
     [replica] = await cluster.start(1)
     users = [unique("u") for _ in range(3)]
     with logs_on_failure(cluster):
-        async with on(cluster, (users[0], replica), (users[0], replica), (users[1], replica)) as [
-            first,
-            _,
-            _,
-        ]:
+        placed = (users[0], replica), (users[0], replica), (users[1], replica)
+        async with devices_on(cluster, *placed) as [first, _, _]:
             await until(replica, "messaging_connected_sockets", 3)
             assert await replica.metric("messaging_connected_users") == 2
             killed = [
@@ -76,7 +72,7 @@ async def test_counters_and_histograms_move_with_traffic(cluster: Cluster) -> No
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
         before = await a.metrics()
-        async with on(cluster, (alice, a), (bob, b)) as [a1, b1]:
+        async with devices_on(cluster, (alice, a), (bob, b)) as [a1, b1]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             for i in range(4):
                 await a1.ok("sendMessage", {"conversationId": conversation, "content": str(i)})
@@ -223,7 +219,7 @@ async def test_logs_are_one_json_object_per_line_with_request_context(cluster: C
     alice, bob = unique("alice"), unique("bob")
     cluster.graph.fail_with = __import__("grpc").StatusCode.UNAVAILABLE
     try:
-        async with on(cluster, (alice, replica)) as [a1]:
+        async with devices_on(cluster, (alice, replica)) as [a1]:
             reply = await a1.call("createConversation", {"participantId": bob})
             assert reply["error"]["code"] == "UNAVAILABLE"
     finally:

@@ -15,8 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.scale.test_replicas import on
-from tests.support.replicas import Cluster, logs_on_failure
+from tests.support.replicas import Cluster, devices_on, logs_on_failure
 from tests.support.servers import free_port, wait_for_port
 from tests.support.service import unique
 
@@ -82,7 +81,7 @@ async def test_replicas_talk_through_a_tls_redis_with_a_password(
     a, b = await cluster.start(2, redis_url=tls_redis)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, b)) as [a1, b1]:
+        async with devices_on(cluster, (alice, a), (bob, b)) as [a1, b1]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             sent = await a1.ok("sendMessage", {"conversationId": conversation, "content": "tls"})
             assert await b1.next("newMessage") == sent

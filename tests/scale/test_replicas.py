@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
 
-from tests.support.replicas import Cluster, Replica, logs_on_failure
+from tests.support.replicas import Cluster, Replica, devices_on, logs_on_failure
 from tests.support.service import Device, unique
-
-
-@contextlib.asynccontextmanager
-async def on(cluster: Cluster, *placed: tuple[str, Replica]) -> AsyncIterator[list[Device]]:
-    """Connect a device per (user, replica) pair; disconnect them all afterwards."""
-    connected = [Device(replica.url, cluster.token(user)) for user, replica in placed]
-    try:
-        await asyncio.gather(*(d.connect() for d in connected))
-        yield connected
-    finally:
-        await asyncio.gather(*(d.disconnect() for d in connected), return_exceptions=True)
 
 
 async def until_unready(replica: Replica, within: float = 5.0) -> dict[str, object]:
@@ -41,7 +28,8 @@ async def test_a_message_sent_on_one_replica_reaches_devices_on_the_others_once_
     a, b, c = await cluster.start(3)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, b), (bob, c), (alice, c)) as [a1, b1, b2, a2]:
+        placed = (alice, a), (bob, b), (bob, c), (alice, c)
+        async with devices_on(cluster, *placed) as [a1, b1, b2, a2]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             sent = [
                 await a1.ok("sendMessage", {"conversationId": conversation, "content": f"m{i}"})
@@ -58,7 +46,7 @@ async def test_typing_and_status_events_cross_replicas(cluster: Cluster) -> None
     a, b = await cluster.start(2)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, b), (alice, b)) as [a1, b1, a2]:
+        async with devices_on(cluster, (alice, a), (bob, b), (alice, b)) as [a1, b1, a2]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             await b1.ok("typing", {"conversationId": conversation, "isTyping": True})
             assert (await a1.next("typing"))["userId"] == bob
@@ -78,7 +66,7 @@ async def test_a_replica_receives_only_the_events_of_its_own_users(cluster: Clus
     a, b, bystander = await cluster.start(3)
     alice, bob, carol = unique("alice"), unique("bob"), unique("carol")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, b), (carol, bystander)) as [a1, b1, _]:
+        async with devices_on(cluster, (alice, a), (bob, b), (carol, bystander)) as [a1, b1, _]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             for i in range(20):
                 await a1.ok("sendMessage", {"conversationId": conversation, "content": str(i)})
@@ -97,7 +85,7 @@ async def test_killing_a_replica_clears_its_users_presence_within_the_bound(
     alice, bob = unique("alice"), unique("bob")
     bound = 2.0 + 0.5  # MESSAGING_REDIS_REPLICA_TTL_SECONDS + MESSAGING_REDIS_HEARTBEAT_SECONDS
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, doomed)) as [a1, _]:
+        async with devices_on(cluster, (alice, a), (bob, doomed)) as [a1, _]:
             await a1.ok("createConversation", {"participantId": bob})
             presence = await a1.ok("getPresence", {"userIds": [bob]})
             assert presence["presence"][bob]["online"] is True
@@ -119,7 +107,7 @@ async def test_a_clean_shutdown_takes_the_replicas_users_offline_at_once(cluster
     a, leaving = await cluster.start(2)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, leaving)) as [a1, _]:
+        async with devices_on(cluster, (alice, a), (bob, leaving)) as [a1, _]:
             await a1.ok("createConversation", {"participantId": bob})
             leaving.stop()
             presence = (await a1.ok("getPresence", {"userIds": [bob]}))["presence"][bob]
@@ -133,7 +121,7 @@ async def test_redis_restart_mid_conversation_loses_no_acknowledged_message(
     a, b = await cluster.start(2)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, b)) as [a1, b1]:
+        async with devices_on(cluster, (alice, a), (bob, b)) as [a1, b1]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             first = await a1.ok("sendMessage", {"conversationId": conversation, "content": "0"})
             assert await b1.next("newMessage") == first
@@ -155,7 +143,7 @@ async def test_redis_restart_mid_conversation_loses_no_acknowledged_message(
             assert await b.metric("messaging_backplane_listener_up") == 1
             assert await b.metric("messaging_backplane_listener_restarts_total") >= 1
 
-            async with on(cluster, (bob, b)) as [b2]:
+            async with devices_on(cluster, (bob, b)) as [b2]:
                 caught_up = await b2.ok("syncMessages", {"after": first["id"]})
                 assert [m["id"] for m in caught_up["messages"]] == acked_while_down
                 after = await a1.ok(
@@ -169,7 +157,7 @@ async def test_local_delivery_keeps_working_while_redis_is_down(cluster: Cluster
     [a] = await cluster.start(1)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, a)) as [a1, b1]:
+        async with devices_on(cluster, (alice, a), (bob, a)) as [a1, b1]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             cluster.redis.stop()
             try:
@@ -191,7 +179,7 @@ async def test_the_listener_resubscribes_when_redis_drops_it_as_a_slow_subscribe
     a, b = await cluster.start(2)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, a), (bob, b)) as [a1, b1]:
+        async with devices_on(cluster, (alice, a), (bob, b)) as [a1, b1]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             restarts = await b.metric("messaging_backplane_listener_restarts_total")
             cluster.redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
@@ -214,7 +202,7 @@ async def test_killing_a_replica_mid_traffic_loses_no_acknowledged_message(
     pairs = [(unique("alice"), unique("bob")) for _ in range(10)]
     acked: list[str] = []
     with logs_on_failure(cluster):
-        async with on(cluster, *((alice, doomed) for alice, _ in pairs)) as senders:
+        async with devices_on(cluster, *((alice, doomed) for alice, _ in pairs)) as senders:
             conversations = [
                 (await s.ok("createConversation", {"participantId": bob}))["id"]
                 for s, (_, bob) in zip(senders, pairs, strict=True)
@@ -234,7 +222,7 @@ async def test_killing_a_replica_mid_traffic_loses_no_acknowledged_message(
             doomed.signal(signal.SIGKILL)
             await asyncio.gather(*tasks, return_exceptions=True)
         assert len(acked) > 50, "the replica must have acked traffic before it died"
-        async with on(cluster, *((bob, a) for _, bob in pairs)) as readers:
+        async with devices_on(cluster, *((bob, a) for _, bob in pairs)) as readers:
             stored: set[str] = set()
             for reader in readers:
                 page = await reader.ok("syncMessages", {"limit": 500})

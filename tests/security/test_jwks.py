@@ -25,7 +25,6 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from tests.security.auth_attacks import (
     CURSOR_SECRET,
     b64,
@@ -36,7 +35,7 @@ from tests.security.auth_attacks import (
     signing_input,
     start,
 )
-from tests.support.replicas import Replica, logs_on_failure
+from tests.support.replicas import Replica, grpc_status, logs_on_failure
 from tests.support.servers import RedisControl, free_port
 from tests.support.service import Device
 
@@ -132,31 +131,13 @@ async def handshake(replica: Replica, token: str) -> dict[str, Any] | None:
     return None
 
 
-async def grpc_code(replica: Replica, token: str) -> grpc.StatusCode:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.grpc_port}") as channel:
-        call = channel.unary_unary(
-            "/messaging.v1.MessagingService/ListConversations",
-            request_serializer=pb.ListConversationsRequest.SerializeToString,
-            response_deserializer=pb.ListConversationsResponse.FromString,
-        )
-        try:
-            await call(
-                pb.ListConversationsRequest(),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
-
 async def test_tokens_signed_by_any_published_key_get_in_rs256_and_es256(
     replica: Replica, provider: tuple[IdentityProvider, str]
 ) -> None:
     idp, _ = provider
     assert await handshake(replica, idp.token("rsa-1")) is None
     assert await handshake(replica, idp.token("ec-1")) is None
-    assert await grpc_code(replica, idp.token("rsa-1")) == grpc.StatusCode.OK
+    assert await grpc_status(replica.grpc_target, idp.token("rsa-1")) == grpc.StatusCode.OK
 
 
 async def test_a_rotated_in_key_is_picked_up_and_a_rotated_out_key_stops_working(
@@ -190,7 +171,7 @@ async def test_a_flood_of_unknown_kids_fetches_the_document_at_most_once_a_refre
         forged = rs256(key, claims(), {"alg": "RS256", "kid": uuid.uuid4().hex})
         refused = await handshake(replica, forged)
         assert refused is not None and refused["code"] == "UNAUTHORIZED", refused
-        assert await grpc_code(replica, forged) == grpc.StatusCode.UNAUTHENTICATED
+        assert await grpc_status(replica.grpc_target, forged) == grpc.StatusCode.UNAUTHENTICATED
     elapsed = time.monotonic() - started
     fetched = idp.fetches - before
     print(f"80 unknown-kid attempts in {elapsed:.1f}s caused {fetched} JWKS fetches")
@@ -233,7 +214,7 @@ async def test_a_jwks_key_only_verifies_its_own_algorithm(
     for token in (mislabelled, no_kid, confused):
         refused = await handshake(replica, token)
         assert refused is not None and refused["code"] == "UNAUTHORIZED", token
-        assert await grpc_code(replica, token) == grpc.StatusCode.UNAUTHENTICATED
+        assert await grpc_status(replica.grpc_target, token) == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_client_that_hangs_up_during_a_slow_key_fetch_leaves_no_socket_behind(

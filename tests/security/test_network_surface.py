@@ -19,9 +19,8 @@ import pytest
 import websockets
 
 from messaging.dev_connections import ConnectionGraph, start_connections_server
-from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from tests.security.tls_material import Identity, Pki, make_pki
-from tests.support.replicas import Cluster, Replica, logs_on_failure
+from tests.support.replicas import Cluster, Replica, grpc_status, logs_on_failure
 from tests.support.service import Device
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -158,31 +157,6 @@ async def test_dev_allows_any_origin_but_never_with_credentials(
 # --- TLS -----------------------------------------------------------------------------------------
 
 
-async def _list_conversations(
-    target: str, token: str, credentials: grpc.ChannelCredentials | None
-) -> grpc.StatusCode:
-    channel = (
-        grpc.aio.insecure_channel(target)
-        if credentials is None
-        else grpc.aio.secure_channel(target, credentials)
-    )
-    async with channel:
-        call = channel.unary_unary(
-            "/messaging.v1.MessagingService/ListConversations",
-            request_serializer=pb.ListConversationsRequest.SerializeToString,
-            response_deserializer=pb.ListConversationsResponse.FromString,
-        )
-        try:
-            await call(
-                pb.ListConversationsRequest(),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-        return grpc.StatusCode.OK
-
-
 async def test_grpc_serves_tls_to_clients_that_trust_its_ca(cluster: Cluster, pki: Pki) -> None:
     with logs_on_failure(cluster):
         replica = await _started(
@@ -190,8 +164,8 @@ async def test_grpc_serves_tls_to_clients_that_trust_its_ca(cluster: Cluster, pk
         )
         target, token = f"127.0.0.1:{replica.grpc_port}", cluster.token("tls-user")
         trusted = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
-        assert await _list_conversations(target, token, trusted) == grpc.StatusCode.OK
-        assert await _list_conversations(target, token, None) == grpc.StatusCode.UNAVAILABLE
+        assert await grpc_status(target, token, trusted) == grpc.StatusCode.OK
+        assert await grpc_status(target, token, None) == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_grpc_mutual_tls_admits_only_clients_with_a_certificate_of_its_ca(
@@ -217,9 +191,9 @@ async def test_grpc_mutual_tls_admits_only_clients_with_a_certificate_of_its_ca(
             )
 
         refused = grpc.StatusCode.UNAVAILABLE
-        assert await _list_conversations(target, token, as_(pki.client)) == grpc.StatusCode.OK
-        assert await _list_conversations(target, token, as_(None)) == refused
-        assert await _list_conversations(target, token, as_(pki.stranger)) == refused
+        assert await grpc_status(target, token, as_(pki.client)) == grpc.StatusCode.OK
+        assert await grpc_status(target, token, as_(None)) == refused
+        assert await grpc_status(target, token, as_(pki.stranger)) == refused
 
 
 async def test_the_connections_client_speaks_mutual_tls(cluster: Cluster, pki: Pki) -> None:

@@ -7,26 +7,14 @@ that a flood is a few dozen requests; the limits' defaults are in docs/security.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import socketio
 
-from tests.support.replicas import Cluster, Replica, logs_on_failure
+from tests.support.replicas import Cluster, devices_on, logs_on_failure
 from tests.support.service import Device, unique
-
-
-@contextlib.asynccontextmanager
-async def on(cluster: Cluster, *placed: tuple[str, Replica]) -> AsyncIterator[list[Device]]:
-    connected = [Device(replica.url, cluster.token(user)) for user, replica in placed]
-    try:
-        await asyncio.gather(*(d.connect() for d in connected))
-        yield connected
-    finally:
-        await asyncio.gather(*(d.disconnect() for d in connected), return_exceptions=True)
 
 
 def _outcomes(replies: list[Any]) -> tuple[int, list[dict[str, Any]]]:
@@ -60,7 +48,7 @@ async def test_one_user_flooding_sends_and_typing_over_two_replicas_gets_one_bud
     )
     flooder, victim, bystander, friend = (unique(n) for n in ("flood", "victim", "by", "friend"))
     with logs_on_failure(cluster):
-        async with on(
+        async with devices_on(
             cluster, (flooder, a), (flooder, b), (victim, b), (bystander, a), (friend, b)
         ) as [f1, f2, v, by, _]:
             flooded = (await f1.ok("createConversation", {"participantId": victim}))["id"]
@@ -107,7 +95,7 @@ async def test_with_redis_down_the_local_limit_still_holds(cluster: Cluster) -> 
     flooder, victim, bystander, friend = (unique(n) for n in ("flood", "victim", "by", "friend"))
     assert cluster.redis is not None
     with logs_on_failure(cluster):
-        async with on(cluster, (flooder, a), (bystander, a)) as [f, by]:
+        async with devices_on(cluster, (flooder, a), (bystander, a)) as [f, by]:
             flooded = (await f.ok("createConversation", {"participantId": victim}))["id"]
             quiet = (await by.ok("createConversation", {"participantId": friend}))["id"]
             cluster.redis.stop()
@@ -131,18 +119,18 @@ async def test_a_users_sockets_are_capped_across_replicas_at_the_handshake(
     a, b = await cluster.start(2, max_sockets_per_user="3")
     user, other = unique("many"), unique("other")
     with logs_on_failure(cluster):
-        async with on(cluster, (user, a), (user, a), (user, b)) as [first, *_]:
+        async with devices_on(cluster, (user, a), (user, a), (user, b)) as [first, *_]:
             await _registry_count(cluster, user, 3)
             for replica in (a, b):
                 extra = Device(replica.url, cluster.token(user))
                 with pytest.raises(socketio.exceptions.ConnectionError):
                     await extra.connect()
                 assert extra.connect_error["data"]["code"] == "RATE_LIMITED", extra.connect_error
-            async with on(cluster, (other, b)):
+            async with devices_on(cluster, (other, b)):
                 pass  # other users are not affected
             await first.disconnect()
             await _registry_count(cluster, user, 2)
-            async with on(cluster, (user, b)):
+            async with devices_on(cluster, (user, b)):
                 pass  # a freed slot can be used again, from any replica
 
 
@@ -155,7 +143,7 @@ async def test_one_users_pipelined_sends_cannot_crowd_out_a_bystander(cluster: C
     )
     flooder, victim, bystander, friend = (unique(n) for n in ("flood", "victim", "by", "friend"))
     with logs_on_failure(cluster):
-        async with on(cluster, (flooder, a), (bystander, a)) as [f, by]:
+        async with devices_on(cluster, (flooder, a), (bystander, a)) as [f, by]:
             flooded = (await f.ok("createConversation", {"participantId": victim}))["id"]
             quiet = (await by.ok("createConversation", {"participantId": friend}))["id"]
 

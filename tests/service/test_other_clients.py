@@ -91,3 +91,36 @@ async def test_the_official_js_client_sees_unauthorized_in_connect_error(
     result = await node("socketio_client.mjs", "refused", svc.url, "websocket", "not-a-jwt")
     assert result["data"]["code"] == "UNAUTHORIZED"
     assert result["data"]["message"]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_the_official_js_client_makes_and_uses_a_group(
+    svc: RunningService, transport: str
+) -> None:
+    alice, bob, carol = unique("alice"), unique("bob"), unique("carol")
+    svc.connect_users((alice, bob), (alice, carol))
+    result = await node(
+        "socketio_client.mjs",
+        "group",
+        svc.url,
+        transport,
+        svc.token(alice),
+        svc.token(bob),
+        bob,
+        carol,
+    )
+    assert "error" not in result, result
+    group = result["created"]["data"]
+    assert (group["kind"], group["title"], group["createdBy"]) == ("group", "From JS", alice)
+    assert result["createdEvent"]["change"] == {
+        "type": "created",
+        "userIds": sorted([bob, carol]),
+        "by": alice,
+    }
+    assert result["received"]["id"] == result["sent"]["data"]["id"]
+    assert result["read"] == {"ok": True, "data": {"updated": 1}}
+    assert (result["statusEvent"]["userId"], result["statusEvent"]["status"]) == (bob, "read")
+    receipts = {r["userId"]: r for r in result["receipts"]["data"]["receipts"]}
+    assert receipts[bob]["readAt"] is not None and receipts[carol]["readAt"] is None
+    assert result["left"] == {"ok": True, "data": {}}
+    assert result["afterLeaving"]["error"]["code"] == "NOT_FOUND"

@@ -9,6 +9,7 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +21,12 @@ from standardwebhooks.webhooks import Webhook
 from messaging import db, outbox
 from messaging.dev_connections import ConnectionGraph
 from messaging.outbox import Outbox
+from messaging.settings import Settings
 from messaging.storage import outbox as sql
 from messaging.store import ConversationRecord, MessageRecord
 from messaging.tables import webhook_endpoints, webhook_notifications, webhook_outbox
 from messaging.webhooks import Dispatcher, Policy
+from tests.support.servers import PostgresServer
 from tests.support.service import (
     RunningService,
     devices,
@@ -391,10 +394,23 @@ async def test_the_http2_capable_client_delivers_signed_events_too(
         assert verify(received)["data"]["reporterId"] == user
 
 
-async def test_notification_previews_can_be_turned_off(database_url: str, backend: str) -> None:
+@pytest_asyncio.fixture
+async def own_database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database of this test's own: notification checks are taken by whichever service's
+    dispatcher comes first, and the module's service shares the session database."""
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"hooks_{uuid.uuid4().hex[:8]}")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path}/hooks.db"
+    await asyncio.to_thread(db.migrate, Settings(database_url=url))
+    return url
+
+
+async def test_notification_previews_can_be_turned_off(own_database_url: str, backend: str) -> None:
     async with receiver() as pushes:
         settings = service_settings(
-            database_url,
+            own_database_url,
             webhooks=[{"url": pushes.url, "secret": SECRET, "events": ["notification.requested"]}],
             webhook_notify_delay_seconds=0.2,
             webhook_notify_preview=False,
@@ -507,3 +523,41 @@ async def test_an_attempt_that_times_out_is_retried_under_the_same_id(
     finally:
         hooks.respond = normal
     assert len({r.id for r in attempts()}) == 1
+
+
+async def test_groups_and_reports_emit_their_events_in_their_transactions(
+    hook_svc: RunningService, hooks: Receiver
+) -> None:
+    """conversation.created and conversation.updated (joined, left) from the group rules,
+    message.reported from reportMessage, read by the socket events that make the changes."""
+    alice, bob, carol = unique("alice"), unique("bob"), unique("carol")
+    hook_svc.connect_users((alice, bob), (alice, carol), (bob, carol))
+    async with devices(hook_svc, alice, bob, carol) as [a, b, c]:
+        group = await a.ok("createConversation", {"participantIds": [bob], "title": "Hooks"})
+        await a.ok("addParticipants", {"conversationId": group["id"], "userIds": [carol]})
+        await c.ok("leaveConversation", {"conversationId": group["id"]})
+        sent = await a.ok("sendMessage", {"conversationId": group["id"], "content": "spam!"})
+        await b.ok("reportMessage", {"messageId": sent["id"], "reason": "spam"})
+
+    def kinds(_: list[Received]) -> list[str]:
+        return [r.event["type"] for r in hooks.events(about(alice, bob, carol))]
+
+    await hooks.wait_for(
+        lambda got: (
+            kinds(got).count("conversation.updated") >= 2 and "message.reported" in kinds(got)
+        ),
+        timeout=30,
+    )
+    mine = hooks.events(about(alice, bob, carol))
+    created = [r.event["data"] for r in mine if r.event["type"] == "conversation.created"]
+    assert [c["id"] for c in created] == [group["id"]] and created[0]["kind"] == "group"
+    changes = [r.event["data"]["change"] for r in mine if r.event["type"] == "conversation.updated"]
+    assert sorted((ch["type"], ch["userIds"], ch["by"]) for ch in changes) == [
+        ("joined", [carol], alice),
+        ("left", [carol], carol),
+    ]
+    [reported] = [r.event["data"] for r in mine if r.event["type"] == "message.reported"]
+    assert reported["messageId"] == sent["id"] and reported["reporterId"] == bob
+    assert reported["message"]["content"] == "spam!"
+    assert reported["reportId"] and reported["reason"] == "spam"
+    assert all(verify(r) for r in mine)

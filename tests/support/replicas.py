@@ -30,9 +30,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from messaging.auth import mint_token
 from messaging.db import migrate
 from messaging.dev_connections import ConnectionGraph, start_connections_server
+from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.settings import Settings
 from tests.support.servers import PostgresServer, RedisControl, free_port
-from tests.support.service import JWT_SECRET
+from tests.support.service import JWT_SECRET, Device
 
 
 @dataclass
@@ -49,6 +50,10 @@ class Replica:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -253,3 +258,41 @@ def logs_on_failure(cluster: Cluster) -> Iterator[None]:
         for replica in cluster.replicas:
             print(f"----- {replica.name} -----\n{replica.log()}")
         raise
+
+
+@contextlib.asynccontextmanager
+async def devices_on(cluster: Cluster, *placed: tuple[str, Replica]) -> AsyncIterator[list[Device]]:
+    """Connect each user's device to the replica named beside it; disconnect them all after."""
+    connected = [Device(replica.url, cluster.token(user)) for user, replica in placed]
+    try:
+        await asyncio.gather(*(d.connect() for d in connected))
+        yield connected
+    finally:
+        await asyncio.gather(*(d.disconnect() for d in connected), return_exceptions=True)
+
+
+async def grpc_status(
+    target: str, token: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.StatusCode:
+    """The status code ``ListConversations`` gets with ``token``: the cheapest call that
+    authenticates, so it tells whether a token (or a channel's TLS) is let in."""
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials)
+    )
+    async with channel:
+        call = channel.unary_unary(
+            "/messaging.v1.MessagingService/ListConversations",
+            request_serializer=pb.ListConversationsRequest.SerializeToString,
+            response_deserializer=pb.ListConversationsResponse.FromString,
+        )
+        try:
+            await call(
+                pb.ListConversationsRequest(),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK

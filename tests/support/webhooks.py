@@ -119,8 +119,11 @@ def about(*users: str) -> Callable[[dict[str, Any]], bool]:
 
     def concerns(event: dict[str, Any]) -> bool:
         data = event["data"]
-        values = {data.get(k) for k in ("authorId", "userId", "reporterId", "actorId")}
+        values = {data.get(k) for k in ("authorId", "userId", "reporterId")}
         values |= set(data.get("participantIds", []))
+        if isinstance(data.get("change"), dict):  # conversation.updated
+            values.add(data["change"]["by"])
+            values |= set(data["conversation"]["participantIds"])
         return bool(values & wanted)
 
     return concerns

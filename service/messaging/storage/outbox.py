@@ -55,6 +55,25 @@ class MessageEvents:
     rows: Sequence[tuple[uuid.UUID, OutboxRow]]
     notify_after: timedelta | None
 
+    @property
+    def postgres_ctes(self) -> str:
+        if self.notify_after is None:
+            return POSTGRES_EVENTS_CTE
+        return POSTGRES_EVENTS_CTE + POSTGRES_NOTIFY_CTE
+
+    def postgres_args(self) -> tuple[Any, ...]:
+        return postgres_event_args(self)
+
+    async def write(
+        self,
+        conn: AsyncConnection,
+        *,
+        inserted: set[uuid.UUID],
+        created_at: dict[uuid.UUID, datetime],
+        now: datetime,
+    ) -> None:
+        await insert_message_events(conn, self, inserted=inserted, created_at=created_at, now=now)
+
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
@@ -94,7 +113,7 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[OutboxRow], *, now: 
     )
 
 
-# Appended to store's batch insert on PostgreSQL (it names that statement's ``inserted`` and
+# Added to store's batch insert on PostgreSQL (it names that statement's ``inserted`` and
 # ``targets``), so the messages, their change-log entries and their events are one statement: one
 # round trip, one implicit transaction. Unreferenced data-modifying CTEs still run, exactly once.
 POSTGRES_EVENTS_CTE = """

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class MessagingServiceStub:
-    """MessagingService reads and creates conversations on behalf of the authenticated user.
+    """MessagingService reads and creates conversations, and changes groups' membership, on behalf of
+    the authenticated user.
     """
 
     def __init__(self, channel):
@@ -50,10 +51,21 @@ class MessagingServiceStub:
                 request_serializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.CreateConversationRequest.SerializeToString,
                 response_deserializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.Conversation.FromString,
                 _registered_method=True)
+        self.AddParticipants = channel.unary_unary(
+                '/messaging.v1.MessagingService/AddParticipants',
+                request_serializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.AddParticipantsRequest.SerializeToString,
+                response_deserializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.Conversation.FromString,
+                _registered_method=True)
+        self.LeaveConversation = channel.unary_unary(
+                '/messaging.v1.MessagingService/LeaveConversation',
+                request_serializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.LeaveConversationRequest.SerializeToString,
+                response_deserializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.LeaveConversationResponse.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
-    """MessagingService reads and creates conversations on behalf of the authenticated user.
+    """MessagingService reads and creates conversations, and changes groups' membership, on behalf of
+    the authenticated user.
     """
 
     def GetMessageHistory(self, request, context):
@@ -78,6 +90,21 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddParticipants(self, request, context):
+        """AddParticipants adds the caller's first-degree connections to a group it is a member of;
+        users already members are left as they are. At most 50 members (a setting).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveConversation(self, request, context):
+        """LeaveConversation takes the caller out of a group; afterwards the group is NOT_FOUND to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +123,16 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     request_deserializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.CreateConversationRequest.FromString,
                     response_serializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.Conversation.SerializeToString,
             ),
+            'AddParticipants': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddParticipants,
+                    request_deserializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.AddParticipantsRequest.FromString,
+                    response_serializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.Conversation.SerializeToString,
+            ),
+            'LeaveConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveConversation,
+                    request_deserializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.LeaveConversationRequest.FromString,
+                    response_serializer=messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.LeaveConversationResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'messaging.v1.MessagingService', rpc_method_handlers)
@@ -105,7 +142,8 @@ def add_MessagingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MessagingService:
-    """MessagingService reads and creates conversations on behalf of the authenticated user.
+    """MessagingService reads and creates conversations, and changes groups' membership, on behalf of
+    the authenticated user.
     """
 
     @staticmethod
@@ -179,6 +217,60 @@ class MessagingService:
             '/messaging.v1.MessagingService/CreateConversation',
             messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.CreateConversationRequest.SerializeToString,
             messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.Conversation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddParticipants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/messaging.v1.MessagingService/AddParticipants',
+            messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.AddParticipantsRequest.SerializeToString,
+            messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.Conversation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/messaging.v1.MessagingService/LeaveConversation',
+            messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.LeaveConversationRequest.SerializeToString,
+            messaging_dot_proto_dot_messaging_dot_v1_dot_messaging__pb2.LeaveConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,296 @@
+"""Group conversations: who may create one, add members, leave; and what members are told.
+
+The first-degree-connection rule holds at the door instead of on every message: whoever brings
+someone into a group (its creator, or a member adding people) must be connected to each of them,
+and, once the blocking rules exist, neither may block the other. Inside the group, membership is
+the rule for sending, reading and typing. A member who left is not a member (its row is gone): it
+gets ``NOT_FOUND`` for the group, nothing more is delivered to it, and it no longer counts for a
+message's status. A member who joins sees messages from the moment it joined.
+
+Connection checks for a batch of new members run concurrently, in one round of Connections calls
+(each cached like the per-message check), and fail closed: one error refuses the whole change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from messaging import store
+from messaging.connections import ConnectionsChecker
+from messaging.delivery import Delivery
+from messaging.errors import Forbidden, NotFound, ValidationFailed
+from messaging.outbox import Outbox, conversation_created, conversation_updated
+from messaging.payloads import conversation_json
+from messaging.storage import groups as sql
+from messaging.storage import receipts as receipt_sql
+from messaging.storage.groups import Member
+from messaging.store import ConversationRecord
+
+log = logging.getLogger(__name__)
+
+# Who among ``others`` blocks ``user_id`` or is blocked by it, in one query
+# (``Blocks.either_blocks``; passed in so the group rules need not know the cache).
+BlockCheck = Callable[[str, Sequence[str]], Awaitable[AbstractSet[str]]]
+
+
+class Database(Protocol):
+    """Chat's transactions (database errors surface as ``UNAVAILABLE`` and turn readiness)."""
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+
+
+class Groups:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        connections: ConnectionsChecker,
+        delivery: Delivery,
+        max_members: int,
+        blocked: BlockCheck,
+        events: Outbox | None = None,
+    ) -> None:
+        self._database = database
+        # Webhook events, recorded in each change's transaction (none configured: a no-op).
+        self._events = events or Outbox([])
+        self._connections = connections
+        self._delivery = delivery
+        self._max_members = max_members
+        self._blocked = blocked
+
+    # --- the rule at the door -------------------------------------------------------------------
+
+    async def admit(self, by: str, newcomers: Sequence[str]) -> None:
+        """``by`` may bring ``newcomers`` in: connected to each, and no block between them.
+
+        One concurrent round of Connections calls; any error fails the whole change closed
+        (``UNAVAILABLE``), any stranger refuses it (``FORBIDDEN``, naming them).
+        """
+        if not newcomers:
+            return
+        answers = await asyncio.gather(
+            *(self._connections.is_connected(by, user) for user in newcomers),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        strangers = {u for u, connected in zip(newcomers, answers, strict=True) if not connected}
+        # A block either way keeps a user out, as it keeps them out of a direct conversation;
+        # it is refused in the words of "not a connection", so a blocked user learns nothing.
+        strangers |= await self._blocked(by, [u for u in newcomers if u not in strangers])
+        if strangers:
+            raise Forbidden(
+                "you can only add your first-degree connections to a group",
+                details=sorted(strangers),
+            )
+
+    def _check_size(self, members: int) -> None:
+        if members > self._max_members:
+            raise ValidationFailed(
+                f"a group has at most {self._max_members} members", details={"members": members}
+            )
+
+    # --- the operations -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        user_id: str,
+        *,
+        participant_ids: Sequence[str],
+        title: str,
+        client_conversation_id: str | None,
+        origin_sid: str | None = None,
+    ) -> ConversationRecord:
+        """A new group of the caller and ``participant_ids``; a repeated
+        ``client_conversation_id`` of the same creator returns the same group, unchanged."""
+        others = list(dict.fromkeys(participant_ids))
+        if user_id in others:
+            raise ValidationFailed("list the other members: you are in the group already")
+        self._check_size(len(others) + 1)
+        if client_conversation_id is not None:
+            async with self._database.connection() as conn:
+                existing = await sql.find_group(
+                    conn, created_by=user_id, client_conversation_id=client_conversation_id
+                )
+                if existing is not None:
+                    return await self._visible(conn, user_id, existing)
+        await self.admit(user_id, others)
+        now = datetime.now(UTC)
+        async with self._database.transaction() as conn:
+            conversation_id, created = await sql.create_group(
+                conn,
+                conversation_id=uuid.uuid4(),
+                title=title,
+                created_by=user_id,
+                client_conversation_id=client_conversation_id,
+                members=[user_id, *others],
+                created_at=now,
+            )
+            conversation = await self._visible(conn, user_id, conversation_id)
+            if created:
+                await self._events.record(
+                    conn, "conversation.created", conversation_created(conversation), at=now
+                )
+        if created:
+            await self._announce(
+                conversation,
+                recipients=conversation.participant_ids,
+                change="created",
+                user_ids=others,
+                by=user_id,
+                origin_sid=origin_sid,
+            )
+        return conversation
+
+    async def add_participants(
+        self,
+        user_id: str,
+        *,
+        conversation_id: uuid.UUID,
+        user_ids: Sequence[str],
+        origin_sid: str | None = None,
+    ) -> ConversationRecord:
+        """Add the caller's connections; those already members are left as they are."""
+        wanted = list(dict.fromkeys(user_ids))
+        async with self._database.connection() as conn:
+            before = await self._group_of(conn, user_id, conversation_id)
+        newcomers = [u for u in wanted if u not in before.participant_ids]
+        if not newcomers:
+            return before
+        self._check_size(len(before.participant_ids) + len(newcomers))
+        await self.admit(user_id, newcomers)
+        async with self._database.transaction() as conn:
+            await sql.lock_group(conn, conversation_id)
+            current = await self._group_of(conn, user_id, conversation_id)
+            joining = [u for u in newcomers if u not in current.participant_ids]
+            self._check_size(len(current.participant_ids) + len(joining))
+            await sql.add_members(conn, conversation_id, joining, datetime.now(UTC))
+            after = sql.with_members(current, [*current.participant_ids, *joining])
+            if joining:
+                await self._record_update(conn, after, "joined", joining, user_id)
+        if joining:
+            await self._announce(
+                after,
+                recipients=after.participant_ids,
+                change="joined",
+                user_ids=joining,
+                by=user_id,
+                origin_sid=origin_sid,
+            )
+        return after
+
+    async def leave(
+        self, user_id: str, *, conversation_id: uuid.UUID, origin_sid: str | None = None
+    ) -> None:
+        async with self._database.transaction() as conn:
+            await sql.lock_group(conn, conversation_id)
+            current = await self._group_of(conn, user_id, conversation_id)
+            leaving = await sql.member(conn, conversation_id, user_id)
+            await sql.remove_member(conn, conversation_id, user_id)
+            if leaving is not None:
+                # It no longer counts for a message's status: what only it held back moves on.
+                await receipt_sql.settle_after_leaving(
+                    conn,
+                    conversation_id=conversation_id,
+                    after=leaving.read_through,
+                    joined_at=leaving.joined_at,
+                )
+            after = sql.with_members(current, [u for u in current.participant_ids if u != user_id])
+            await self._record_update(conn, after, "left", [user_id], user_id)
+        # The member who left is told on all its devices (the others drop the group from view).
+        await self._announce(
+            after,
+            recipients=[*after.participant_ids, user_id],
+            change="left",
+            user_ids=[user_id],
+            by=user_id,
+            origin_sid=origin_sid,
+        )
+
+    # --- membership, for the rules of messages --------------------------------------------------
+
+    async def require_member(self, user_id: str, conversation_id: uuid.UUID) -> Member:
+        """The caller's membership of a group; ``NOT_FOUND`` for anyone else (also one who
+        left: a group's existence is not told to non-members)."""
+        async with self._database.connection() as conn:
+            found = await sql.member(conn, conversation_id, user_id)
+        if found is None:
+            raise NotFound("no such conversation")
+        return found
+
+    async def member_ids(self, conversation_id: uuid.UUID) -> list[str]:
+        async with self._database.connection() as conn:
+            return await sql.member_ids(conn, conversation_id)
+
+    async def _visible(
+        self, conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
+    ) -> ConversationRecord:
+        conversation = await store.get_conversation(conn, conversation_id)
+        if conversation is None or user_id not in conversation.participant_ids:
+            raise NotFound("no such conversation")
+        return conversation
+
+    async def _group_of(
+        self, conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
+    ) -> ConversationRecord:
+        conversation = await store.get_conversation(conn, conversation_id)
+        if conversation is None:
+            raise NotFound("no such conversation")
+        if conversation.kind != "group":
+            if user_id not in conversation.participant_ids:
+                raise Forbidden("you are not a participant of this conversation")
+            raise ValidationFailed("only a group's membership can change")
+        if user_id not in conversation.participant_ids:
+            raise NotFound("no such conversation")
+        return conversation
+
+    async def _record_update(
+        self,
+        conn: AsyncConnection,
+        conversation: ConversationRecord,
+        change: str,
+        user_ids: Sequence[str],
+        by: str,
+    ) -> None:
+        """``conversation.updated``, in the change's transaction."""
+        await self._events.record(
+            conn,
+            "conversation.updated",
+            conversation_updated(
+                conversation_json(conversation), change=change, actor_id=by, user_ids=user_ids
+            ),
+        )
+
+    async def _announce(
+        self,
+        conversation: ConversationRecord,
+        *,
+        recipients: Sequence[str],
+        change: str,
+        user_ids: Sequence[str],
+        by: str,
+        origin_sid: str | None,
+    ) -> None:
+        data: dict[str, Any] = {
+            "conversation": conversation_json(conversation),
+            "change": {"type": change, "userIds": sorted(user_ids), "by": by},
+        }
+        try:
+            await self._delivery.to_users(
+                recipients, "conversationUpdated", data, skip_sid=origin_sid
+            )
+        except Exception:
+            # The change is committed; clients see it in listConversations.
+            log.exception("delivery failed", extra={"event": "conversationUpdated"})

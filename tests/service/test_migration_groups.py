@@ -1,0 +1,121 @@
+"""Schema 0005 (groups) upgrades a live database in place, keeping what it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from messaging import store, tables
+from messaging.db import alembic_config
+from messaging.storage import groups as group_sql
+from tests.support.servers import PostgresServer
+
+ALICE, BOB, CAROL = "alice", "bob", "carol"
+
+
+async def _write_before_groups(url: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """A direct conversation with a message, written the way the schema before 0005 allows."""
+    engine = create_async_engine(url)
+    conversation, message = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC) - timedelta(minutes=5)
+    async with engine.begin() as conn:
+        # Plain SQL of the columns that existed: the tables module describes the newest schema.
+        await conn.execute(
+            text(
+                "INSERT INTO conversations (id, user_low, user_high, created_at) "
+                "VALUES (:id, :low, :high, :at)"
+            ),
+            {"id": _id(url, conversation), "low": ALICE, "high": BOB, "at": now},
+        )
+        for user in (ALICE, BOB):
+            await conn.execute(
+                text("INSERT INTO participants (conversation_id, user_id) VALUES (:c, :u)"),
+                {"c": _id(url, conversation), "u": user},
+            )
+        await conn.execute(
+            text(
+                "INSERT INTO messages (id, conversation_id, author_id, content, status, "
+                "created_at) VALUES (:id, :c, :a, 'old', 'delivered', :at)"
+            ),
+            {"id": _id(url, message), "c": _id(url, conversation), "a": ALICE, "at": now},
+        )
+    await engine.dispose()
+    return conversation, message
+
+
+def _id(url: str, value: uuid.UUID) -> str:
+    """How SQLAlchemy's Uuid stores a UUID: native on PostgreSQL, 32 hex digits on SQLite."""
+    return str(value) if url.startswith("postgresql") else value.hex
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_upgrading_to_groups_keeps_direct_conversations_and_takes_groups(
+    backend: str, request: pytest.FixtureRequest, tmp_path: object
+) -> None:
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path}/groups.db"
+    config = alembic_config(url)
+    # Whatever revision comes right before 0005 (the lead re-chains revisions at merge).
+    await asyncio.to_thread(command.upgrade, config, "0005-1")
+    conversation, message = await _write_before_groups(url)
+
+    await asyncio.to_thread(command.upgrade, config, "head")
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            direct = await store.get_conversation(conn, conversation)
+            kept = await store.get_message(conn, message)
+            group_id, created = await group_sql.create_group(
+                conn,
+                conversation_id=uuid.uuid4(),
+                title="After the upgrade",
+                created_by=ALICE,
+                client_conversation_id="k",
+                members=[ALICE, BOB, CAROL],
+                created_at=datetime.now(UTC),
+            )
+            group = await store.get_conversation(conn, group_id)
+            listed = await store.list_conversations(conn, user_id=BOB, limit=10, before=None)
+    finally:
+        await engine.dispose()
+    assert direct is not None and direct.kind == "direct"
+    assert (direct.participant_ids, direct.title, direct.created_by) == ((ALICE, BOB), None, None)
+    assert kept is not None and (kept.content, kept.status) == ("old", "delivered")
+    assert created and group is not None
+    assert (group.kind, group.participant_ids) == ("group", (ALICE, BOB, CAROL))
+    unread = {s.conversation.id: s.unread_count for s in listed}
+    assert unread == {conversation: 1, group_id: 0}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_the_migrated_schema_is_the_schema_the_code_describes(
+    backend: str, request: pytest.FixtureRequest, tmp_path: object
+) -> None:
+    """tables.py (what the store writes) and the migrations (what databases hold) agree."""
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path}/schema.db"
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), tables.metadata)
+            )
+    finally:
+        await engine.dispose()
+    assert differences == []
