@@ -112,14 +112,6 @@ class Chat:
             raise RuntimeError("Chat.use_groups() was not called")
         return self._groups
 
-    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A transaction whose database failures surface as ``UNAVAILABLE`` (for groups.py)."""
-        return self._transaction()
-
-    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A connection without an open transaction, as ``_connection`` (for groups.py)."""
-        return self._connection()
-
     @property
     def engine(self) -> AsyncEngine:
         return self._engine

@@ -38,14 +38,14 @@ from messaging.errors import (
 )
 from messaging.logs import log_context, new_request_id, user_hash
 from messaging.payloads import (
-    BlockUser,
     AddParticipants,
+    BlockUser,
     CreateConversation,
     CreateGroup,
     GetPresence,
-    ListBlocked,
     GetReceipts,
     LeaveConversation,
+    ListBlocked,
     MarkDelivered,
     MarkRead,
     ReportMessage,

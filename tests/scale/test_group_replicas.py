@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.scale.test_replicas import on
-from tests.support.replicas import Cluster, logs_on_failure
+from tests.support.replicas import Cluster, devices_on, logs_on_failure
 from tests.support.service import unique
 
 
@@ -16,7 +15,7 @@ async def test_a_groups_message_reaches_every_members_devices_on_every_replica(
     cluster.graph.connect(alice, carol)
     with logs_on_failure(cluster):
         placed = ((alice, a), (bob, b), (bob, c), (carol, c), (alice, b))
-        async with on(cluster, *placed) as [a1, b1, b2, c1, a2]:
+        async with devices_on(cluster, *placed) as [a1, b1, b2, c1, a2]:
             group = await a1.ok(
                 "createConversation", {"participantIds": [bob, carol], "title": "T"}
             )
