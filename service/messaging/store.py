@@ -286,6 +286,21 @@ async def _last_messages(
     return {row.conversation_id: _message(row) for row in rows}
 
 
+async def unread_counts(
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    direct: Sequence[uuid.UUID] = (),
+    groups: Sequence[uuid.UUID] = (),
+) -> dict[uuid.UUID, int]:
+    """The user's unread messages in each conversation, counted as ``listConversations`` does
+    (for the webhooks' ``notification.requested``)."""
+    counts = await _unread_counts(conn, user_id=user_id, conversation_ids=direct) if direct else {}
+    if groups:
+        counts.update(await _group_unread_counts(conn, user_id=user_id, conversation_ids=groups))
+    return counts
+
+
 async def _unread_counts(
     conn: AsyncConnection, *, user_id: str, conversation_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, int]:

@@ -250,7 +250,7 @@ class Dispatcher:
             if not due:
                 return 0
             wanted = [d for d in due if not d.delivered]
-            counts = await sql.unread_counts(conn, [(d.user_id, d.conversation_id) for d in wanted])
+            counts = await sql.unread_counts(conn, wanted)
             await self._outbox.record_many(
                 conn,
                 [

@@ -22,7 +22,10 @@ from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from messaging import store
 from messaging.tables import (
+    conversations,
+    message_deliveries,
     messages,
     participants,
     webhook_endpoints,
@@ -298,6 +301,7 @@ class DueNotification:
     author_id: str
     content: str
     delivered: bool
+    kind: str = "direct"
 
 
 async def claim_due_notifications(
@@ -305,9 +309,20 @@ async def claim_due_notifications(
 ) -> list[DueNotification]:
     """Due checks with their message, locked for this transaction (others skip them).
 
-    ``delivered`` is whether a device of the recipient marked the message delivered (or read):
-    in a direct conversation the message's status is its one recipient's.
+    ``delivered``: a device of the recipient marked the message delivered or read. In a direct
+    conversation the message's status is its one recipient's; in a group, the recipient's own
+    delivery row or read position says it (the status is the lowest over the members). A
+    recipient who left the group counts as delivered: nothing is asked for them.
     """
+    me = participants.alias("me")
+    got_it = (
+        select(message_deliveries.c.message_id)
+        .where(
+            message_deliveries.c.message_id == webhook_notifications.c.message_id,
+            message_deliveries.c.user_id == webhook_notifications.c.user_id,
+        )
+        .exists()
+    )
     rows = await conn.execute(
         select(
             webhook_notifications.c.message_id,
@@ -316,19 +331,46 @@ async def claim_due_notifications(
             messages.c.author_id,
             messages.c.content,
             messages.c.status,
+            messages.c.created_at,
+            conversations.c.kind,
+            me.c.user_id.label("member"),
+            me.c.read_through_at,
+            me.c.read_through_id,
+            got_it.label("got_it"),
         )
         .join(messages, messages.c.id == webhook_notifications.c.message_id)
+        .join(conversations, conversations.c.id == messages.c.conversation_id)
+        .outerjoin(
+            me,
+            and_(
+                me.c.conversation_id == messages.c.conversation_id,
+                me.c.user_id == webhook_notifications.c.user_id,
+            ),
+        )
         .where(webhook_notifications.c.due_at <= now)
         .order_by(webhook_notifications.c.due_at)
         .limit(limit)
         .with_for_update(of=webhook_notifications, skip_locked=True)
     )
-    return [
-        DueNotification(
-            r.message_id, r.user_id, r.conversation_id, r.author_id, r.content, r.status != "sent"
+    found = []
+    for r in rows:
+        read_past = r.read_through_at is not None and (r.read_through_at, r.read_through_id) >= (
+            r.created_at,
+            r.message_id,
         )
-        for r in rows
-    ]
+        delivered = r.status != "sent" or bool(r.got_it) or r.member is None or read_past
+        found.append(
+            DueNotification(
+                r.message_id,
+                r.user_id,
+                r.conversation_id,
+                r.author_id,
+                r.content,
+                delivered,
+                r.kind,
+            )
+        )
+    return found
 
 
 async def delete_notifications(conn: AsyncConnection, done: Sequence[DueNotification]) -> None:
@@ -344,23 +386,18 @@ async def delete_notifications(conn: AsyncConnection, done: Sequence[DueNotifica
 
 
 async def unread_counts(
-    conn: AsyncConnection, pairs: Sequence[tuple[str, uuid.UUID]]
+    conn: AsyncConnection, due: Sequence[DueNotification]
 ) -> dict[tuple[str, uuid.UUID], int]:
-    """Unread messages of each (user, conversation): not theirs and not read (one query)."""
-    if not pairs:
-        return {}
-    rows = await conn.execute(
-        select(messages.c.conversation_id, messages.c.author_id, func.count())
-        .where(
-            messages.c.conversation_id.in_(list({c for _, c in pairs})),
-            messages.c.status != "read",
+    """The recipient's unread count in the conversation of each check (one query per user)."""
+    per_user: dict[str, tuple[set[uuid.UUID], set[uuid.UUID]]] = {}
+    for d in due:
+        direct, groups = per_user.setdefault(d.user_id, (set(), set()))
+        (groups if d.kind == "group" else direct).add(d.conversation_id)
+    found: dict[tuple[str, uuid.UUID], int] = {}
+    for user_id, (direct, groups) in per_user.items():
+        counts = await store.unread_counts(
+            conn, user_id=user_id, direct=list(direct), groups=list(groups)
         )
-        .group_by(messages.c.conversation_id, messages.c.author_id)
-    )
-    by_author: dict[uuid.UUID, list[tuple[str, int]]] = {}
-    for conversation_id, author_id, count in rows:
-        by_author.setdefault(conversation_id, []).append((author_id, int(count)))
-    return {
-        (user, conversation): sum(n for a, n in by_author.get(conversation, []) if a != user)
-        for user, conversation in pairs
-    }
+        found.update({(user_id, c): n for c, n in counts.items()})
+        found.update({(user_id, c): 0 for c in direct | groups if c not in counts})
+    return found
