@@ -93,7 +93,7 @@ async def test_a_replica_killed_mid_delivery_loses_nothing_and_another_finishes(
 
         async def hang(_: Received) -> int:
             await release.wait()
-            return 204
+            return 503  # nobody reads it: the replica that sent it is dead
 
         hooks.respond = hang
         settings = hook_settings(hooks)
@@ -101,8 +101,8 @@ async def test_a_replica_killed_mid_delivery_loses_nothing_and_another_finishes(
         with logs_on_failure(cluster):
             ids = await send_messages(cluster, first, 20)
             await hooks.wait_for(lambda _: len(hooks.arrived) >= 1, timeout=60)
-            in_flight = {r.id for r in hooks.arrived}
             first.kill()  # SIGKILL while its requests hang: nothing is settled
+            in_flight = {r.id for r in hooks.arrived}
             release.set()
 
             async def ok(_: Received) -> int:
