@@ -39,6 +39,7 @@ from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
 from messaging.errors import MessagingError
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
+from messaging.message_changes import MessageChanges
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
 from messaging.settings import Settings
@@ -269,6 +270,7 @@ def build_service(settings: Settings) -> Service:
         cursor_key=settings.cursor_key,
     )
     delivery.use_log(heads=chat.log_heads, events=chat.log_events)
+    changes = MessageChanges(chat=chat, edit_window_seconds=settings.edit_window_seconds)
     limiter = RateLimiter(
         settings.rate_limit_budgets,
         redis=redis,
@@ -278,6 +280,7 @@ def build_service(settings: Settings) -> Service:
     sockets = SocketEvents(
         verifier=verifier,
         chat=chat,
+        changes=changes,
         presence=presence,
         delivery=delivery,
         server=server,
@@ -295,6 +298,7 @@ def build_service(settings: Settings) -> Service:
             )
         grpc = GrpcServer(
             chat=chat,
+            changes=changes,
             verifier=verifier,
             host=settings.grpc_host,
             port=settings.grpc_port,

@@ -148,6 +148,8 @@ class Settings(BaseSettings):
     # queue is shared; one user's pipelined sends must not fill it for everyone).
     max_sends_in_flight_per_user: int = Field(32, ge=1, le=10_000)
     max_sockets_per_user: int = Field(20, ge=1, le=10_000)
+    # How long after sending it its author may still edit a message (default 24 h).
+    edit_window_seconds: float = Field(86_400.0, gt=0, le=31_536_000)
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)

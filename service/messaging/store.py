@@ -49,6 +49,12 @@ class MessageRecord:
     client_message_id: str | None
     # The message's position in each participant's change log, when this call just wrote it.
     positions: tuple[tuple[str, int], ...] = ()
+    # Schema 0003: when it was last edited, when it was deleted (a tombstone: content ""), and
+    # its reactions as (emoji, user ids) in the order they were first given. Reads fill the
+    # reactions in with ``storage.message_changes.with_reactions``.
+    edited_at: datetime | None = None
+    deleted_at: datetime | None = None
+    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,8 @@ _MESSAGE_COLUMNS = (
     messages.c.status,
     messages.c.created_at,
     messages.c.client_message_id,
+    messages.c.edited_at,
+    messages.c.deleted_at,
 )
 
 
@@ -96,6 +104,8 @@ def _message(row: Any) -> MessageRecord:
         status=row.status,
         created_at=row.created_at,
         client_message_id=row.client_message_id,
+        edited_at=row.edited_at,
+        deleted_at=row.deleted_at,
     )
 
 
@@ -420,6 +430,7 @@ class LogEntry:
     kind: str
     actor_id: str | None
     changed_at: datetime
+    emoji: str | None = None  # of a "reacted"/"unreacted" entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +444,7 @@ class Change:
     actor_id: str | None
     changed_at: datetime
     conversation_id: uuid.UUID
+    emoji: str | None = None
 
 
 async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> list[Change]:
@@ -479,6 +491,7 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
                 e.actor_id,
                 e.changed_at,
                 e.conversation_id,
+                e.emoji,
             )
             for i, e in enumerate(mine)
         )
@@ -492,6 +505,7 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
                     "kind": c.kind,
                     "actor_id": c.actor_id,
                     "changed_at": c.changed_at,
+                    "emoji": c.emoji,
                 }
                 for c in changes
             ]
@@ -703,6 +717,7 @@ async def changes_after(
             user_changes.c.kind,
             user_changes.c.actor_id,
             user_changes.c.changed_at,
+            user_changes.c.emoji,
         )
         .join(messages, messages.c.id == user_changes.c.message_id)
         .where(_log_of(user_id), user_changes.c.position > after_pos)
@@ -719,6 +734,7 @@ async def changes_after(
                 row.actor_id,
                 row.changed_at,
                 row.conversation_id,
+                row.emoji,
             ),
             _message(row),
         )
@@ -728,3 +744,10 @@ async def changes_after(
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))
+
+
+# For the feature modules under ``storage/``: the columns a MessageRecord is read from, the row
+# mapping, and the backend's INSERT (with its on-conflict clauses).
+MESSAGE_COLUMNS = _MESSAGE_COLUMNS
+message_from_row = _message
+dialect_insert = _insert
