@@ -5,7 +5,9 @@
 # by its version (like hack/k8s-tools.sh); later runs start it at once.
 #
 # Usage:
-#   hack/buf.sh ARGS...          run buf with ARGS (built first if needed), e.g. hack/buf.sh lint
+#   hack/buf.sh check            `buf lint` on protos/, and `buf breaking` against the protos of
+#                                the previous commit (HEAD~1); what hack/test.sh runs
+#   hack/buf.sh ARGS...          run buf with ARGS (built first if needed), e.g. hack/buf.sh lint protos
 #   hack/buf.sh --print-bin      print the path of the binary without building it
 #
 # Environment:
@@ -55,4 +57,34 @@ if [[ ! -x "${BIN}" || ! -f "${DEST}/.complete" ]]; then
   exec 9>&-
 fi
 
-exec "${BIN}" "$@"
+if [[ "${1:-}" != "check" ]]; then
+  exec "${BIN}" "$@"
+fi
+
+# --- check: lint, and breaking changes against the previous commit ------------------------------
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "${root}"
+"${BIN}" lint protos
+log "buf lint: clean"
+
+# The previous commit's protos/, taken with `git archive` (it works the same in a worktree and in
+# a clone, and needs nothing but the commit). CI checks out one commit deep: fetch one more.
+if ! git rev-parse --verify -q 'HEAD~1^{commit}' >/dev/null; then
+  if [[ "$(git rev-parse --is-shallow-repository)" == true ]]; then
+    git fetch -q --deepen=1 2>/dev/null || true
+  fi
+fi
+if ! git rev-parse --verify -q 'HEAD~1^{commit}' >/dev/null; then
+  log "buf breaking: skipped (HEAD has no parent commit here to compare with)"
+  exit 0
+fi
+against="$(mktemp -d)"
+trap 'rm -rf "${against}"' EXIT
+if ! git archive HEAD~1 protos 2>/dev/null | tar -x -C "${against}"; then
+  log "buf breaking: skipped (the previous commit has no protos/)"
+  exit 0
+fi
+# Before protos/buf.yaml existed, the directory was still one module with buf's defaults.
+[[ -f "${against}/protos/buf.yaml" ]] || printf 'version: v2\n' >"${against}/protos/buf.yaml"
+"${BIN}" breaking protos --against "${against}/protos"
+log "buf breaking: no breaking change against $(git rev-parse --short HEAD~1)"

@@ -52,8 +52,9 @@ class MessagingServiceStub:
     CreateConversation: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.CreateConversationRequest, _messaging_pb2.Conversation]
     """CreateConversation returns the conversation between the caller and another user, creating
     it if needed. Idempotent: the same pair always gets the same conversation.
+    (It returns Conversation itself, as it did before buf lint was adopted; changing the type
+    would break existing clients.)
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]
     """SendMessage stores a message from the caller and delivers it (socket `sendMessage`). A
@@ -89,8 +90,9 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     CreateConversation: _aio.UnaryUnaryMultiCallable[_messaging_pb2.CreateConversationRequest, _messaging_pb2.Conversation]  # type: ignore[assignment]
     """CreateConversation returns the conversation between the caller and another user, creating
     it if needed. Idempotent: the same pair always gets the same conversation.
+    (It returns Conversation itself, as it did before buf lint was adopted; changing the type
+    would break existing clients.)
     buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     SendMessage: _aio.UnaryUnaryMultiCallable[_messaging_pb2.SendMessageRequest, _messaging_pb2.SendMessageResponse]  # type: ignore[assignment]
     """SendMessage stores a message from the caller and delivers it (socket `sendMessage`). A
@@ -141,8 +143,9 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_messaging_pb2.Conversation, _abc.Awaitable[_messaging_pb2.Conversation]]:
         """CreateConversation returns the conversation between the caller and another user, creating
         it if needed. Idempotent: the same pair always gets the same conversation.
+        (It returns Conversation itself, as it did before buf lint was adopted; changing the type
+        would break existing clients.)
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
