@@ -1,6 +1,8 @@
 // The official socket.io-client, driven by the Python tests. Prints one JSON line of results.
 //
 //   node socketio_client.mjs roundtrip <url> <transport> <aliceToken> <bobToken> <bobId>
+//   node socketio_client.mjs changes <url> <transport> <aliceToken> <bobToken> <bobId>
+//     (edit, react, delete, list and history: the acks and the events bob's device gets)
 //   node socketio_client.mjs refused <url> <transport> <token>
 //   node socketio_client.mjs hold <url> <count> <token>...   (until stdin closes; reports reconnects)
 //   node socketio_client.mjs expire <url> <transport> <token> <watchMs>
@@ -50,6 +52,35 @@ async function roundtrip([transport, aliceToken, bobToken, bobId]) {
     invalid,
     stillConnected: alice.connected,
   };
+  alice.close();
+  bob.close();
+  return result;
+}
+
+async function changes([transport, aliceToken, bobToken, bobId]) {
+  const transports = [transport];
+  const alice = connect(aliceToken, transports);
+  const bob = connect(bobToken, transports);
+  await Promise.all([once(alice, "connect"), once(bob, "connect")]);
+  const call = (socket, event, payload) => socket.timeout(5000).emitWithAck(event, payload);
+  const created = await call(alice, "createConversation", { participantId: bobId });
+  const conversationId = created.data.id;
+  const delivered = once(bob, "newMessage");
+  const sent = await call(alice, "sendMessage", { conversationId, content: "typo" });
+  await delivered;
+  const updatedEvent = once(bob, "messageUpdated");
+  const edited = await call(alice, "editMessage", { messageId: sent.data.id, content: "fixed" });
+  const updated = await updatedEvent;
+  const reactionEvent = once(alice, "messageReaction");
+  const reacted = await call(bob, "setReaction", { messageId: sent.data.id, emoji: "👍", active: true });
+  const reaction = await reactionEvent;
+  const listed = await call(bob, "listConversations", {});
+  const deletedEvent = once(bob, "messageDeleted");
+  const deleted = await call(alice, "deleteMessage", { messageId: sent.data.id });
+  const deletion = await deletedEvent;
+  const history = await call(bob, "getMessageHistory", { conversationId });
+  const forbidden = await call(bob, "deleteMessage", { messageId: sent.data.id });
+  const result = { edited, updated, reacted, reaction, listed, deleted, deletion, history, forbidden };
   alice.close();
   bob.close();
   return result;
@@ -108,7 +139,7 @@ async function expire([transport, token, watchMs]) {
   return result;
 }
 
-const scenarios = { roundtrip, refused, hold, expire };
+const scenarios = { roundtrip, changes, refused, hold, expire };
 try {
   print(await scenarios[scenario](args));
   process.exit(0);

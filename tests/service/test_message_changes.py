@@ -3,6 +3,7 @@ device gets, and what storage keeps (on PostgreSQL and on SQLite)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -320,6 +321,52 @@ async def test_a_message_holds_at_most_twenty_distinct_emoji(svc: RunningService
     assert over["error"]["details"] == {"maxEmoji": 20}
     assert existing["ok"] is True and existing["data"]["reactions"][emoji[0]] == [alice, bob]
     assert len(existing["data"]["reactions"]) == 20
+
+
+async def test_racing_reactions_never_take_a_message_past_twenty_emoji(
+    svc: RunningService,
+) -> None:
+    alice, bob = await _pair(svc)
+    async with devices(svc, alice, bob) as [a, b]:
+        conversation = await open_conversation(svc, a, bob)
+        sent = await _send(a, conversation)
+        replies = await asyncio.gather(
+            *(
+                device.call(
+                    "setReaction",
+                    {"messageId": sent["id"], "emoji": chr(0x1F300 + i), "active": True},
+                )
+                for i, device in enumerate([a, b] * 15)
+            )
+        )
+        history = await a.ok("getMessageHistory", {"conversationId": conversation})
+    assert sum(r["ok"] for r in replies) == 20
+    assert {_code(r) for r in replies if not r["ok"]} == {"VALIDATION_FAILED"}
+    assert len(history["messages"][0]["reactions"]) == 20
+
+
+async def test_an_edit_racing_a_delete_never_brings_the_content_back(svc: RunningService) -> None:
+    alice, bob = await _pair(svc)
+    async with devices(svc, alice, alice) as [a1, a2]:
+        conversation = await open_conversation(svc, a1, bob)
+        sent = [await _send(a1, conversation, f"m{i}") for i in range(5)]
+        replies = await asyncio.gather(
+            *(
+                call
+                for m in sent
+                for call in (
+                    a1.call("editMessage", {"messageId": m["id"], "content": "resurrected?"}),
+                    a2.call("deleteMessage", {"messageId": m["id"]}),
+                )
+            )
+        )
+        history = await a1.ok("getMessageHistory", {"conversationId": conversation})
+    edits, deletes = replies[0::2], replies[1::2]
+    assert all(r["ok"] for r in deletes)
+    assert all(r["ok"] or _code(r) == "FORBIDDEN" for r in edits)
+    assert [(m["content"], m["deletedAt"] is not None) for m in history["messages"]] == [
+        ("", True)
+    ] * 5
 
 
 @pytest.mark.parametrize(
