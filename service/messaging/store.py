@@ -260,6 +260,7 @@ async def _unread_counts(
             messages.c.conversation_id.in_(conversation_ids),
             messages.c.author_id != user_id,
             messages.c.status != "read",
+            messages.c.deleted_at.is_(None),  # a deleted message is nothing left to read
         )
         .group_by(messages.c.conversation_id)
     )

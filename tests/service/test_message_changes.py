@@ -217,6 +217,19 @@ async def test_deleting_twice_answers_the_same_and_announces_once(svc: RunningSe
     assert second == first
 
 
+async def test_a_deleted_message_no_longer_counts_as_unread(svc: RunningService) -> None:
+    alice, bob = await _pair(svc)
+    async with devices(svc, alice, bob) as [a, b]:
+        conversation = await open_conversation(svc, a, bob)
+        kept = await _send(a, conversation, "kept")
+        gone = await _send(a, conversation, "gone")
+        before = (await b.ok("listConversations", {}))["conversations"][0]["unreadCount"]
+        await a.ok("deleteMessage", {"messageId": gone["id"]})
+        after = (await b.ok("listConversations", {}))["conversations"][0]["unreadCount"]
+    assert kept["id"] != gone["id"]
+    assert (before, after) == (2, 1)
+
+
 async def test_only_the_author_can_delete_a_message(svc: RunningService) -> None:
     alice, bob = await _pair(svc)
     async with devices(svc, alice, bob) as [a, b]:
