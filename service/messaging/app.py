@@ -41,6 +41,7 @@ from messaging.delivery import Delivery
 from messaging.errors import MessagingError
 from messaging.groups import Groups
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
+from messaging.message_changes import MessageChanges
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
 from messaging.reports import Reports
@@ -295,6 +296,7 @@ def build_service(settings: Settings) -> Service:
             max_members=settings.group_max_members,
         )
     )
+    changes = MessageChanges(chat=chat, edit_window_seconds=settings.edit_window_seconds)
     limiter = RateLimiter(
         settings.rate_limit_budgets,
         redis=redis,
@@ -304,6 +306,7 @@ def build_service(settings: Settings) -> Service:
     sockets = SocketEvents(
         verifier=verifier,
         chat=chat,
+        changes=changes,
         presence=presence,
         delivery=delivery,
         server=server,
@@ -323,6 +326,7 @@ def build_service(settings: Settings) -> Service:
             )
         grpc = GrpcServer(
             chat=chat,
+            changes=changes,
             verifier=verifier,
             host=settings.grpc_host,
             port=settings.grpc_port,

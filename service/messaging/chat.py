@@ -15,7 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -38,9 +38,15 @@ from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
 from messaging.groups import Groups
 from messaging.ids import new_message_id
 from messaging.logs import describe_error
-from messaging.payloads import iso, message_json
+from messaging.payloads import (
+    deleted_event_json,
+    iso,
+    message_json,
+    reaction_event_json,
+)
 from messaging.presence import Presence, PresenceInfo
 from messaging.receipts import Receipts
+from messaging.storage import message_changes as change_store
 from messaging.store import ConversationRecord, MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
@@ -232,6 +238,13 @@ class Chat:
             rows = await store.list_conversations(
                 conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
             )
+            lasts = await change_store.with_reactions(
+                conn, [s.last_message for s in rows if s.last_message is not None]
+            )
+        by_id = {m.id: m for m in lasts}
+        rows = [
+            replace(s, last_message=by_id[s.last_message.id]) if s.last_message else s for s in rows
+        ]
         return cursor.page(rows, limit, lambda s: (s.activity_at, s.conversation.id))
 
     # --- messages ------------------------------------------------------------------------------
@@ -433,16 +446,18 @@ class Chat:
             rows = await store.changes_after(
                 conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
             )
+            filled = await change_store.with_reactions(conn, [m for _, m in rows])
         events: list[Logged] = []
         statuses: list[store.Change] = []
-        for change, message in rows:
-            if change.kind == "created":
-                events.extend(self._status_events(statuses))
-                statuses = []
-                data = self._with_token(message_json(message), user_id, change.position)
-                events.append(Logged(user_id, change.position, change.position, "newMessage", data))
-            else:
+        for (change, _), message in zip(rows, filled, strict=True):
+            if change.kind in ("delivered", "read"):
                 statuses.append(change)
+                continue
+            events.extend(self._status_events(statuses))
+            statuses = []
+            event, data = _change_event(change, message)
+            data = self._with_token(data, user_id, change.position)
+            events.append(Logged(user_id, change.position, change.position, event, data))
         events.extend(self._status_events(statuses))
         return events
 
@@ -507,7 +522,9 @@ class Chat:
                 rows, head = await store.created_after(
                     conn, user_id=user_id, after_pos=position, limit=limit + 1
                 )
-        page, has_more = rows[:limit], len(rows) > limit
+            page, has_more = rows[:limit], len(rows) > limit
+            filled = await change_store.with_reactions(conn, [m for m, _ in page])
+            page = [(m, p) for m, (_, p) in zip(filled, page, strict=True)]
         token = None
         if since is not None:
             last = page[-1][1] if page else position
@@ -538,6 +555,7 @@ class Chat:
                 before=cursor.decode(page_token),
                 not_before=joined_at,
             )
+            rows = await change_store.with_reactions(conn, rows)
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 
     async def _deliver(
@@ -570,6 +588,27 @@ class Chat:
             # The request succeeded; devices heal from the change log.
             log.exception("delivery failed", extra={"event": events[0].event if events else ""})
 
+    # --- for the feature modules built on these rules (message_changes.py) --------------------
+
+    def logged(
+        self, changes: Sequence[store.Change], event: str, data: dict[str, Any]
+    ) -> list[Logged]:
+        """One ``event`` per log entry just written, each with its user's ``syncToken``."""
+        return [
+            Logged(
+                c.user_id,
+                c.position,
+                c.position,
+                event,
+                self._with_token(data, c.user_id, c.position),
+            )
+            for c in changes
+        ]
+
+    async def deliver_logged(self, events: Sequence[Logged], *, skip_sid: str | None) -> None:
+        """Fan logged events out like every other change (a failure never fails the request)."""
+        await self._deliver_logged(events, skip_sid=skip_sid)
+
     async def ping_database(self) -> None:
         async with self._connection() as conn:
             await store.ping(conn)
@@ -600,6 +639,23 @@ class _Cursor:
                 self.key, kind=self.kind, scope=self.scope, at=at, row_id=row_id
             )
         return Page(items, token)
+
+
+def _change_event(change: store.Change, message: MessageRecord) -> tuple[str, dict[str, Any]]:
+    """The live event a log entry was delivered as (a message in its current state)."""
+    if change.kind == "edited":
+        return "messageUpdated", message_json(message)
+    if change.kind == "deleted" and message.deleted_at is not None:
+        return "messageDeleted", deleted_event_json(message)
+    if change.kind in ("reacted", "unreacted") and change.emoji is not None:
+        data = reaction_event_json(
+            message,
+            user_id=change.actor_id or "",
+            emoji=change.emoji,
+            active=change.kind == "reacted",
+        )
+        return "messageReaction", data
+    return "newMessage", message_json(message)
 
 
 def _page_size(requested: int) -> int:

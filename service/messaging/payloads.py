@@ -25,13 +25,17 @@ from pydantic import (
 
 from messaging.errors import ValidationFailed
 from messaging.storage.receipts import Receipt
-from messaging.store import ConversationRecord, MessageRecord
+from messaging.store import ConversationRecord, ConversationSummary, MessageRecord
 
 MAX_CONTENT_CHARS = 2000
 MAX_IDS = 100
 MAX_SYNC_LIMIT = 500
 DEFAULT_SYNC_LIMIT = 100
 MAX_FIELD_CHARS = 100  # of a field's name quoted back in VALIDATION_FAILED details
+MAX_PAGE_TOKEN_CHARS = 512
+MAX_EMOJI_CHARS = 16
+DEFAULT_CONVERSATIONS_LIMIT = 30  # the socket event's default (gRPC's page_size 0 means 50)
+DEFAULT_HISTORY_LIMIT = 50
 
 # Characters that render as nothing but are not whitespace or format characters to Unicode
 # (Hangul fillers, the braille blank, the Mongolian vowel separator, the combining grapheme
@@ -75,6 +79,18 @@ def _identifier(value: str) -> str:
     if found := _NOT_IDENTIFIER.search(value):
         raise ValueError(_problem(found))
     return _not_blank(value)
+
+
+def _emoji(value: str) -> str:
+    """A reaction: one short token, with nothing that renders as space or controls the text.
+
+    Zero-width joiners and variation selectors are allowed: emoji sequences (families, skin
+    tones, flags) are built from them.
+    """
+    for char in value:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Zs", "Zl", "Zp", "Cs"):
+            raise ValueError(f"must not contain whitespace or control character U+{ord(char):04X}")
+    return value
 
 
 UserId = Annotated[
@@ -155,6 +171,40 @@ class SyncMessages(Request):
     limit: int = Field(DEFAULT_SYNC_LIMIT, ge=1, le=MAX_SYNC_LIMIT, strict=True)
 
 
+PageToken = Annotated[str, StringConstraints(max_length=MAX_PAGE_TOKEN_CHARS)]
+Emoji = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_EMOJI_CHARS),
+    AfterValidator(_emoji),
+]
+
+
+class ListConversations(Request):
+    limit: int = Field(DEFAULT_CONVERSATIONS_LIMIT, ge=1, le=MAX_IDS, strict=True)
+    page_token: PageToken | None = Field(None, alias="pageToken")
+
+
+class GetMessageHistory(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    limit: int = Field(DEFAULT_HISTORY_LIMIT, ge=1, le=MAX_IDS, strict=True)
+    page_token: PageToken | None = Field(None, alias="pageToken")
+
+
+class EditMessage(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+    content: Content
+
+
+class DeleteMessage(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+
+
+class SetReaction(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+    emoji: Emoji
+    active: bool = Field(strict=True)
+
+
 RequestT = TypeVar("RequestT", bound=Request)
 
 
@@ -188,6 +238,59 @@ def message_json(message: MessageRecord) -> dict[str, Any]:
         "status": message.status,
         "createdAt": iso(message.created_at),
         "clientMessageId": message.client_message_id,
+        "editedAt": None if message.edited_at is None else iso(message.edited_at),
+        "deletedAt": None if message.deleted_at is None else iso(message.deleted_at),
+        "reactions": reactions_json(message.reactions),
+        "attachments": [],
+    }
+
+
+def reactions_json(reactions: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, list[str]]:
+    """``{emoji: [userId, ...]}``: emoji in the order first given, users in the order they
+    reacted."""
+    return {emoji: list(users) for emoji, users in reactions}
+
+
+def message_deleted_json(message: MessageRecord) -> dict[str, Any]:
+    """The ``deleteMessage`` ack (``{id, conversationId, deletedAt}``)."""
+    assert message.deleted_at is not None
+    return {
+        "id": str(message.id),
+        "conversationId": str(message.conversation_id),
+        "deletedAt": iso(message.deleted_at),
+    }
+
+
+def deleted_event_json(message: MessageRecord) -> dict[str, Any]:
+    """The ``messageDeleted`` event."""
+    assert message.deleted_at is not None
+    return {
+        "conversationId": str(message.conversation_id),
+        "messageId": str(message.id),
+        "deletedAt": iso(message.deleted_at),
+    }
+
+
+def reaction_event_json(
+    message: MessageRecord, *, user_id: str, emoji: str, active: bool
+) -> dict[str, Any]:
+    """The ``messageReaction`` event: the change, and the message's reactions after it."""
+    return {
+        "conversationId": str(message.conversation_id),
+        "messageId": str(message.id),
+        "userId": user_id,
+        "emoji": emoji,
+        "active": active,
+        "reactions": reactions_json(message.reactions),
+    }
+
+
+def summary_json(summary: ConversationSummary) -> dict[str, Any]:
+    """One entry of ``listConversations``."""
+    return {
+        "conversation": conversation_json(summary.conversation),
+        "lastMessage": None if summary.last_message is None else message_json(summary.last_message),
+        "unreadCount": summary.unread_count,
     }
 
 

@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     # Members of a group, its creator included (createConversation and addParticipants refuse
     # more with VALIDATION_FAILED). Every message of a group writes a log row per member.
     group_max_members: int = Field(50, ge=2, le=1000)
+    # How long after sending it its author may still edit a message (default 24 h).
+    edit_window_seconds: float = Field(86_400.0, gt=0, le=31_536_000)
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)

@@ -49,6 +49,12 @@ class MessageRecord:
     client_message_id: str | None
     # The message's position in each participant's change log, when this call just wrote it.
     positions: tuple[tuple[str, int], ...] = ()
+    # Schema 0003: when it was last edited, when it was deleted (a tombstone: content ""), and
+    # its reactions as (emoji, user ids) in the order they were first given. Reads fill the
+    # reactions in with ``storage.message_changes.with_reactions``.
+    edited_at: datetime | None = None
+    deleted_at: datetime | None = None
+    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,8 @@ _MESSAGE_COLUMNS = (
     messages.c.status,
     messages.c.created_at,
     messages.c.client_message_id,
+    messages.c.edited_at,
+    messages.c.deleted_at,
 )
 
 
@@ -103,6 +111,8 @@ def _message(row: Any) -> MessageRecord:
         status=row.status,
         created_at=row.created_at,
         client_message_id=row.client_message_id,
+        edited_at=row.edited_at,
+        deleted_at=row.deleted_at,
     )
 
 
@@ -294,6 +304,7 @@ async def _unread_counts(
             messages.c.conversation_id.in_(conversation_ids),
             messages.c.author_id != user_id,
             messages.c.status != "read",
+            messages.c.deleted_at.is_(None),  # a deleted message is nothing left to read
         )
         .group_by(messages.c.conversation_id)
     )
@@ -315,6 +326,7 @@ async def _group_unread_counts(
         .where(
             messages.c.conversation_id.in_(conversation_ids),
             messages.c.author_id != user_id,
+            messages.c.deleted_at.is_(None),
             or_(me.c.joined_at.is_(None), messages.c.created_at >= me.c.joined_at),
             or_(
                 me.c.read_through_at.is_(None),
@@ -490,6 +502,7 @@ class LogEntry:
     kind: str
     actor_id: str | None
     changed_at: datetime
+    emoji: str | None = None  # of a "reacted"/"unreacted" entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +516,7 @@ class Change:
     actor_id: str | None
     changed_at: datetime
     conversation_id: uuid.UUID
+    emoji: str | None = None
 
 
 async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> list[Change]:
@@ -514,16 +528,31 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
     if not entries:
         return []
     conversation_ids = list({e.conversation_id for e in entries})
-    members: dict[uuid.UUID, list[str]] = {}
+    members: dict[uuid.UUID, list[tuple[str, datetime | None]]] = {}
     for row in await conn.execute(
-        select(participants.c.conversation_id, participants.c.user_id).where(
-            participants.c.conversation_id.in_(conversation_ids)
-        )
+        select(
+            participants.c.conversation_id, participants.c.user_id, participants.c.joined_at
+        ).where(participants.c.conversation_id.in_(conversation_ids))
     ):
-        members.setdefault(row.conversation_id, []).append(row.user_id)
+        members.setdefault(row.conversation_id, []).append((row.user_id, row.joined_at))
+    # A group member who joined after a message never saw it, so is told nothing of its changes.
+    created: dict[uuid.UUID, datetime] = {}
+    if any(
+        joined is not None for joined_members in members.values() for _, joined in joined_members
+    ):
+        created = {
+            row.id: row.created_at
+            for row in await conn.execute(
+                select(messages.c.id, messages.c.created_at).where(
+                    messages.c.id.in_({e.message_id for e in entries})
+                )
+            )
+        }
     per_user: dict[str, list[LogEntry]] = {}
     for entry in entries:
-        for user_id in members.get(entry.conversation_id, ()):
+        for user_id, joined in members.get(entry.conversation_id, ()):
+            if joined is not None and created[entry.message_id] < joined:
+                continue
             per_user.setdefault(user_id, []).append(entry)
     if not per_user:
         return []
@@ -549,6 +578,7 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
                 e.actor_id,
                 e.changed_at,
                 e.conversation_id,
+                e.emoji,
             )
             for i, e in enumerate(mine)
         )
@@ -562,6 +592,7 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
                     "kind": c.kind,
                     "actor_id": c.actor_id,
                     "changed_at": c.changed_at,
+                    "emoji": c.emoji,
                 }
                 for c in changes
             ]
@@ -798,6 +829,7 @@ async def changes_after(
             user_changes.c.kind,
             user_changes.c.actor_id,
             user_changes.c.changed_at,
+            user_changes.c.emoji,
         )
         .join(messages, messages.c.id == user_changes.c.message_id)
         .where(_log_of(user_id), user_changes.c.position > after_pos)
@@ -814,6 +846,7 @@ async def changes_after(
                 row.actor_id,
                 row.changed_at,
                 row.conversation_id,
+                row.emoji,
             ),
             _message(row),
         )
@@ -823,3 +856,10 @@ async def changes_after(
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))
+
+
+# For the feature modules under ``storage/``: the columns a MessageRecord is read from, the row
+# mapping, and the backend's INSERT (with its on-conflict clauses).
+MESSAGE_COLUMNS = _MESSAGE_COLUMNS
+message_from_row = _message
+dialect_insert = _insert

@@ -161,6 +161,10 @@ messages = Table(
     # The cluster-wide stream position of schema 0001, written only by pods of that release during
     # a rolling upgrade (a trigger of migration 0002 logs their messages); NULL for newer rows.
     Column("stream_pos", BigInteger(), nullable=True, unique=True),
+    # Set by an edit (the content is replaced; no earlier version is kept) and by a delete (the
+    # content is erased to "" and the row stays as a tombstone). Schema 0003.
+    Column("edited_at", UTCDateTime(), nullable=True),
+    Column("deleted_at", UTCDateTime(), nullable=True),
     UniqueConstraint("author_id", "client_message_id"),
     CheckConstraint("status IN ('sent', 'delivered', 'read')", name="known_status"),
     # History pages: newest first within a conversation, keyset on (created_at, id).
@@ -205,6 +209,8 @@ user_changes = Table(
     # Who made the change (the author for "created", the marker for a status).
     Column("actor_id", USER_ID, nullable=True),
     Column("changed_at", UTCDateTime(), nullable=False),
+    # The emoji of a "reacted"/"unreacted" entry (schema 0003), so healing can replay the event.
+    Column("emoji", String(16), nullable=True),
     Index(None, "message_id"),
 )
 
@@ -252,4 +258,20 @@ reports = Table(
     CheckConstraint("reason IN ('spam', 'abuse', 'other')", name="known_reason"),
     # Moderators look for what one author was reported for, newest first.
     Index(None, "author_id", "created_at"),
+)
+
+# Who reacted to a message with which emoji: one row per (message, emoji, user), so setting a
+# reaction twice is one row, and a delete erases them with the message's content. Schema 0003.
+message_reactions = Table(
+    "message_reactions",
+    metadata,
+    Column(
+        "message_id",
+        Uuid(),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("emoji", String(16), primary_key=True),
+    Column("user_id", USER_ID, primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
