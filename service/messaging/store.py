@@ -39,6 +39,19 @@ STATUS_ORDER = {"sent": 0, "delivered": 1, "read": 2}
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentView:
+    """An attachment as one read of its message shows it: with a freshly signed download URL
+    (``attachments.Attachments.fill`` makes these; ``payloads`` and ``grpc_api`` render them)."""
+
+    id: uuid.UUID
+    file_name: str
+    content_type: str
+    size_bytes: int
+    url: str
+    url_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: uuid.UUID
     conversation_id: uuid.UUID
@@ -49,6 +62,8 @@ class MessageRecord:
     client_message_id: str | None
     # The message's position in each participant's change log, when this call just wrote it.
     positions: tuple[tuple[str, int], ...] = ()
+    # Filled in by ``attachments.Attachments.fill`` right before the message is shown.
+    attachments: tuple[AttachmentView, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
