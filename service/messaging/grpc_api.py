@@ -31,7 +31,7 @@ from messaging.logs import log_context, new_request_id, user_hash
 from messaging.payloads import CreateConversation, parse
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
-from messaging.store import ConversationRecord, MessageRecord
+from messaging.store import AttachmentView, ConversationRecord, MessageRecord
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,18 @@ def message_pb(message: MessageRecord) -> pb.Message:
         status=_STATUS[message.status],
         created_at=_timestamp(message.created_at),
         client_message_id=message.client_message_id or "",
+        attachments=[attachment_pb(a) for a in message.attachments],
+    )
+
+
+def attachment_pb(attachment: AttachmentView) -> pb.Attachment:
+    return pb.Attachment(
+        id=str(attachment.id),
+        file_name=attachment.file_name,
+        content_type=attachment.content_type,
+        size_bytes=attachment.size_bytes,
+        url=attachment.url,
+        url_expires_at=_timestamp(attachment.url_expires_at),
     )
 
 

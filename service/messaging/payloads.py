@@ -21,16 +21,21 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from messaging.errors import ValidationFailed
-from messaging.store import ConversationRecord, MessageRecord
+from messaging.objectstore import SignedRequest
+from messaging.store import AttachmentView, ConversationRecord, MessageRecord
 
 MAX_CONTENT_CHARS = 2000
 MAX_IDS = 100
 MAX_SYNC_LIMIT = 500
 DEFAULT_SYNC_LIMIT = 100
-MAX_FIELD_CHARS = 100  # of a field's name quoted back in VALIDATION_FAILED details
+MAX_FIELD_CHARS = 100
+MAX_ATTACHMENTS = 10
+MAX_FILE_NAME_CHARS = 255  # of a field's name quoted back in VALIDATION_FAILED details
 
 # Characters that render as nothing but are not whitespace or format characters to Unicode
 # (Hangul fillers, the braille blank, the Mongolian vowel separator, the combining grapheme
@@ -89,6 +94,15 @@ Content = Annotated[
 ]
 
 
+def _text_or_empty(value: str) -> str:
+    return value if value == "" else _text(value)
+
+
+OptionalContent = Annotated[
+    str, StringConstraints(max_length=MAX_CONTENT_CHARS), AfterValidator(_text_or_empty)
+]
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -99,8 +113,34 @@ class CreateConversation(Request):
 
 class SendMessage(Request):
     conversation_id: uuid.UUID = Field(alias="conversationId")
-    content: Content
+    # Before content: its check reads them (content may be empty when there are attachments).
+    attachment_ids: list[uuid.UUID] = Field(
+        default_factory=list, alias="attachmentIds", max_length=MAX_ATTACHMENTS
+    )
+    content: OptionalContent = Field("", validate_default=True)
     client_message_id: ClientMessageId | None = Field(None, alias="clientMessageId")
+
+    @field_validator("content")
+    @classmethod
+    def _something_to_send(cls, value: str, info: ValidationInfo) -> str:
+        if not value and not info.data.get("attachment_ids"):
+            raise ValueError("must not be blank (it may be empty only with attachments)")
+        return value
+
+
+ContentType = Annotated[
+    str, StringConstraints(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9!#$&^_.+/-]+$")
+]
+FileName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_FILE_NAME_CHARS), AfterValidator(_text)
+]
+
+
+class CreateUpload(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    file_name: FileName = Field(alias="fileName")
+    content_type: ContentType = Field(alias="contentType")
+    size_bytes: int = Field(alias="sizeBytes", ge=0, strict=True)
 
 
 class MarkDelivered(Request):
@@ -160,6 +200,28 @@ def message_json(message: MessageRecord) -> dict[str, Any]:
         "status": message.status,
         "createdAt": iso(message.created_at),
         "clientMessageId": message.client_message_id,
+        "attachments": [attachment_json(a) for a in message.attachments],
+    }
+
+
+def attachment_json(attachment: AttachmentView) -> dict[str, Any]:
+    return {
+        "id": str(attachment.id),
+        "fileName": attachment.file_name,
+        "contentType": attachment.content_type,
+        "sizeBytes": attachment.size_bytes,
+        "url": attachment.url,
+        "urlExpiresAt": iso(attachment.url_expires_at),
+    }
+
+
+def upload_json(attachment_id: uuid.UUID, request: SignedRequest) -> dict[str, Any]:
+    return {
+        "attachmentId": str(attachment_id),
+        "uploadUrl": request.url,
+        "uploadMethod": request.method,
+        "uploadHeaders": request.headers,
+        "expiresAt": iso(request.expires_at),
     }
 
 

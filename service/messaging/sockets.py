@@ -38,6 +38,7 @@ from messaging.errors import (
 from messaging.logs import log_context, new_request_id, user_hash
 from messaging.payloads import (
     CreateConversation,
+    CreateUpload,
     GetPresence,
     MarkDelivered,
     MarkRead,
@@ -48,6 +49,7 @@ from messaging.payloads import (
     iso,
     message_json,
     parse,
+    upload_json,
 )
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
@@ -75,6 +77,8 @@ EVENT_LIMITS = {
     # Rare (once per token lifetime) but each one verifies a signature: it shares the small
     # presence budget rather than going unlimited.
     "reauthenticate": "presence",
+    # Each upload is followed by a send: it shares the send budget.
+    "createUpload": "send",
 }
 
 
@@ -136,6 +140,7 @@ class SocketEvents:
             "getPresence": self._get_presence,
             "syncMessages": self._sync_messages,
             "reauthenticate": self._reauthenticate,
+            "createUpload": self._create_upload,
         }
         self.events = list(handlers)
         for event, handler in handlers.items():
@@ -281,8 +286,20 @@ class SocketEvents:
             content=request.content,
             client_message_id=request.client_message_id,
             origin_sid=sid,
+            attachment_ids=request.attachment_ids,
         )
         return message_json(message)
+
+    async def _create_upload(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(CreateUpload, payload)
+        upload = await self._chat.create_upload(
+            user_id,
+            conversation_id=request.conversation_id,
+            file_name=request.file_name,
+            content_type=request.content_type,
+            size_bytes=request.size_bytes,
+        )
+        return upload_json(upload.attachment_id, upload.request)
 
     async def _mark_delivered(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(MarkDelivered, payload)

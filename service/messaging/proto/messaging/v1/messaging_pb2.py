@@ -25,31 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,messaging/proto/messaging/v1/messaging.proto\x12\x0cmessaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tauthor_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.messaging.v1.MessageStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\"c\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x02 \x03(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x18GetMessageHistoryRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x19GetMessageHistoryResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.messaging.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8a\x01\n\x13\x43onversationSummary\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.messaging.v1.Conversation\x12+\n\x0clast_message\x18\x02 \x01(\x0b\x32\x15.messaging.v1.Message\x12\x14\n\x0cunread_count\x18\x03 \x01(\x05\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.messaging.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x19\x43reateConversationRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t*\x7f\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n\x13MESSAGE_STATUS_READ\x10\x03\x32\xb9\x02\n\x10MessagingService\x12\x64\n\x11GetMessageHistory\x12&.messaging.v1.GetMessageHistoryRequest\x1a\'.messaging.v1.GetMessageHistoryResponse\x12\x64\n\x11ListConversations\x12&.messaging.v1.ListConversationsRequest\x1a\'.messaging.v1.ListConversationsResponse\x12Y\n\x12\x43reateConversation\x12\'.messaging.v1.CreateConversationRequest\x1a\x1a.messaging.v1.Conversationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,messaging/proto/messaging/v1/messaging.proto\x12\x0cmessaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tauthor_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.messaging.v1.MessageStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\x12-\n\x0b\x61ttachments\x18\x0b \x03(\x0b\x32\x18.messaging.v1.Attachment\"\x96\x01\n\nAttachment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x32\n\x0eurl_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x02 \x03(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x18GetMessageHistoryRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x19GetMessageHistoryResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.messaging.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8a\x01\n\x13\x43onversationSummary\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.messaging.v1.Conversation\x12+\n\x0clast_message\x18\x02 \x01(\x0b\x32\x15.messaging.v1.Message\x12\x14\n\x0cunread_count\x18\x03 \x01(\x05\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.messaging.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x19\x43reateConversationRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t*\x7f\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n\x13MESSAGE_STATUS_READ\x10\x03\x32\xb9\x02\n\x10MessagingService\x12\x64\n\x11GetMessageHistory\x12&.messaging.v1.GetMessageHistoryRequest\x1a\'.messaging.v1.GetMessageHistoryResponse\x12\x64\n\x11ListConversations\x12&.messaging.v1.ListConversationsRequest\x1a\'.messaging.v1.ListConversationsResponse\x12Y\n\x12\x43reateConversation\x12\'.messaging.v1.CreateConversationRequest\x1a\x1a.messaging.v1.Conversationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'messaging.proto.messaging.v1.messaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGESTATUS']._serialized_start=961
-  _globals['_MESSAGESTATUS']._serialized_end=1088
+  _globals['_MESSAGESTATUS']._serialized_start=1161
+  _globals['_MESSAGESTATUS']._serialized_end=1288
   _globals['_MESSAGE']._serialized_start=96
-  _globals['_MESSAGE']._serialized_end=298
-  _globals['_CONVERSATION']._serialized_start=300
-  _globals['_CONVERSATION']._serialized_end=399
-  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_start=401
-  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_end=491
-  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_start=493
-  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_end=586
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=588
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=653
-  _globals['_CONVERSATIONSUMMARY']._serialized_start=656
-  _globals['_CONVERSATIONSUMMARY']._serialized_end=794
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=796
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=906
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=908
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=959
-  _globals['_MESSAGINGSERVICE']._serialized_start=1091
-  _globals['_MESSAGINGSERVICE']._serialized_end=1404
+  _globals['_MESSAGE']._serialized_end=345
+  _globals['_ATTACHMENT']._serialized_start=348
+  _globals['_ATTACHMENT']._serialized_end=498
+  _globals['_CONVERSATION']._serialized_start=500
+  _globals['_CONVERSATION']._serialized_end=599
+  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_start=601
+  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_end=691
+  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_start=693
+  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_end=786
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=788
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=853
+  _globals['_CONVERSATIONSUMMARY']._serialized_start=856
+  _globals['_CONVERSATIONSUMMARY']._serialized_end=994
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=996
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1106
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=1108
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=1159
+  _globals['_MESSAGINGSERVICE']._serialized_start=1291
+  _globals['_MESSAGINGSERVICE']._serialized_end=1604
 # @@protoc_insertion_point(module_scope)

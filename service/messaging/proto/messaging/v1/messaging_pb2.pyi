@@ -67,6 +67,7 @@ class Message(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUIDv7: sorts by creation time."""
     conversation_id: _builtins.str
@@ -83,6 +84,10 @@ class Message(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the server accepted it (UTC)."""
 
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Files attached to it, each with a download URL signed for this read (short-lived)."""
+
     def __init__(
         self,
         *,
@@ -93,14 +98,54 @@ class Message(_message.Message):
         status: Global___MessageStatus.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         client_message_id: _builtins.str = ...,
+        attachments: _abc.Iterable[Global___Attachment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "client_message_id", b"client_message_id", "content", b"content", "conversation_id", b"conversation_id", "created_at", b"created_at", "id", b"id", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "author_id", b"author_id", "client_message_id", b"client_message_id", "content", b"content", "conversation_id", b"conversation_id", "created_at", b"created_at", "id", b"id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Attachment(_message.Message):
+    """A file a message carries. Its bytes are in the object store; `url` is a GET that works until
+    `url_expires_at` and is signed afresh each time the message is read.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    URL_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    file_name: _builtins.str
+    content_type: _builtins.str
+    size_bytes: _builtins.int
+    url: _builtins.str
+    @_builtins.property
+    def url_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        url: _builtins.str = ...,
+        url_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["url_expires_at", b"url_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "file_name", b"file_name", "id", b"id", "size_bytes", b"size_bytes", "url", b"url", "url_expires_at", b"url_expires_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attachment: _TypeAlias = Attachment  # noqa: Y015
 
 @_typing.final
 class Conversation(_message.Message):
