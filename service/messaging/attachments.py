@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 MAX_PER_MESSAGE = 10
 MAX_FILE_NAME_CHARS = 255
 SWEEP_BATCH = 200
-# An upload this close to its TTL can no longer be attached: the sweeper may be deleting it.
+# An upload this close to its TTL can no longer be attached: the sweeper may be deleting it
+# (a quarter of the TTL when that is shorter, so a short TTL still leaves time to send).
 SEND_MARGIN = timedelta(minutes=10)
 
 Connection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
@@ -143,7 +144,8 @@ class Attachments:
     # --- sendMessage -----------------------------------------------------------------------
 
     def _attachable_after(self) -> datetime:
-        return datetime.now(UTC) - self.limits.unattached_ttl + SEND_MARGIN
+        margin = min(SEND_MARGIN, self.limits.unattached_ttl / 4)
+        return datetime.now(UTC) - self.limits.unattached_ttl + margin
 
     async def check_for_send(
         self,

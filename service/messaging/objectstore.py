@@ -291,7 +291,8 @@ class LocalObjectStore:
             raise Forbidden("no such object")
         params = {k: v for k, v in query.items() if k != "sig"}
         given = query.get("sig", "")
-        if not hmac.compare_digest(given, self._signature(method, key, params)):
+        expected = self._signature(method, key, params)
+        if not hmac.compare_digest(given.encode(), expected.encode()):
             raise Forbidden("the link's signature does not match")
         try:
             expires = int(params.get("expires", ""))

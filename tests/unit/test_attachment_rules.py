@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from pydantic import ValidationError
 
-from messaging.attachments import Limits, check_upload, content_type_allowed
+from messaging.attachments import Attachments, Limits, check_upload, content_type_allowed
 from messaging.errors import Forbidden, ValidationFailed
 from messaging.objectstore import LocalObjectStore, content_disposition
 from messaging.settings import Settings
@@ -130,6 +130,8 @@ async def test_a_local_link_is_accepted_only_as_signed_for_its_method_key_and_li
         other.verify("GET", KEY, query)
     with pytest.raises(Forbidden):
         store.verify("GET", "../../etc/passwd", query)
+    with pytest.raises(Forbidden):
+        store.verify("GET", KEY, query | {"sig": "\u00e9" * 64})  # not even ASCII
 
 
 async def test_an_expired_local_link_is_refused(tmp_path: Path) -> None:
@@ -149,3 +151,10 @@ def test_a_file_name_cannot_inject_headers_into_the_download() -> None:
     header = content_disposition('evil"\r\nSet-Cookie: a=b.png')
     assert "\r" not in header and "\n" not in header and '"' not in header
     assert header.startswith("attachment; filename*=UTF-8''")
+
+
+async def test_a_short_ttl_still_leaves_time_to_send_an_upload(tmp_path: Path) -> None:
+    limits = _limits(unattached_ttl=timedelta(minutes=2))
+    attachments = Attachments(store=await _store(tmp_path), limits=limits)
+    cutoff = attachments._attachable_after()
+    assert datetime.now(UTC) - timedelta(minutes=2) < cutoff < datetime.now(UTC)
