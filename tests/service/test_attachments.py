@@ -461,8 +461,15 @@ async def test_attachments_are_refused_when_turned_off(database_url: str, backen
         async with devices(svc, alice) as [a]:
             conversation = await open_conversation(svc, a, bob)
             error = _refused(await a.call("createUpload", _upload_request(conversation, b"x")))
+            named = _refused(
+                await a.call(
+                    "sendMessage",
+                    {"conversationId": conversation, "attachmentIds": [str(uuid.uuid4())]},
+                )
+            )
             plain = await a.ok("sendMessage", {"conversationId": conversation, "content": "hi"})
     assert "turned off" in error["message"]
+    assert "turned off" in named["message"]
     assert plain["attachments"] == []
 
 
@@ -571,3 +578,47 @@ async def test_erased_attachments_whose_purge_never_ran_are_deleted_by_the_sweep
     await att_svc.service.attachments.sweep()
     assert await _object_size(att_svc, conversation, attachment_id) is None
     assert await _attachment_rows(att_svc, attachment_id) == 0
+
+
+async def test_the_embedded_default_stores_files_on_local_disk_and_serves_them(
+    svc: RunningService, http: httpx.AsyncClient
+) -> None:
+    """`messaging dev`'s settings (no attachment setting at all): the round trip works."""
+    assert svc.settings.attachments_backend is None
+    alice, bob = await _pair(svc)
+    data = os.urandom(50_000)
+    async with devices(svc, alice, bob) as [a, b]:
+        conversation = await open_conversation(svc, a, bob)
+        attachment_id = await _uploaded(a, http, conversation, data)
+        await a.ok(
+            "sendMessage", {"conversationId": conversation, "attachmentIds": [attachment_id]}
+        )
+        received = await b.next("newMessage")
+    [shown] = received["attachments"]
+    assert shown["url"].startswith(svc.url + "/attachments/objects/")
+    response = await http.get(shown["url"])
+    assert hashlib.sha256(response.content).digest() == hashlib.sha256(data).digest()
+
+
+async def test_every_replica_runs_the_sweeper_on_its_own(
+    database_url: str, backend: str, http: httpx.AsyncClient
+) -> None:
+    settings = service_settings(database_url, attachments_sweep_seconds=0.2)
+    async with running_service(settings, ConnectionGraph(), backend) as svc:
+        alice, bob = await _pair(svc)
+        async with devices(svc, alice) as [a]:
+            conversation = await open_conversation(svc, a, bob)
+            attachment_id = await _uploaded(a, http, conversation, b"erased")
+            sent = await a.ok(
+                "sendMessage", {"conversationId": conversation, "attachmentIds": [attachment_id]}
+            )
+        chat = svc.service.chat
+        async with chat.engine.begin() as conn:
+            await chat.erase_attachments(conn, [uuid.UUID(sent["id"])])
+        # Nobody purges: the replica's own periodic sweep deletes the object.
+        for _ in range(100):
+            if await _object_size(svc, conversation, attachment_id) is None:
+                break
+            await asyncio.sleep(0.1)
+        assert await _object_size(svc, conversation, attachment_id) is None
+        assert await _attachment_rows(svc, attachment_id) == 0
