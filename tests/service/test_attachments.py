@@ -28,6 +28,7 @@ from messaging.objectstore import S3ObjectStore
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.tables import attachments, messages
+from tests.service.test_other_clients import node
 from tests.support.servers import S3Server
 from tests.support.service import (
     Device,
@@ -207,6 +208,13 @@ async def test_history_over_grpc_carries_attachments_with_download_urls(
             pb.GetMessageHistoryRequest(conversation_id=conversation),
             metadata=[("authorization", f"Bearer {att_svc.token(bob)}")],
         )
+        # Someone outside the conversation gets no message, so no download URL.
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetMessageHistory(
+                pb.GetMessageHistoryRequest(conversation_id=conversation),
+                metadata=[("authorization", f"Bearer {att_svc.token(unique('carol'))}")],
+            )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     [message] = reply.messages
     [attachment] = message.attachments
     assert (attachment.id, attachment.file_name, attachment.size_bytes) == (
@@ -622,3 +630,18 @@ async def test_every_replica_runs_the_sweeper_on_its_own(
             await asyncio.sleep(0.1)
         assert await _object_size(svc, conversation, attachment_id) is None
         assert await _attachment_rows(svc, attachment_id) == 0
+
+
+async def test_the_official_js_client_and_fetch_make_the_same_round_trip(
+    att_svc: RunningService,
+) -> None:
+    alice, bob = await _pair(att_svc)
+    result = await node(
+        "attachments.mjs", att_svc.url, att_svc.token(alice), att_svc.token(bob), bob, "300000"
+    )
+    assert result["putStatus"] == 200
+    assert result["sentOk"] is True
+    assert result["getStatus"] == 200
+    assert result["getType"].startswith("video/mp4")
+    assert result["attachment"]["fileName"] == "from node.mp4"
+    assert result["downloadedSha256"] == result["uploadedSha256"]
