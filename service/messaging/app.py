@@ -255,6 +255,7 @@ def build_object_store(settings: Settings) -> ObjectStore | None:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key.get_secret_value(),
             path_style=settings.s3_path_style,
+            public_url=settings.s3_public_url,
         )
     if backend == "local":
         base_url = settings.attachments_public_url or (

@@ -127,9 +127,11 @@ class S3ObjectStore:
         access_key_id: str = "",
         secret_access_key: str = "",
         path_style: bool = True,
+        public_url: str = "",
         timeout_seconds: float = 5.0,
     ) -> None:
         self.bucket = bucket
+        self._public_url = public_url or None
         parts = urlsplit(endpoint_url or f"https://s3.{region}.amazonaws.com")
         self._endpoint = parts.netloc
         self._secure = parts.scheme == "https"
@@ -156,6 +158,7 @@ class S3ObjectStore:
             secure=self._secure,
             region=self._region,
             session=session,
+            server_url=self._public_url,
             # No keys: the usual AWS chain (environment, config files, the instance's IAM role).
             credentials=None
             if self._access_key_id

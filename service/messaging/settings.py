@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     # Path-style URLs (endpoint/bucket/key) rather than virtual-hosted (bucket.endpoint/key):
     # what MinIO, SeaweedFS, versitygw and most self-hosted stores need.
     s3_path_style: bool = True
+    # The endpoint as clients reach it, when that differs from the one this service uses (an
+    # in-cluster Service name vs. a public host): presigned URLs are made for it.
+    s3_public_url: str = ""
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)
@@ -250,7 +253,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"content type {item!r} must look like type/subtype or type/*")
         return [item.lower() for item in value]
 
-    @field_validator("s3_endpoint_url", "attachments_public_url")
+    @field_validator("s3_endpoint_url", "s3_public_url", "attachments_public_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if value and not value.startswith(("https://", "http://")):

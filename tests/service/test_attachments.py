@@ -75,6 +75,8 @@ async def att_svc(
             "s3_region": server.region,
             "s3_access_key_id": server.access_key_id,
             "s3_secret_access_key": server.secret_access_key,
+            # Clients reach the store under another name than the service does.
+            "s3_public_url": server.endpoint_url.replace("127.0.0.1", "localhost"),
         }
     settings = service_settings(database_url, **overrides)
     async with running_service(settings, ConnectionGraph(), backend) as running:
@@ -174,6 +176,8 @@ async def test_a_file_goes_to_the_store_and_back_byte_for_byte_through_signed_ur
         "sizeBytes": len(data),
     }
     assert attachment["urlExpiresAt"].endswith("Z")
+    if att_svc.settings.s3_public_url:  # URLs name the public endpoint; the service HEADs its own
+        assert attachment["url"].startswith(att_svc.settings.s3_public_url + "/")
     [synced_message] = synced["messages"]
     for seen in (sent, live, synced_message):
         [shown] = seen["attachments"]
