@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from messaging import metrics, receipts, store
+from messaging.attachments import Attachments, NewUpload
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
@@ -46,6 +47,7 @@ from messaging.payloads import (
 )
 from messaging.presence import Presence, PresenceInfo
 from messaging.receipts import Receipts
+from messaging.storage import attachments as store_attachments
 from messaging.storage import message_changes as change_store
 from messaging.store import ConversationRecord, MessageRecord, NewMessage
 
@@ -85,8 +87,13 @@ class Chat:
         presence: Presence,
         cursor_key: bytes,
         blocks: Blocks,
+        attachments: Attachments | None = None,
     ) -> None:
         self._engine = engine
+        # None when attachments are off (MESSAGING_ATTACHMENTS_BACKEND=off).
+        self._attachments = attachments
+        if attachments is not None:
+            attachments.use_connection(self._connection)
         self._connections = connections
         self._blocks = blocks
         self._delivery = delivery
@@ -238,13 +245,7 @@ class Chat:
             rows = await store.list_conversations(
                 conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
             )
-            lasts = await change_store.with_reactions(
-                conn, [s.last_message for s in rows if s.last_message is not None]
-            )
-        by_id = {m.id: m for m in lasts}
-        rows = [
-            replace(s, last_message=by_id[s.last_message.id]) if s.last_message else s for s in rows
-        ]
+            rows = await self._fill_summaries(conn, rows)
         return cursor.page(rows, limit, lambda s: (s.activity_at, s.conversation.id))
 
     # --- messages ------------------------------------------------------------------------------
@@ -257,6 +258,7 @@ class Chat:
         content: str,
         client_message_id: str | None,
         origin_sid: str | None = None,
+        attachment_ids: Sequence[uuid.UUID] = (),
     ) -> MessageRecord:
         """Store a message and deliver it; a repeated clientMessageId returns the original."""
         received = time.perf_counter()
@@ -279,7 +281,10 @@ class Chat:
                 created_at=created_at,
                 client_message_id=client_message_id,
             )
-            message, stored = await self._committer.commit(new)
+            if attachment_ids:
+                message, stored = await self._commit_with_attachments(new, attachment_ids)
+            else:
+                message, stored = await self._committer.commit(new)
         except Exception as exc:
             metrics.MESSAGES_SENT.labels(outcome=getattr(exc, "code", "INTERNAL")).inc()
             raise
@@ -300,6 +305,115 @@ class Chat:
             committed_at=committed_at if stored else None,
         )
         return message
+
+    async def _commit_with_attachments(
+        self, new: NewMessage, attachment_ids: Sequence[uuid.UUID]
+    ) -> tuple[MessageRecord, bool]:
+        """A message naming uploads, in a transaction of its own (not the group commit: its
+        rows must roll back with the message when an upload is refused).
+
+        The store is asked about the objects before the transaction opens, so no participant's
+        log lock waits on it; the attach itself re-checks each row inside the transaction.
+        """
+        attachments = self._require_attachments()
+        repeat = False
+        async with self._connection() as conn:
+            if new.client_message_id is not None:
+                repeat = await store_attachments.message_exists(
+                    conn, author_id=new.author_id, client_message_id=new.client_message_id
+                )
+            uploads = None
+            if not repeat:
+                uploads = await attachments.check_for_send(
+                    conn,
+                    owner_id=new.author_id,
+                    conversation_id=new.conversation_id,
+                    ids=attachment_ids,
+                )
+        async with self._transaction() as conn:
+            [(message, stored)] = await store.insert_messages(conn, [new])
+            if stored:
+                if uploads is None:  # the original vanished since: cannot happen (tombstones)
+                    raise Unavailable("the message changed while it was sent; try again")
+                await attachments.attach(
+                    conn,
+                    message_id=message.id,
+                    owner_id=new.author_id,
+                    conversation_id=new.conversation_id,
+                    ids=attachment_ids,
+                )
+        if stored and uploads is not None:
+            return replace(message, attachments=await attachments.views(uploads)), True
+        async with self._connection() as conn:
+            [message] = await attachments.fill(conn, [message])
+        return message, False
+
+    def _require_attachments(self) -> Attachments:
+        if self._attachments is None:
+            raise ValidationFailed("attachments are turned off on this server")
+        return self._attachments
+
+    async def create_upload(
+        self,
+        user_id: str,
+        *,
+        conversation_id: uuid.UUID,
+        file_name: str,
+        content_type: str,
+        size_bytes: int,
+    ) -> NewUpload:
+        """An upload slot for a participant: a row, and a presigned PUT of the object store."""
+        attachments = self._require_attachments()
+        await self._conversation_for(user_id, conversation_id)
+        async with self._transaction() as conn:
+            return await attachments.create_upload(
+                conn,
+                owner_id=user_id,
+                conversation_id=conversation_id,
+                file_name=file_name,
+                content_type=content_type,
+                size_bytes=size_bytes,
+            )
+
+    async def erase_attachments(
+        self, conn: AsyncConnection, message_ids: Sequence[uuid.UUID]
+    ) -> list[uuid.UUID]:
+        """For deleting messages: call inside the deleting transaction, then ``purge_attachments``
+        with what it returns after the commit (see ``Attachments.erase_for_messages``)."""
+        if self._attachments is None:
+            return []
+        return await self._attachments.erase_for_messages(conn, message_ids)
+
+    async def purge_attachments(self, erased: Sequence[uuid.UUID]) -> None:
+        """Delete erased attachments' objects now; on failure the sweeper does it later."""
+        if self._attachments is None or not erased:
+            return
+        try:
+            await self._attachments.purge(erased)
+        except Exception:
+            log.warning("purging deleted attachments failed; the sweeper will", exc_info=True)
+
+    async def fill(
+        self, conn: AsyncConnection, messages: list[MessageRecord]
+    ) -> list[MessageRecord]:
+        """What a message shows beyond its row, in the order given: its reactions, and its
+        attachments with download URLs signed for this read (``Attachments.fill``)."""
+        if not messages:
+            return messages
+        messages = await change_store.with_reactions(conn, messages)
+        if self._attachments is None:
+            return messages
+        return await self._attachments.fill(conn, messages)
+
+    async def _fill_summaries(
+        self, conn: AsyncConnection, rows: list[store.ConversationSummary]
+    ) -> list[store.ConversationSummary]:
+        last = [s.last_message for s in rows if s.last_message is not None]
+        filled = {m.id: m for m in await self.fill(conn, last)}
+        return [
+            replace(s, last_message=filled[s.last_message.id]) if s.last_message else s
+            for s in rows
+        ]
 
     async def mark_delivered(
         self, user_id: str, message_ids: Sequence[uuid.UUID], *, origin_sid: str | None = None
@@ -446,7 +560,7 @@ class Chat:
             rows = await store.changes_after(
                 conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
             )
-            filled = await change_store.with_reactions(conn, [m for _, m in rows])
+            filled = await self.fill(conn, [m for _, m in rows])
         events: list[Logged] = []
         statuses: list[store.Change] = []
         for (change, _), message in zip(rows, filled, strict=True):
@@ -523,8 +637,7 @@ class Chat:
                     conn, user_id=user_id, after_pos=position, limit=limit + 1
                 )
             page, has_more = rows[:limit], len(rows) > limit
-            filled = await change_store.with_reactions(conn, [m for m, _ in page])
-            page = [(m, p) for m, (_, p) in zip(filled, page, strict=True)]
+            shown = await self.fill(conn, [m for m, _ in page])
         token = None
         if since is not None:
             last = page[-1][1] if page else position
@@ -535,7 +648,7 @@ class Chat:
             # snapshot; with nothing more to page, that holds up to the log's head.
             last = head if not has_more else page[-1][1]
             token = encode_sync_token(self._cursor_key, user_id=user_id, position=last)
-        return SyncPage([m for m, _ in page], has_more, token)
+        return SyncPage(shown, has_more, token)
 
     async def history(
         self, user_id: str, *, conversation_id: uuid.UUID, page_size: int, page_token: str
@@ -555,7 +668,7 @@ class Chat:
                 before=cursor.decode(page_token),
                 not_before=joined_at,
             )
-            rows = await change_store.with_reactions(conn, rows)
+            rows = await self.fill(conn, rows)
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 
     async def _deliver(

@@ -45,6 +45,8 @@ def run_dev(*, port: int) -> int:
     metrics_at = f"http://{settings.effective_metrics_host}:{settings.metrics_port}/metrics"
     print(f"messaging dev: Socket.IO and HTTP on {url}, gRPC on {grpc_at}, metrics {metrics_at}")
     print(f"demo connections: {', '.join(f'{a}-{b}' for a, b in DEMO_PAIRS)}")
+    if settings.effective_attachments_backend == "local":
+        print(f"attachments: stored in {settings.attachments_dir}, served by {url} (signed links)")
     for user in DEMO_USERS:
         print(f"  token for {user}: {mint_token(settings, user)}")
     print(

@@ -43,7 +43,7 @@ from messaging.payloads import (
 )
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
-from messaging.store import ConversationRecord, MessageRecord
+from messaging.store import AttachmentView, ConversationRecord, MessageRecord
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,10 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SendMessageResponse:
-        if request.attachment_ids:
-            raise ValidationFailed("attachments are not enabled on this server")
         fields: dict[str, Any] = {
             "conversationId": request.conversation_id,
             "content": request.content,
+            "attachmentIds": list(request.attachment_ids),
         }
         if request.client_message_id:
             fields["clientMessageId"] = request.client_message_id
@@ -220,6 +219,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
             conversation_id=parsed.conversation_id,
             content=parsed.content,
             client_message_id=parsed.client_message_id,
+            attachment_ids=parsed.attachment_ids,
         )
         return pb.SendMessageResponse(message=message_pb(message))
 
@@ -315,7 +315,18 @@ def message_pb(message: MessageRecord) -> pb.Message:
         edited_at=None if message.edited_at is None else _timestamp(message.edited_at),
         deleted_at=None if message.deleted_at is None else _timestamp(message.deleted_at),
         reactions=_reactions_pb(message),
-        attachments=[],
+        attachments=[attachment_pb(a) for a in message.attachments],
+    )
+
+
+def attachment_pb(attachment: AttachmentView) -> pb.Attachment:
+    return pb.Attachment(
+        id=str(attachment.id),
+        file_name=attachment.file_name,
+        content_type=attachment.content_type,
+        size_bytes=attachment.size_bytes,
+        url=attachment.url,
+        url_expires_at=_timestamp(attachment.url_expires_at),
     )
 
 

@@ -73,7 +73,7 @@ class MessageChanges:
                     details={"editWindowSeconds": int(self._edit_window.total_seconds())},
                 )
             if message.edited_at is not None and message.content == content:
-                [same] = await change_store.with_reactions(conn, [message])
+                [same] = await self._chat.fill(conn, [message])
                 return same  # a retry of the last edit: nothing changes
             edited = await change_store.replace_content(
                 conn, message_id=message_id, content=content, at=at
@@ -83,7 +83,7 @@ class MessageChanges:
             )
             # webhooks: outbox.record(conn, "message.updated", ...) belongs here, in this
             # transaction (see docs/webhooks.md once the outbox exists).
-            [edited] = await change_store.with_reactions(conn, [edited])
+            [edited] = await self._chat.fill(conn, [edited])
         await self._chat.deliver_logged(
             self._chat.logged(changes, "messageUpdated", message_json(edited)),
             skip_sid=origin_sid,
@@ -102,11 +102,14 @@ class MessageChanges:
             if message.deleted_at is not None:
                 return message  # deleted already: the same answer, nothing logged again
             erased = await change_store.erase(conn, message_id=message_id, at=at)
+            # Its files go with it: erased in this transaction, their objects deleted after it.
+            erased_files = await self._chat.erase_attachments(conn, [message_id])
             changes = await store.append_changes(
                 conn, [LogEntry(message.conversation_id, message_id, "deleted", user_id, at)]
             )
             # webhooks: outbox.record(conn, "message.deleted", ...) belongs here, in this
             # transaction.
+        await self._chat.purge_attachments(erased_files)
         await self._chat.deliver_logged(
             self._chat.logged(changes, "messageDeleted", deleted_event_json(erased)),
             skip_sid=origin_sid,
@@ -149,7 +152,7 @@ class MessageChanges:
                     conn,
                     [LogEntry(message.conversation_id, message_id, kind, user_id, at, emoji)],
                 )
-            [message] = await change_store.with_reactions(conn, [message])
+            [message] = await self._chat.fill(conn, [message])
         if changes:
             data = reaction_event_json(message, user_id=user_id, emoji=emoji, active=active)
             await self._chat.deliver_logged(

@@ -21,11 +21,14 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from messaging.errors import ValidationFailed
+from messaging.objectstore import SignedRequest
 from messaging.storage.receipts import Receipt
-from messaging.store import ConversationRecord, ConversationSummary, MessageRecord
+from messaging.store import AttachmentView, ConversationRecord, ConversationSummary, MessageRecord
 
 MAX_CONTENT_CHARS = 2000
 MAX_IDS = 100
@@ -36,6 +39,8 @@ MAX_PAGE_TOKEN_CHARS = 512
 MAX_EMOJI_CHARS = 16
 DEFAULT_CONVERSATIONS_LIMIT = 30  # the socket event's default (gRPC's page_size 0 means 50)
 DEFAULT_HISTORY_LIMIT = 50
+MAX_ATTACHMENTS = 10
+MAX_FILE_NAME_CHARS = 255
 
 # Characters that render as nothing but are not whitespace or format characters to Unicode
 # (Hangul fillers, the braille blank, the Mongolian vowel separator, the combining grapheme
@@ -106,6 +111,15 @@ Content = Annotated[
 ]
 
 
+def _text_or_empty(value: str) -> str:
+    return value if value == "" else _text(value)
+
+
+OptionalContent = Annotated[
+    str, StringConstraints(max_length=MAX_CONTENT_CHARS), AfterValidator(_text_or_empty)
+]
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -143,8 +157,34 @@ class GetReceipts(Request):
 
 class SendMessage(Request):
     conversation_id: uuid.UUID = Field(alias="conversationId")
-    content: Content
+    # Before content: its check reads them (content may be empty when there are attachments).
+    attachment_ids: list[uuid.UUID] = Field(
+        default_factory=list, alias="attachmentIds", max_length=MAX_ATTACHMENTS
+    )
+    content: OptionalContent = Field("", validate_default=True)
     client_message_id: ClientMessageId | None = Field(None, alias="clientMessageId")
+
+    @field_validator("content")
+    @classmethod
+    def _something_to_send(cls, value: str, info: ValidationInfo) -> str:
+        if not value and not info.data.get("attachment_ids"):
+            raise ValueError("must not be blank (it may be empty only with attachments)")
+        return value
+
+
+ContentType = Annotated[
+    str, StringConstraints(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9!#$&^_.+/-]+$")
+]
+FileName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_FILE_NAME_CHARS), AfterValidator(_text)
+]
+
+
+class CreateUpload(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    file_name: FileName = Field(alias="fileName")
+    content_type: ContentType = Field(alias="contentType")
+    size_bytes: int = Field(alias="sizeBytes", ge=0, strict=True)
 
 
 class MarkDelivered(Request):
@@ -241,7 +281,7 @@ def message_json(message: MessageRecord) -> dict[str, Any]:
         "editedAt": None if message.edited_at is None else iso(message.edited_at),
         "deletedAt": None if message.deleted_at is None else iso(message.deleted_at),
         "reactions": reactions_json(message.reactions),
-        "attachments": [],
+        "attachments": [attachment_json(a) for a in message.attachments],
     }
 
 
@@ -299,6 +339,27 @@ def receipt_json(receipt: Receipt) -> dict[str, Any]:
         "userId": receipt.user_id,
         "deliveredAt": None if receipt.delivered_at is None else iso(receipt.delivered_at),
         "readAt": None if receipt.read_at is None else iso(receipt.read_at),
+    }
+
+
+def attachment_json(attachment: AttachmentView) -> dict[str, Any]:
+    return {
+        "id": str(attachment.id),
+        "fileName": attachment.file_name,
+        "contentType": attachment.content_type,
+        "sizeBytes": attachment.size_bytes,
+        "url": attachment.url,
+        "urlExpiresAt": iso(attachment.url_expires_at),
+    }
+
+
+def upload_json(attachment_id: uuid.UUID, request: SignedRequest) -> dict[str, Any]:
+    return {
+        "attachmentId": str(attachment_id),
+        "uploadUrl": request.url,
+        "uploadMethod": request.method,
+        "uploadHeaders": request.headers,
+        "expiresAt": iso(request.expires_at),
     }
 
 

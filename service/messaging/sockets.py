@@ -43,6 +43,7 @@ from messaging.payloads import (
     BlockUser,
     CreateConversation,
     CreateGroup,
+    CreateUpload,
     DeleteMessage,
     EditMessage,
     GetMessageHistory,
@@ -66,6 +67,7 @@ from messaging.payloads import (
     reactions_json,
     receipt_json,
     summary_json,
+    upload_json,
 )
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
@@ -108,6 +110,8 @@ EVENT_LIMITS = {
     "addParticipants": "conversations",
     "leaveConversation": "conversations",
     "getReceipts": "receipts",
+    # Each upload is followed by a send: it shares the send budget.
+    "createUpload": "send",
 }
 
 
@@ -187,6 +191,7 @@ class SocketEvents:
             "editMessage": self._edit_message,
             "deleteMessage": self._delete_message,
             "setReaction": self._set_reaction,
+            "createUpload": self._create_upload,
         }
         self.events = list(handlers)
         for event, handler in handlers.items():
@@ -342,8 +347,20 @@ class SocketEvents:
             content=request.content,
             client_message_id=request.client_message_id,
             origin_sid=sid,
+            attachment_ids=request.attachment_ids,
         )
         return message_json(message)
+
+    async def _create_upload(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(CreateUpload, payload)
+        upload = await self._chat.create_upload(
+            user_id,
+            conversation_id=request.conversation_id,
+            file_name=request.file_name,
+            content_type=request.content_type,
+            size_bytes=request.size_bytes,
+        )
+        return upload_json(upload.attachment_id, upload.request)
 
     async def _mark_delivered(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(MarkDelivered, payload)

@@ -39,6 +39,19 @@ STATUS_ORDER = {"sent": 0, "delivered": 1, "read": 2}
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentView:
+    """An attachment as one read of its message shows it: with a freshly signed download URL
+    (``attachments.Attachments.fill`` makes these; ``payloads`` and ``grpc_api`` render them)."""
+
+    id: uuid.UUID
+    file_name: str
+    content_type: str
+    size_bytes: int
+    url: str
+    url_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: uuid.UUID
     conversation_id: uuid.UUID
@@ -55,6 +68,8 @@ class MessageRecord:
     edited_at: datetime | None = None
     deleted_at: datetime | None = None
     reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Filled in by ``attachments.Attachments.fill`` right before the message is shown.
+    attachments: tuple[AttachmentView, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

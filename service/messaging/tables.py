@@ -275,3 +275,34 @@ message_reactions = Table(
     Column("user_id", USER_ID, primary_key=True),
     Column("created_at", UTCDateTime(), nullable=False),
 )
+
+# Attachments (migration 0007): one row per createUpload. ``message_id`` is NULL until a
+# sendMessage attaches the upload (then it never changes); ``doomed_at`` is set when the message's
+# deletion erased it (its name is blanked at once, its object deleted just after the commit or by
+# the next sweep). The sweeper deletes the objects of unattached rows past the TTL and of doomed
+# rows, then the rows: every replica runs it, and deleting an object twice is harmless.
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("owner_id", USER_ID, nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size_bytes", BigInteger(), nullable=False),
+    Column("object_key", String(512), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # A message that is removed outright (its conversation deleted) leaves its uploads
+    # unattached and old, so the sweeper deletes their objects.
+    Column("message_id", Uuid(), ForeignKey("messages.id", ondelete="SET NULL"), nullable=True),
+    Column("ordinal", BigInteger(), nullable=False, server_default="0"),
+    Column("doomed_at", UTCDateTime(), nullable=True),
+    CheckConstraint("size_bytes >= 0", name="size_not_negative"),
+    Index(None, "message_id", "ordinal"),
+    Index(None, "created_at"),
+)

@@ -132,7 +132,7 @@ class Message(_message.Message):
 
     @_builtins.property
     def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
-        """Files attached to it (none until attachments are enabled)."""
+        """Files attached to it, each with a download URL signed for this read (short-lived)."""
 
     def __init__(
         self,
@@ -185,6 +185,10 @@ Global___Reaction: _TypeAlias = Reaction  # noqa: Y015
 
 @_typing.final
 class Attachment(_message.Message):
+    """A file a message carries. Its bytes are in the object store; `url` is a GET that works until
+    `url_expires_at` and is signed afresh each time the message is read.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
