@@ -36,7 +36,7 @@ static_checks() {
   .venv/bin/mypy
   .venv/bin/lint-imports
   hack/gen-protos.sh --check
-  hack/buf.sh check  # buf lint, and buf breaking against the previous commit (builds buf once)
+  hack/buf.sh check  # buf lint, and buf breaking against the previous commit (installs buf once)
 }
 
 if $quick; then
