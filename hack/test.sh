@@ -7,8 +7,8 @@
 #
 # Installs (only what is missing): PostgreSQL, Redis and promtool from Debian packages, the
 # pinned Python dependencies into .venv, the Node.js test clients into tests/node, and the
-# Kubernetes control-plane binaries built from source (cached outside the repo, keyed by
-# version: only the first run on a machine pays). Test servers run on private ports and
+# Kubernetes control-plane binaries and the S3-compatible test server built from source (cached
+# outside the repo, keyed by version: only the first run on a machine pays). Test servers run on private ports and
 # temporary directories and are stopped when the run ends.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -36,6 +36,7 @@ static_checks() {
   .venv/bin/mypy
   .venv/bin/lint-imports
   hack/gen-protos.sh --check
+  hack/buf.sh check  # buf lint, and buf breaking against the previous commit (installs buf once)
 }
 
 if $quick; then
@@ -73,6 +74,9 @@ step "node test clients (tests/node)"
 
 step "kubernetes control plane binaries"
 hack/k8s-tools.sh
+
+step "S3-compatible object store for the attachment tests (versitygw, built from Go modules)"
+hack/s3-server.sh
 
 static_checks
 

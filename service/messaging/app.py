@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry  # the asyncio one: the sync Retry never retries a coroutine
@@ -34,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp
 
 from messaging import db, metrics
+from messaging.attachments import Attachments, limits_from
 from messaging.auth import TokenVerifier
 from messaging.blocking import Blocks
 from messaging.chat import Chat
@@ -42,6 +44,14 @@ from messaging.delivery import Delivery
 from messaging.errors import MessagingError
 from messaging.groups import Groups
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
+from messaging.message_changes import MessageChanges
+from messaging.objectstore import (
+    LOCAL_ROUTE,
+    LocalObjectStore,
+    ObjectStore,
+    S3ObjectStore,
+    content_disposition,
+)
 from messaging.outbox import Outbox
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
@@ -87,6 +97,7 @@ class Service:
         grpc: GrpcServer | None,
         redis: Redis | None,
         webhooks: Dispatcher | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
         self.settings = settings
         self.webhooks = webhooks
@@ -98,6 +109,7 @@ class Service:
         self.connections = connections
         self.grpc = grpc
         self.redis = redis
+        self.attachments = attachments
         self.readiness = Readiness(redis=redis is None)
         self._engine = chat.engine
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,6 +125,9 @@ class Service:
         db.observe_pool(self._engine)
         await self.verifier.start()
         await self.connections.start()
+        if self.attachments is not None:
+            await self.attachments.store.start()
+            self._spawn(self.attachments.run_sweeper(), "attachment-sweeper")
         self._spawn(
             self.sockets.expire_sessions(self.settings.session_sweep_seconds), "session-expiry"
         )
@@ -145,6 +160,8 @@ class Service:
         await self.sockets.limiter.close()
         await self.presence.leave()
         await self.connections.close()
+        if self.attachments is not None:
+            await self.attachments.store.close()
         await self.verifier.close()
         if self.webhooks is not None:
             await self.webhooks.close()
@@ -242,6 +259,29 @@ def build_redis(settings: Settings) -> Redis | None:
     )
 
 
+def build_object_store(settings: Settings) -> ObjectStore | None:
+    """The attachment store the settings name (no I/O: opened in ``Service.start``)."""
+    backend = settings.effective_attachments_backend
+    if backend == "s3":
+        return S3ObjectStore(
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            endpoint_url=settings.s3_endpoint_url,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            path_style=settings.s3_path_style,
+            public_url=settings.s3_public_url,
+        )
+    if backend == "local":
+        base_url = settings.attachments_public_url or (
+            f"http://{settings.http_host}:{settings.http_port}"
+        )
+        return LocalObjectStore(
+            root=settings.attachments_dir, base_url=base_url, secret=settings.attachments_key
+        )
+    return None
+
+
 def build_service(settings: Settings) -> Service:
     """Construct the whole service (no I/O happens here)."""
     engine = db.create_engine(settings)
@@ -285,6 +325,12 @@ def build_service(settings: Settings) -> Service:
         max_blocked=settings.max_blocked_per_user,
         invalidation_timeout_seconds=settings.blocks_invalidation_timeout_seconds,
     )
+    object_store = build_object_store(settings)
+    attachments = (
+        Attachments(store=object_store, limits=limits_from(settings))
+        if object_store is not None
+        else None
+    )
     chat = Chat(
         engine=engine,
         connections=connections,
@@ -293,6 +339,7 @@ def build_service(settings: Settings) -> Service:
         cursor_key=settings.cursor_key,
         events=events,
         blocks=blocks,
+        attachments=attachments,
     )
     blocks.use_database(connection=chat.connection, transaction=chat.transaction)
 
@@ -320,6 +367,7 @@ def build_service(settings: Settings) -> Service:
             events=events,
         )
     )
+    changes = MessageChanges(chat=chat, edit_window_seconds=settings.edit_window_seconds)
     limiter = RateLimiter(
         settings.rate_limit_budgets,
         redis=redis,
@@ -329,6 +377,7 @@ def build_service(settings: Settings) -> Service:
     sockets = SocketEvents(
         verifier=verifier,
         chat=chat,
+        changes=changes,
         presence=presence,
         delivery=delivery,
         server=server,
@@ -348,6 +397,7 @@ def build_service(settings: Settings) -> Service:
             )
         grpc = GrpcServer(
             chat=chat,
+            changes=changes,
             verifier=verifier,
             host=settings.grpc_host,
             port=settings.grpc_port,
@@ -364,6 +414,7 @@ def build_service(settings: Settings) -> Service:
         grpc=grpc,
         redis=redis,
         webhooks=webhooks,
+        attachments=attachments,
     )
 
 
@@ -390,10 +441,18 @@ def create_app(
     api = FastAPI(title="messaging", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.state.service = service
     _add_probes(api, service)
+    if service.attachments is not None and isinstance(service.attachments.store, LocalObjectStore):
+        _add_local_attachment_routes(api, service.attachments.store)
     if settings.cors_any_origin:
         # Any origin, but never with credentials: a browser would otherwise send cookies
         # from every site it visits.
-        api.add_middleware(CORSMiddleware, allow_origins=["*"], allow_credentials=False)
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=["*"],
+            allow_credentials=False,
+            allow_methods=["GET", "PUT"],
+            allow_headers=["Content-Type"],
+        )
     elif settings.cors_allowed_origins:
         api.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_allowed_origins, allow_credentials=True
@@ -433,3 +492,38 @@ def _add_probes(api: FastAPI, service: Service) -> None:
         if state.ready and not ready:
             problems = ["database: a request just found it unavailable"]
         return {"ready": ready, "problems": problems}
+
+
+def _add_local_attachment_routes(api: FastAPI, store: LocalObjectStore) -> None:
+    """The local store's upload (PUT) and download (GET) links: what an S3 bucket would serve.
+
+    Only a link signed by this service works (``LocalObjectStore.verify``); errors are S3-like
+    plain statuses (403 for a bad or expired link, 404 for a missing object).
+    """
+
+    @api.put(f"{LOCAL_ROUTE}/{{key:path}}")
+    async def upload(key: str, request: Request) -> Response:
+        try:
+            await store.receive(
+                key,
+                dict(request.query_params),
+                content_type=request.headers.get("content-type"),
+                body=request.stream(),
+            )
+        except MessagingError as exc:
+            return JSONResponse(exc.to_ack()["error"], status_code=exc.http_status)
+        return Response(status_code=200)
+
+    @api.get(f"{LOCAL_ROUTE}/{{key:path}}")
+    async def download(key: str, request: Request) -> Response:
+        try:
+            found = store.download(key, dict(request.query_params))
+        except MessagingError as exc:
+            return JSONResponse(exc.to_ack()["error"], status_code=exc.http_status)
+        if not await asyncio.to_thread(found.path.is_file):
+            return JSONResponse({"code": "NOT_FOUND", "message": "no such object"}, 404)
+        return FileResponse(
+            found.path,
+            media_type=found.content_type,
+            headers={"Content-Disposition": content_disposition(found.file_name)},
+        )

@@ -15,7 +15,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +24,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from messaging import metrics, outbox, receipts, store
+from messaging.attachments import Attachments, NewUpload
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
@@ -38,9 +39,16 @@ from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
 from messaging.groups import Groups
 from messaging.ids import new_message_id
 from messaging.logs import describe_error
-from messaging.payloads import iso, message_json
+from messaging.payloads import (
+    deleted_event_json,
+    iso,
+    message_json,
+    reaction_event_json,
+)
 from messaging.presence import Presence, PresenceInfo
 from messaging.receipts import Receipts
+from messaging.storage import attachments as store_attachments
+from messaging.storage import message_changes as change_store
 from messaging.store import ConversationRecord, MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
@@ -80,10 +88,15 @@ class Chat:
         cursor_key: bytes,
         blocks: Blocks,
         events: outbox.Outbox | None = None,
+        attachments: Attachments | None = None,
     ) -> None:
         self._engine = engine
         # Webhook events, written in the transaction of each change (none configured: a no-op).
         self._outbox = events or outbox.Outbox([])
+        # None when attachments are off (MESSAGING_ATTACHMENTS_BACKEND=off).
+        self._attachments = attachments
+        if attachments is not None:
+            attachments.use_connection(self._connection)
         self._connections = connections
         self._blocks = blocks
         self._delivery = delivery
@@ -251,6 +264,7 @@ class Chat:
             rows = await store.list_conversations(
                 conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
             )
+            rows = await self._fill_summaries(conn, rows)
         return cursor.page(rows, limit, lambda s: (s.activity_at, s.conversation.id))
 
     # --- messages ------------------------------------------------------------------------------
@@ -263,6 +277,7 @@ class Chat:
         content: str,
         client_message_id: str | None,
         origin_sid: str | None = None,
+        attachment_ids: Sequence[uuid.UUID] = (),
     ) -> MessageRecord:
         """Store a message and deliver it; a repeated clientMessageId returns the original."""
         received = time.perf_counter()
@@ -285,7 +300,10 @@ class Chat:
                 created_at=created_at,
                 client_message_id=client_message_id,
             )
-            message, stored = await self._committer.commit(new)
+            if attachment_ids:
+                message, stored = await self._commit_with_attachments(new, attachment_ids)
+            else:
+                message, stored = await self._committer.commit(new)
         except Exception as exc:
             metrics.MESSAGES_SENT.labels(outcome=getattr(exc, "code", "INTERNAL")).inc()
             raise
@@ -306,6 +324,115 @@ class Chat:
             committed_at=committed_at if stored else None,
         )
         return message
+
+    async def _commit_with_attachments(
+        self, new: NewMessage, attachment_ids: Sequence[uuid.UUID]
+    ) -> tuple[MessageRecord, bool]:
+        """A message naming uploads, in a transaction of its own (not the group commit: its
+        rows must roll back with the message when an upload is refused).
+
+        The store is asked about the objects before the transaction opens, so no participant's
+        log lock waits on it; the attach itself re-checks each row inside the transaction.
+        """
+        attachments = self._require_attachments()
+        repeat = False
+        async with self._connection() as conn:
+            if new.client_message_id is not None:
+                repeat = await store_attachments.message_exists(
+                    conn, author_id=new.author_id, client_message_id=new.client_message_id
+                )
+            uploads = None
+            if not repeat:
+                uploads = await attachments.check_for_send(
+                    conn,
+                    owner_id=new.author_id,
+                    conversation_id=new.conversation_id,
+                    ids=attachment_ids,
+                )
+        async with self._transaction() as conn:
+            [(message, stored)] = await store.insert_messages(conn, [new])
+            if stored:
+                if uploads is None:  # the original vanished since: cannot happen (tombstones)
+                    raise Unavailable("the message changed while it was sent; try again")
+                await attachments.attach(
+                    conn,
+                    message_id=message.id,
+                    owner_id=new.author_id,
+                    conversation_id=new.conversation_id,
+                    ids=attachment_ids,
+                )
+        if stored and uploads is not None:
+            return replace(message, attachments=await attachments.views(uploads)), True
+        async with self._connection() as conn:
+            [message] = await attachments.fill(conn, [message])
+        return message, False
+
+    def _require_attachments(self) -> Attachments:
+        if self._attachments is None:
+            raise ValidationFailed("attachments are turned off on this server")
+        return self._attachments
+
+    async def create_upload(
+        self,
+        user_id: str,
+        *,
+        conversation_id: uuid.UUID,
+        file_name: str,
+        content_type: str,
+        size_bytes: int,
+    ) -> NewUpload:
+        """An upload slot for a participant: a row, and a presigned PUT of the object store."""
+        attachments = self._require_attachments()
+        await self._conversation_for(user_id, conversation_id)
+        async with self._transaction() as conn:
+            return await attachments.create_upload(
+                conn,
+                owner_id=user_id,
+                conversation_id=conversation_id,
+                file_name=file_name,
+                content_type=content_type,
+                size_bytes=size_bytes,
+            )
+
+    async def erase_attachments(
+        self, conn: AsyncConnection, message_ids: Sequence[uuid.UUID]
+    ) -> list[uuid.UUID]:
+        """For deleting messages: call inside the deleting transaction, then ``purge_attachments``
+        with what it returns after the commit (see ``Attachments.erase_for_messages``)."""
+        if self._attachments is None:
+            return []
+        return await self._attachments.erase_for_messages(conn, message_ids)
+
+    async def purge_attachments(self, erased: Sequence[uuid.UUID]) -> None:
+        """Delete erased attachments' objects now; on failure the sweeper does it later."""
+        if self._attachments is None or not erased:
+            return
+        try:
+            await self._attachments.purge(erased)
+        except Exception:
+            log.warning("purging deleted attachments failed; the sweeper will", exc_info=True)
+
+    async def fill(
+        self, conn: AsyncConnection, messages: list[MessageRecord]
+    ) -> list[MessageRecord]:
+        """What a message shows beyond its row, in the order given: its reactions, and its
+        attachments with download URLs signed for this read (``Attachments.fill``)."""
+        if not messages:
+            return messages
+        messages = await change_store.with_reactions(conn, messages)
+        if self._attachments is None:
+            return messages
+        return await self._attachments.fill(conn, messages)
+
+    async def _fill_summaries(
+        self, conn: AsyncConnection, rows: list[store.ConversationSummary]
+    ) -> list[store.ConversationSummary]:
+        last = [s.last_message for s in rows if s.last_message is not None]
+        filled = {m.id: m for m in await self.fill(conn, last)}
+        return [
+            replace(s, last_message=filled[s.last_message.id]) if s.last_message else s
+            for s in rows
+        ]
 
     async def mark_delivered(
         self, user_id: str, message_ids: Sequence[uuid.UUID], *, origin_sid: str | None = None
@@ -466,16 +593,18 @@ class Chat:
             rows = await store.changes_after(
                 conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
             )
+            filled = await self.fill(conn, [m for _, m in rows])
         events: list[Logged] = []
         statuses: list[store.Change] = []
-        for change, message in rows:
-            if change.kind == "created":
-                events.extend(self._status_events(statuses))
-                statuses = []
-                data = self._with_token(message_json(message), user_id, change.position)
-                events.append(Logged(user_id, change.position, change.position, "newMessage", data))
-            else:
+        for (change, _), message in zip(rows, filled, strict=True):
+            if change.kind in ("delivered", "read"):
                 statuses.append(change)
+                continue
+            events.extend(self._status_events(statuses))
+            statuses = []
+            event, data = _change_event(change, message)
+            data = self._with_token(data, user_id, change.position)
+            events.append(Logged(user_id, change.position, change.position, event, data))
         events.extend(self._status_events(statuses))
         return events
 
@@ -540,7 +669,8 @@ class Chat:
                 rows, head = await store.created_after(
                     conn, user_id=user_id, after_pos=position, limit=limit + 1
                 )
-        page, has_more = rows[:limit], len(rows) > limit
+            page, has_more = rows[:limit], len(rows) > limit
+            shown = await self.fill(conn, [m for m, _ in page])
         token = None
         if since is not None:
             last = page[-1][1] if page else position
@@ -551,7 +681,7 @@ class Chat:
             # snapshot; with nothing more to page, that holds up to the log's head.
             last = head if not has_more else page[-1][1]
             token = encode_sync_token(self._cursor_key, user_id=user_id, position=last)
-        return SyncPage([m for m, _ in page], has_more, token)
+        return SyncPage(shown, has_more, token)
 
     async def history(
         self, user_id: str, *, conversation_id: uuid.UUID, page_size: int, page_token: str
@@ -571,6 +701,7 @@ class Chat:
                 before=cursor.decode(page_token),
                 not_before=joined_at,
             )
+            rows = await self.fill(conn, rows)
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 
     async def _deliver(
@@ -603,6 +734,27 @@ class Chat:
             # The request succeeded; devices heal from the change log.
             log.exception("delivery failed", extra={"event": events[0].event if events else ""})
 
+    # --- for the feature modules built on these rules (message_changes.py) --------------------
+
+    def logged(
+        self, changes: Sequence[store.Change], event: str, data: dict[str, Any]
+    ) -> list[Logged]:
+        """One ``event`` per log entry just written, each with its user's ``syncToken``."""
+        return [
+            Logged(
+                c.user_id,
+                c.position,
+                c.position,
+                event,
+                self._with_token(data, c.user_id, c.position),
+            )
+            for c in changes
+        ]
+
+    async def deliver_logged(self, events: Sequence[Logged], *, skip_sid: str | None) -> None:
+        """Fan logged events out like every other change (a failure never fails the request)."""
+        await self._deliver_logged(events, skip_sid=skip_sid)
+
     async def ping_database(self) -> None:
         async with self._connection() as conn:
             await store.ping(conn)
@@ -633,6 +785,23 @@ class _Cursor:
                 self.key, kind=self.kind, scope=self.scope, at=at, row_id=row_id
             )
         return Page(items, token)
+
+
+def _change_event(change: store.Change, message: MessageRecord) -> tuple[str, dict[str, Any]]:
+    """The live event a log entry was delivered as (a message in its current state)."""
+    if change.kind == "edited":
+        return "messageUpdated", message_json(message)
+    if change.kind == "deleted" and message.deleted_at is not None:
+        return "messageDeleted", deleted_event_json(message)
+    if change.kind in ("reacted", "unreacted") and change.emoji is not None:
+        data = reaction_event_json(
+            message,
+            user_id=change.actor_id or "",
+            emoji=change.emoji,
+            active=change.kind == "reacted",
+        )
+        return "messageReaction", data
+    return "newMessage", message_json(message)
 
 
 def _page_size(requested: int) -> int:

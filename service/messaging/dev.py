@@ -47,6 +47,8 @@ def run_dev(*, port: int) -> int:
     print(f"demo connections: {', '.join(f'{a}-{b}' for a, b in DEMO_PAIRS)}")
     if settings.webhooks_console:
         print("webhook events are printed here (MESSAGING_WEBHOOKS_CONSOLE)")
+    if settings.effective_attachments_backend == "local":
+        print(f"attachments: stored in {settings.attachments_dir}, served by {url} (signed links)")
     for user in DEMO_USERS:
         print(f"  token for {user}: {mint_token(settings, user)}")
     print(

@@ -28,16 +28,22 @@ from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.errors import INTERNAL_MESSAGE, MessagingError, ValidationFailed
 from messaging.logs import log_context, new_request_id, user_hash
+from messaging.message_changes import MessageChanges
 from messaging.payloads import (
     AddParticipants,
     CreateConversation,
     CreateGroup,
+    DeleteMessage,
+    EditMessage,
     LeaveConversation,
+    MarkRead,
+    SendMessage,
+    SetReaction,
     parse,
 )
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
-from messaging.store import ConversationRecord, MessageRecord
+from messaging.store import AttachmentView, ConversationRecord, MessageRecord
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +139,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 class MessagingServicer(pb_grpc.MessagingServiceServicer):
-    def __init__(self, chat: Chat) -> None:
+    def __init__(self, chat: Chat, changes: MessageChanges) -> None:
         self._chat = chat
+        self._changes = changes
 
     async def GetMessageHistory(
         self, request: pb.GetMessageHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -192,18 +199,88 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
         other = parse(CreateConversation, {"participantId": request.participant_id}).participant_id
         return conversation_pb(await self._chat.create_conversation(caller(), other))
 
+    # Each of these validates with the socket event's model (same bounds and text rules) and
+    # calls the same rules; changes are fanned out to every device of every participant, the
+    # caller's included (a gRPC call has no socket to skip).
+
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SendMessageResponse:
+        fields: dict[str, Any] = {
+            "conversationId": request.conversation_id,
+            "content": request.content,
+            "attachmentIds": list(request.attachment_ids),
+        }
+        if request.client_message_id:
+            fields["clientMessageId"] = request.client_message_id
+        parsed = parse(SendMessage, fields)
+        message = await self._chat.send_message(
+            caller(),
+            conversation_id=parsed.conversation_id,
+            content=parsed.content,
+            client_message_id=parsed.client_message_id,
+            attachment_ids=parsed.attachment_ids,
+        )
+        return pb.SendMessageResponse(message=message_pb(message))
+
+    async def EditMessage(
+        self, request: pb.EditMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.EditMessageResponse:
+        parsed = parse(EditMessage, {"messageId": request.message_id, "content": request.content})
+        message = await self._changes.edit(
+            caller(), message_id=parsed.message_id, content=parsed.content
+        )
+        return pb.EditMessageResponse(message=message_pb(message))
+
+    async def DeleteMessage(
+        self, request: pb.DeleteMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteMessageResponse:
+        parsed = parse(DeleteMessage, {"messageId": request.message_id})
+        message = await self._changes.delete(caller(), message_id=parsed.message_id)
+        assert message.deleted_at is not None
+        return pb.DeleteMessageResponse(
+            id=str(message.id),
+            conversation_id=str(message.conversation_id),
+            deleted_at=_timestamp(message.deleted_at),
+        )
+
+    async def SetReaction(
+        self, request: pb.SetReactionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SetReactionResponse:
+        parsed = parse(
+            SetReaction,
+            {"messageId": request.message_id, "emoji": request.emoji, "active": request.active},
+        )
+        result = await self._changes.set_reaction(
+            caller(), message_id=parsed.message_id, emoji=parsed.emoji, active=parsed.active
+        )
+        return pb.SetReactionResponse(reactions=_reactions_pb(result.message))
+
+    async def MarkRead(
+        self, request: pb.MarkReadRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MarkReadResponse:
+        parsed = parse(
+            MarkRead,
+            {"conversationId": request.conversation_id, "upToMessageId": request.up_to_message_id},
+        )
+        updated = await self._chat.mark_read(
+            caller(),
+            conversation_id=parsed.conversation_id,
+            up_to_message_id=parsed.up_to_message_id,
+        )
+        return pb.MarkReadResponse(updated=updated)
+
     async def AddParticipants(
         self, request: pb.AddParticipantsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.Conversation:
+    ) -> pb.AddParticipantsResponse:
         parsed = parse(
             AddParticipants,
             {"conversationId": request.conversation_id, "userIds": list(request.user_ids)},
         )
-        return conversation_pb(
-            await self._chat.groups.add_participants(
-                caller(), conversation_id=parsed.conversation_id, user_ids=parsed.user_ids
-            )
+        conversation = await self._chat.groups.add_participants(
+            caller(), conversation_id=parsed.conversation_id, user_ids=parsed.user_ids
         )
+        return pb.AddParticipantsResponse(conversation=conversation_pb(conversation))
 
     async def LeaveConversation(
         self, request: pb.LeaveConversationRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -235,7 +312,26 @@ def message_pb(message: MessageRecord) -> pb.Message:
         status=_STATUS[message.status],
         created_at=_timestamp(message.created_at),
         client_message_id=message.client_message_id or "",
+        edited_at=None if message.edited_at is None else _timestamp(message.edited_at),
+        deleted_at=None if message.deleted_at is None else _timestamp(message.deleted_at),
+        reactions=_reactions_pb(message),
+        attachments=[attachment_pb(a) for a in message.attachments],
     )
+
+
+def attachment_pb(attachment: AttachmentView) -> pb.Attachment:
+    return pb.Attachment(
+        id=str(attachment.id),
+        file_name=attachment.file_name,
+        content_type=attachment.content_type,
+        size_bytes=attachment.size_bytes,
+        url=attachment.url,
+        url_expires_at=_timestamp(attachment.url_expires_at),
+    )
+
+
+def _reactions_pb(message: MessageRecord) -> list[pb.Reaction]:
+    return [pb.Reaction(emoji=e, user_ids=list(users)) for e, users in message.reactions]
 
 
 def conversation_pb(conversation: ConversationRecord) -> pb.Conversation:
@@ -282,12 +378,14 @@ class GrpcServer:
         self,
         *,
         chat: Chat,
+        changes: MessageChanges,
         verifier: TokenVerifier,
         host: str,
         port: int,
         tls: ServerTls | None = None,
     ) -> None:
         self._chat = chat
+        self._changes = changes
         self._verifier = verifier
         self._address = f"{host}:{port}"
         self.port = port
@@ -311,7 +409,9 @@ class GrpcServer:
             ],
         )
         self._health = health.aio.HealthServicer()
-        pb_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(self._chat), server)
+        pb_grpc.add_MessagingServiceServicer_to_server(
+            MessagingServicer(self._chat, self._changes), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -21,17 +21,26 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from messaging.errors import ValidationFailed
+from messaging.objectstore import SignedRequest
 from messaging.storage.receipts import Receipt
-from messaging.store import ConversationRecord, MessageRecord
+from messaging.store import AttachmentView, ConversationRecord, ConversationSummary, MessageRecord
 
 MAX_CONTENT_CHARS = 2000
 MAX_IDS = 100
 MAX_SYNC_LIMIT = 500
 DEFAULT_SYNC_LIMIT = 100
 MAX_FIELD_CHARS = 100  # of a field's name quoted back in VALIDATION_FAILED details
+MAX_PAGE_TOKEN_CHARS = 512
+MAX_EMOJI_CHARS = 16
+DEFAULT_CONVERSATIONS_LIMIT = 30  # the socket event's default (gRPC's page_size 0 means 50)
+DEFAULT_HISTORY_LIMIT = 50
+MAX_ATTACHMENTS = 10
+MAX_FILE_NAME_CHARS = 255
 
 # Characters that render as nothing but are not whitespace or format characters to Unicode
 # (Hangul fillers, the braille blank, the Mongolian vowel separator, the combining grapheme
@@ -77,6 +86,18 @@ def _identifier(value: str) -> str:
     return _not_blank(value)
 
 
+def _emoji(value: str) -> str:
+    """A reaction: one short token, with nothing that renders as space or controls the text.
+
+    Zero-width joiners and variation selectors are allowed: emoji sequences (families, skin
+    tones, flags) are built from them.
+    """
+    for char in value:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Zs", "Zl", "Zp", "Cs"):
+            raise ValueError(f"must not contain whitespace or control character U+{ord(char):04X}")
+    return value
+
+
 UserId = Annotated[
     str, StringConstraints(min_length=1, max_length=128), AfterValidator(_identifier)
 ]
@@ -87,6 +108,15 @@ Content = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_CONTENT_CHARS),
     AfterValidator(_text),
+]
+
+
+def _text_or_empty(value: str) -> str:
+    return value if value == "" else _text(value)
+
+
+OptionalContent = Annotated[
+    str, StringConstraints(max_length=MAX_CONTENT_CHARS), AfterValidator(_text_or_empty)
 ]
 
 
@@ -127,8 +157,34 @@ class GetReceipts(Request):
 
 class SendMessage(Request):
     conversation_id: uuid.UUID = Field(alias="conversationId")
-    content: Content
+    # Before content: its check reads them (content may be empty when there are attachments).
+    attachment_ids: list[uuid.UUID] = Field(
+        default_factory=list, alias="attachmentIds", max_length=MAX_ATTACHMENTS
+    )
+    content: OptionalContent = Field("", validate_default=True)
     client_message_id: ClientMessageId | None = Field(None, alias="clientMessageId")
+
+    @field_validator("content")
+    @classmethod
+    def _something_to_send(cls, value: str, info: ValidationInfo) -> str:
+        if not value and not info.data.get("attachment_ids"):
+            raise ValueError("must not be blank (it may be empty only with attachments)")
+        return value
+
+
+ContentType = Annotated[
+    str, StringConstraints(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9!#$&^_.+/-]+$")
+]
+FileName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_FILE_NAME_CHARS), AfterValidator(_text)
+]
+
+
+class CreateUpload(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    file_name: FileName = Field(alias="fileName")
+    content_type: ContentType = Field(alias="contentType")
+    size_bytes: int = Field(alias="sizeBytes", ge=0, strict=True)
 
 
 class MarkDelivered(Request):
@@ -153,6 +209,40 @@ class SyncMessages(Request):
     after: uuid.UUID | None = None
     since: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     limit: int = Field(DEFAULT_SYNC_LIMIT, ge=1, le=MAX_SYNC_LIMIT, strict=True)
+
+
+PageToken = Annotated[str, StringConstraints(max_length=MAX_PAGE_TOKEN_CHARS)]
+Emoji = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_EMOJI_CHARS),
+    AfterValidator(_emoji),
+]
+
+
+class ListConversations(Request):
+    limit: int = Field(DEFAULT_CONVERSATIONS_LIMIT, ge=1, le=MAX_IDS, strict=True)
+    page_token: PageToken | None = Field(None, alias="pageToken")
+
+
+class GetMessageHistory(Request):
+    conversation_id: uuid.UUID = Field(alias="conversationId")
+    limit: int = Field(DEFAULT_HISTORY_LIMIT, ge=1, le=MAX_IDS, strict=True)
+    page_token: PageToken | None = Field(None, alias="pageToken")
+
+
+class EditMessage(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+    content: Content
+
+
+class DeleteMessage(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+
+
+class SetReaction(Request):
+    message_id: uuid.UUID = Field(alias="messageId")
+    emoji: Emoji
+    active: bool = Field(strict=True)
 
 
 RequestT = TypeVar("RequestT", bound=Request)
@@ -188,6 +278,59 @@ def message_json(message: MessageRecord) -> dict[str, Any]:
         "status": message.status,
         "createdAt": iso(message.created_at),
         "clientMessageId": message.client_message_id,
+        "editedAt": None if message.edited_at is None else iso(message.edited_at),
+        "deletedAt": None if message.deleted_at is None else iso(message.deleted_at),
+        "reactions": reactions_json(message.reactions),
+        "attachments": [attachment_json(a) for a in message.attachments],
+    }
+
+
+def reactions_json(reactions: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, list[str]]:
+    """``{emoji: [userId, ...]}``: emoji in the order first given, users in the order they
+    reacted."""
+    return {emoji: list(users) for emoji, users in reactions}
+
+
+def message_deleted_json(message: MessageRecord) -> dict[str, Any]:
+    """The ``deleteMessage`` ack (``{id, conversationId, deletedAt}``)."""
+    assert message.deleted_at is not None
+    return {
+        "id": str(message.id),
+        "conversationId": str(message.conversation_id),
+        "deletedAt": iso(message.deleted_at),
+    }
+
+
+def deleted_event_json(message: MessageRecord) -> dict[str, Any]:
+    """The ``messageDeleted`` event."""
+    assert message.deleted_at is not None
+    return {
+        "conversationId": str(message.conversation_id),
+        "messageId": str(message.id),
+        "deletedAt": iso(message.deleted_at),
+    }
+
+
+def reaction_event_json(
+    message: MessageRecord, *, user_id: str, emoji: str, active: bool
+) -> dict[str, Any]:
+    """The ``messageReaction`` event: the change, and the message's reactions after it."""
+    return {
+        "conversationId": str(message.conversation_id),
+        "messageId": str(message.id),
+        "userId": user_id,
+        "emoji": emoji,
+        "active": active,
+        "reactions": reactions_json(message.reactions),
+    }
+
+
+def summary_json(summary: ConversationSummary) -> dict[str, Any]:
+    """One entry of ``listConversations``."""
+    return {
+        "conversation": conversation_json(summary.conversation),
+        "lastMessage": None if summary.last_message is None else message_json(summary.last_message),
+        "unreadCount": summary.unread_count,
     }
 
 
@@ -196,6 +339,27 @@ def receipt_json(receipt: Receipt) -> dict[str, Any]:
         "userId": receipt.user_id,
         "deliveredAt": None if receipt.delivered_at is None else iso(receipt.delivered_at),
         "readAt": None if receipt.read_at is None else iso(receipt.read_at),
+    }
+
+
+def attachment_json(attachment: AttachmentView) -> dict[str, Any]:
+    return {
+        "id": str(attachment.id),
+        "fileName": attachment.file_name,
+        "contentType": attachment.content_type,
+        "sizeBytes": attachment.size_bytes,
+        "url": attachment.url,
+        "urlExpiresAt": iso(attachment.url_expires_at),
+    }
+
+
+def upload_json(attachment_id: uuid.UUID, request: SignedRequest) -> dict[str, Any]:
+    return {
+        "attachmentId": str(attachment_id),
+        "uploadUrl": request.url,
+        "uploadMethod": request.method,
+        "uploadHeaders": request.headers,
+        "expiresAt": iso(request.expires_at),
     }
 
 

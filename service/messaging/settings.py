@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import socket
 from functools import cached_property
@@ -25,6 +26,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 - refused in production
 SUPPORTED_JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 MIN_HS256_SECRET_BYTES = 32
+# A content type as RFC 6838 names them (no parameters), or a whole family: "image/*".
+_TYPE_PART = r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}"
+_CONTENT_TYPE_PATTERN = re.compile(rf"{_TYPE_PART}/(?:{_TYPE_PART}|\*)")
 _TLS_FILES = (
     "grpc_tls_cert_file",
     "grpc_tls_key_file",
@@ -222,6 +226,46 @@ class Settings(BaseSettings):
     # Members of a group, its creator included (createConversation and addParticipants refuse
     # more with VALIDATION_FAILED). Every message of a group writes a log row per member.
     group_max_members: int = Field(50, ge=2, le=1000)
+    # How long after sending it its author may still edit a message (default 24 h).
+    edit_window_seconds: float = Field(86_400.0, gt=0, le=31_536_000)
+
+    # Attachments (docs/attachments.md). Unset backend: local disk in dev mode (the embedded
+    # default serves the files itself), off in production (the operator sets it explicitly).
+    attachments_backend: Literal["off", "s3", "local"] | None = None
+    # The local store's files, and the base URL its signed links point at (empty: this
+    # process's own HTTP address, right for `messaging dev`).
+    attachments_dir: Path = Path("./attachments")
+    attachments_public_url: str = ""
+    attachments_max_bytes: int = Field(
+        26_214_400, ge=1, le=5_368_709_120
+    )  # 25 MiB; S3 PUT max 5 GiB
+    # Allowed content types: exact ("application/pdf") or a whole family ("image/*").
+    attachments_content_types: Annotated[list[str], NoDecode] = [
+        "image/*",
+        "application/pdf",
+        "text/plain",
+        "audio/*",
+        "video/*",
+    ]
+    attachments_upload_url_seconds: int = Field(900, ge=10, le=604_800)
+    # Download links are signed afresh each time a message is read, so they can be short.
+    attachments_download_url_seconds: int = Field(900, ge=10, le=604_800)
+    # Uploads never attached to a message are deleted this long after createUpload.
+    attachments_unattached_ttl_seconds: float = Field(86_400.0, ge=60, le=2_592_000)
+    attachments_sweep_seconds: float = Field(300.0, gt=0, le=86_400)
+    # Signs the local store's links (empty: derived from the HS256 secret, like page tokens).
+    attachments_secret: SecretStr = SecretStr("")
+    s3_endpoint_url: str = ""  # empty: AWS S3 of the region
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""  # empty (both): the SDK's usual chain (IAM role, env, files)
+    s3_secret_access_key: SecretStr = SecretStr("")
+    # Path-style URLs (endpoint/bucket/key) rather than virtual-hosted (bucket.endpoint/key):
+    # what MinIO, SeaweedFS, versitygw and most self-hosted stores need.
+    s3_path_style: bool = True
+    # The endpoint as clients reach it, when that differs from the one this service uses (an
+    # in-cluster Service name vs. a public host): presigned URLs are made for it.
+    s3_public_url: str = ""
 
     drain_window_seconds: float = Field(10.0, ge=0, le=3600)
     shutdown_deadline_seconds: float = Field(25.0, gt=0, le=3600)
@@ -305,6 +349,32 @@ class Settings(BaseSettings):
         if len(set(urls)) != len(urls):
             raise ValueError("MESSAGING_WEBHOOKS lists the same url twice")
         return value
+
+    @field_validator("attachments_content_types", mode="before")
+    @classmethod
+    def _types_from_text(cls, value: object) -> object:
+        """A JSON list, or content types separated by commas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("attachments_content_types")
+    @classmethod
+    def _content_types(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _CONTENT_TYPE_PATTERN.fullmatch(item.lower()):
+                raise ValueError(f"content type {item!r} must look like type/subtype or type/*")
+        return [item.lower() for item in value]
+
+    @field_validator("s3_endpoint_url", "s3_public_url", "attachments_public_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
 
     @field_validator("jwt_jwks_url")
     @classmethod
@@ -401,6 +471,38 @@ class Settings(BaseSettings):
             if path is not None and not path.is_file():
                 raise ValueError(f"MESSAGING_{name.upper()} {str(path)!r} is not a readable file")
         return self
+
+    @model_validator(mode="after")
+    def _consistent_attachments(self) -> Self:
+        if self.effective_attachments_backend == "s3":
+            if not self.s3_bucket:
+                raise ValueError("MESSAGING_ATTACHMENTS_BACKEND=s3 needs MESSAGING_S3_BUCKET")
+            if bool(self.s3_access_key_id) != bool(self.s3_secret_access_key.get_secret_value()):
+                raise ValueError(
+                    "MESSAGING_S3_ACCESS_KEY_ID and MESSAGING_S3_SECRET_ACCESS_KEY go together"
+                )
+        secret = self.attachments_secret.get_secret_value()
+        if secret and len(secret.encode()) < MIN_HS256_SECRET_BYTES:
+            raise ValueError(
+                f"MESSAGING_ATTACHMENTS_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes"
+            )
+        return self
+
+    @property
+    def effective_attachments_backend(self) -> Literal["off", "s3", "local"]:
+        if self.attachments_backend is not None:
+            return self.attachments_backend
+        return "local" if self.mode == "dev" else "off"
+
+    @cached_property
+    def attachments_key(self) -> bytes:
+        """Key of the local store's signed links: like ``cursor_key``, never the JWT key itself."""
+        if secret := self.attachments_secret.get_secret_value():
+            return secret.encode()
+        jwt_secret = self.jwt_secret.get_secret_value()
+        if "HS256" in self.jwt_algorithms and jwt_secret:
+            return hmac.new(jwt_secret.encode(), b"messaging attachments", hashlib.sha256).digest()
+        return secrets.token_bytes(32)
 
     @cached_property
     def public_key(self) -> str:

@@ -1,4 +1,4 @@
-"""The Socket.IO side: the handshake, the seven client events, and the ack envelope.
+"""The Socket.IO side: the handshake, the client events, and the ack envelope.
 
 Every event handler has the same shape: validate the payload, call ``Chat``, answer
 ``{"ok": true, "data": ...}``; any error becomes ``{"ok": false, "error": {...}}`` with the
@@ -37,26 +37,37 @@ from messaging.errors import (
     as_messaging_error,
 )
 from messaging.logs import log_context, new_request_id, user_hash
+from messaging.message_changes import MessageChanges
 from messaging.payloads import (
     AddParticipants,
     BlockUser,
     CreateConversation,
     CreateGroup,
+    CreateUpload,
+    DeleteMessage,
+    EditMessage,
+    GetMessageHistory,
     GetPresence,
     GetReceipts,
     LeaveConversation,
     ListBlocked,
+    ListConversations,
     MarkDelivered,
     MarkRead,
     ReportMessage,
     SendMessage,
+    SetReaction,
     SyncMessages,
     Typing,
     conversation_json,
     iso,
+    message_deleted_json,
     message_json,
     parse,
+    reactions_json,
     receipt_json,
+    summary_json,
+    upload_json,
 )
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
@@ -82,6 +93,12 @@ EVENT_LIMITS = {
     "typing": "typing",
     "getPresence": "presence",
     "syncMessages": "sync",
+    # Reads of pages share the sync budget; changes to sent messages share the send budget.
+    "listConversations": "sync",
+    "getMessageHistory": "sync",
+    "editMessage": "send",
+    "deleteMessage": "send",
+    "setReaction": "send",
     # Rare (once per token lifetime) but each one verifies a signature: it shares the small
     # presence budget rather than going unlimited.
     "reauthenticate": "presence",
@@ -93,6 +110,8 @@ EVENT_LIMITS = {
     "addParticipants": "conversations",
     "leaveConversation": "conversations",
     "getReceipts": "receipts",
+    # Each upload is followed by a send: it shares the send budget.
+    "createUpload": "send",
 }
 
 
@@ -128,6 +147,7 @@ class SocketEvents:
         *,
         verifier: TokenVerifier,
         chat: Chat,
+        changes: MessageChanges,
         presence: Presence,
         delivery: Delivery,
         server: socketio.AsyncServer,
@@ -142,6 +162,7 @@ class SocketEvents:
         self.limiter = limiter
         self._max_sockets_per_user = max_sockets_per_user
         self._chat = chat
+        self._changes = changes
         self._presence = presence
         self._delivery = delivery
         self.server = server
@@ -165,6 +186,12 @@ class SocketEvents:
             "addParticipants": self._add_participants,
             "leaveConversation": self._leave_conversation,
             "getReceipts": self._get_receipts,
+            "listConversations": self._list_conversations,
+            "getMessageHistory": self._get_message_history,
+            "editMessage": self._edit_message,
+            "deleteMessage": self._delete_message,
+            "setReaction": self._set_reaction,
+            "createUpload": self._create_upload,
         }
         self.events = list(handlers)
         for event, handler in handlers.items():
@@ -320,8 +347,20 @@ class SocketEvents:
             content=request.content,
             client_message_id=request.client_message_id,
             origin_sid=sid,
+            attachment_ids=request.attachment_ids,
         )
         return message_json(message)
+
+    async def _create_upload(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(CreateUpload, payload)
+        upload = await self._chat.create_upload(
+            user_id,
+            conversation_id=request.conversation_id,
+            file_name=request.file_name,
+            content_type=request.content_type,
+            size_bytes=request.size_bytes,
+        )
+        return upload_json(upload.attachment_id, upload.request)
 
     async def _mark_delivered(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(MarkDelivered, payload)
@@ -427,6 +466,53 @@ class SocketEvents:
             user_id, message_id=request.message_id, reason=request.reason, note=request.note
         )
         return {"reportId": str(report.id)}
+
+    async def _list_conversations(self, user_id: str, sid: str, payload: Any) -> Any:
+        # A thin call into the one implementation gRPC ListConversations also uses.
+        request = parse(ListConversations, payload if payload is not None else {})
+        page = await self._chat.list_conversations(
+            user_id, page_size=request.limit, page_token=request.page_token or ""
+        )
+        return {
+            "conversations": [summary_json(s) for s in page.items],
+            "nextPageToken": page.next_page_token or None,
+        }
+
+    async def _get_message_history(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(GetMessageHistory, payload)
+        page = await self._chat.history(
+            user_id,
+            conversation_id=request.conversation_id,
+            page_size=request.limit,
+            page_token=request.page_token or "",
+        )
+        return {
+            "messages": [message_json(m) for m in page.items],
+            "nextPageToken": page.next_page_token or None,
+        }
+
+    async def _edit_message(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(EditMessage, payload)
+        message = await self._changes.edit(
+            user_id, message_id=request.message_id, content=request.content, origin_sid=sid
+        )
+        return message_json(message)
+
+    async def _delete_message(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(DeleteMessage, payload)
+        message = await self._changes.delete(user_id, message_id=request.message_id, origin_sid=sid)
+        return message_deleted_json(message)
+
+    async def _set_reaction(self, user_id: str, sid: str, payload: Any) -> Any:
+        request = parse(SetReaction, payload)
+        result = await self._changes.set_reaction(
+            user_id,
+            message_id=request.message_id,
+            emoji=request.emoji,
+            active=request.active,
+            origin_sid=sid,
+        )
+        return {"reactions": reactions_json(result.message.reactions)}
 
     # --- session expiry ------------------------------------------------------------------------
 

@@ -40,6 +40,19 @@ STATUS_ORDER = {"sent": 0, "delivered": 1, "read": 2}
 
 
 @dataclass(frozen=True, slots=True)
+class AttachmentView:
+    """An attachment as one read of its message shows it: with a freshly signed download URL
+    (``attachments.Attachments.fill`` makes these; ``payloads`` and ``grpc_api`` render them)."""
+
+    id: uuid.UUID
+    file_name: str
+    content_type: str
+    size_bytes: int
+    url: str
+    url_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     id: uuid.UUID
     conversation_id: uuid.UUID
@@ -50,6 +63,14 @@ class MessageRecord:
     client_message_id: str | None
     # The message's position in each participant's change log, when this call just wrote it.
     positions: tuple[tuple[str, int], ...] = ()
+    # Schema 0003: when it was last edited, when it was deleted (a tombstone: content ""), and
+    # its reactions as (emoji, user ids) in the order they were first given. Reads fill the
+    # reactions in with ``storage.message_changes.with_reactions``.
+    edited_at: datetime | None = None
+    deleted_at: datetime | None = None
+    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Filled in by ``attachments.Attachments.fill`` right before the message is shown.
+    attachments: tuple[AttachmentView, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +113,8 @@ _MESSAGE_COLUMNS = (
     messages.c.status,
     messages.c.created_at,
     messages.c.client_message_id,
+    messages.c.edited_at,
+    messages.c.deleted_at,
 )
 
 
@@ -104,6 +127,8 @@ def _message(row: Any) -> MessageRecord:
         status=row.status,
         created_at=row.created_at,
         client_message_id=row.client_message_id,
+        edited_at=row.edited_at,
+        deleted_at=row.deleted_at,
     )
 
 
@@ -310,6 +335,7 @@ async def _unread_counts(
             messages.c.conversation_id.in_(conversation_ids),
             messages.c.author_id != user_id,
             messages.c.status != "read",
+            messages.c.deleted_at.is_(None),  # a deleted message is nothing left to read
         )
         .group_by(messages.c.conversation_id)
     )
@@ -331,6 +357,7 @@ async def _group_unread_counts(
         .where(
             messages.c.conversation_id.in_(conversation_ids),
             messages.c.author_id != user_id,
+            messages.c.deleted_at.is_(None),
             or_(me.c.joined_at.is_(None), messages.c.created_at >= me.c.joined_at),
             or_(
                 me.c.read_through_at.is_(None),
@@ -551,6 +578,7 @@ class LogEntry:
     kind: str
     actor_id: str | None
     changed_at: datetime
+    emoji: str | None = None  # of a "reacted"/"unreacted" entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,6 +592,7 @@ class Change:
     actor_id: str | None
     changed_at: datetime
     conversation_id: uuid.UUID
+    emoji: str | None = None
 
 
 async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> list[Change]:
@@ -575,16 +604,31 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
     if not entries:
         return []
     conversation_ids = list({e.conversation_id for e in entries})
-    members: dict[uuid.UUID, list[str]] = {}
+    members: dict[uuid.UUID, list[tuple[str, datetime | None]]] = {}
     for row in await conn.execute(
-        select(participants.c.conversation_id, participants.c.user_id).where(
-            participants.c.conversation_id.in_(conversation_ids)
-        )
+        select(
+            participants.c.conversation_id, participants.c.user_id, participants.c.joined_at
+        ).where(participants.c.conversation_id.in_(conversation_ids))
     ):
-        members.setdefault(row.conversation_id, []).append(row.user_id)
+        members.setdefault(row.conversation_id, []).append((row.user_id, row.joined_at))
+    # A group member who joined after a message never saw it, so is told nothing of its changes.
+    created: dict[uuid.UUID, datetime] = {}
+    if any(
+        joined is not None for joined_members in members.values() for _, joined in joined_members
+    ):
+        created = {
+            row.id: row.created_at
+            for row in await conn.execute(
+                select(messages.c.id, messages.c.created_at).where(
+                    messages.c.id.in_({e.message_id for e in entries})
+                )
+            )
+        }
     per_user: dict[str, list[LogEntry]] = {}
     for entry in entries:
-        for user_id in members.get(entry.conversation_id, ()):
+        for user_id, joined in members.get(entry.conversation_id, ()):
+            if joined is not None and created[entry.message_id] < joined:
+                continue
             per_user.setdefault(user_id, []).append(entry)
     if not per_user:
         return []
@@ -610,6 +654,7 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
                 e.actor_id,
                 e.changed_at,
                 e.conversation_id,
+                e.emoji,
             )
             for i, e in enumerate(mine)
         )
@@ -623,6 +668,7 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
                     "kind": c.kind,
                     "actor_id": c.actor_id,
                     "changed_at": c.changed_at,
+                    "emoji": c.emoji,
                 }
                 for c in changes
             ]
@@ -859,6 +905,7 @@ async def changes_after(
             user_changes.c.kind,
             user_changes.c.actor_id,
             user_changes.c.changed_at,
+            user_changes.c.emoji,
         )
         .join(messages, messages.c.id == user_changes.c.message_id)
         .where(_log_of(user_id), user_changes.c.position > after_pos)
@@ -875,6 +922,7 @@ async def changes_after(
                 row.actor_id,
                 row.changed_at,
                 row.conversation_id,
+                row.emoji,
             ),
             _message(row),
         )
@@ -884,3 +932,10 @@ async def changes_after(
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))
+
+
+# For the feature modules under ``storage/``: the columns a MessageRecord is read from, the row
+# mapping, and the backend's INSERT (with its on-conflict clauses).
+MESSAGE_COLUMNS = _MESSAGE_COLUMNS
+message_from_row = _message
+dialect_insert = _insert

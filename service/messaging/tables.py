@@ -161,6 +161,10 @@ messages = Table(
     # The cluster-wide stream position of schema 0001, written only by pods of that release during
     # a rolling upgrade (a trigger of migration 0002 logs their messages); NULL for newer rows.
     Column("stream_pos", BigInteger(), nullable=True, unique=True),
+    # Set by an edit (the content is replaced; no earlier version is kept) and by a delete (the
+    # content is erased to "" and the row stays as a tombstone). Schema 0003.
+    Column("edited_at", UTCDateTime(), nullable=True),
+    Column("deleted_at", UTCDateTime(), nullable=True),
     UniqueConstraint("author_id", "client_message_id"),
     CheckConstraint("status IN ('sent', 'delivered', 'read')", name="known_status"),
     # History pages: newest first within a conversation, keyset on (created_at, id).
@@ -205,6 +209,8 @@ user_changes = Table(
     # Who made the change (the author for "created", the marker for a status).
     Column("actor_id", USER_ID, nullable=True),
     Column("changed_at", UTCDateTime(), nullable=False),
+    # The emoji of a "reacted"/"unreacted" entry (schema 0003), so healing can replay the event.
+    Column("emoji", String(16), nullable=True),
     Index(None, "message_id"),
 )
 
@@ -252,6 +258,53 @@ reports = Table(
     CheckConstraint("reason IN ('spam', 'abuse', 'other')", name="known_reason"),
     # Moderators look for what one author was reported for, newest first.
     Index(None, "author_id", "created_at"),
+)
+
+# Who reacted to a message with which emoji: one row per (message, emoji, user), so setting a
+# reaction twice is one row, and a delete erases them with the message's content. Schema 0003.
+message_reactions = Table(
+    "message_reactions",
+    metadata,
+    Column(
+        "message_id",
+        Uuid(),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("emoji", String(16), primary_key=True),
+    Column("user_id", USER_ID, primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Attachments (migration 0007): one row per createUpload. ``message_id`` is NULL until a
+# sendMessage attaches the upload (then it never changes); ``doomed_at`` is set when the message's
+# deletion erased it (its name is blanked at once, its object deleted just after the commit or by
+# the next sweep). The sweeper deletes the objects of unattached rows past the TTL and of doomed
+# rows, then the rows: every replica runs it, and deleting an object twice is harmless.
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", Uuid(), primary_key=True),
+    Column(
+        "conversation_id",
+        Uuid(),
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("owner_id", USER_ID, nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("content_type", String(255), nullable=False),
+    Column("size_bytes", BigInteger(), nullable=False),
+    Column("object_key", String(512), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # A message that is removed outright (its conversation deleted) leaves its uploads
+    # unattached and old, so the sweeper deletes their objects.
+    Column("message_id", Uuid(), ForeignKey("messages.id", ondelete="SET NULL"), nullable=True),
+    Column("ordinal", BigInteger(), nullable=False, server_default="0"),
+    Column("doomed_at", UTCDateTime(), nullable=True),
+    CheckConstraint("size_bytes >= 0", name="size_not_negative"),
+    Index(None, "message_id", "ordinal"),
+    Index(None, "created_at"),
 )
 
 

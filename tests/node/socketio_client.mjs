@@ -135,6 +135,35 @@ async function expire([transport, token, watchMs]) {
   return result;
 }
 
+async function changes([transport, aliceToken, bobToken, bobId]) {
+  const transports = [transport];
+  const alice = connect(aliceToken, transports);
+  const bob = connect(bobToken, transports);
+  await Promise.all([once(alice, "connect"), once(bob, "connect")]);
+  const call = (socket, event, payload) => socket.timeout(5000).emitWithAck(event, payload);
+  const created = await call(alice, "createConversation", { participantId: bobId });
+  const conversationId = created.data.id;
+  const delivered = once(bob, "newMessage");
+  const sent = await call(alice, "sendMessage", { conversationId, content: "typo" });
+  await delivered;
+  const updatedEvent = once(bob, "messageUpdated");
+  const edited = await call(alice, "editMessage", { messageId: sent.data.id, content: "fixed" });
+  const updated = await updatedEvent;
+  const reactionEvent = once(alice, "messageReaction");
+  const reacted = await call(bob, "setReaction", { messageId: sent.data.id, emoji: "👍", active: true });
+  const reaction = await reactionEvent;
+  const listed = await call(bob, "listConversations", {});
+  const deletedEvent = once(bob, "messageDeleted");
+  const deleted = await call(alice, "deleteMessage", { messageId: sent.data.id });
+  const deletion = await deletedEvent;
+  const history = await call(bob, "getMessageHistory", { conversationId });
+  const forbidden = await call(bob, "deleteMessage", { messageId: sent.data.id });
+  const result = { edited, updated, reacted, reaction, listed, deleted, deletion, history, forbidden };
+  alice.close();
+  bob.close();
+  return result;
+}
+
 // Blocking and reports with the official client: alice reports bob's message, blocks him, and
 // his next send is refused; the ack shapes are what browsers and apps will parse.
 async function moderation([transport, aliceToken, bobToken, bobId]) {
@@ -156,7 +185,7 @@ async function moderation([transport, aliceToken, bobToken, bobId]) {
   return { reported, blocked, listed, refused, unblocked };
 }
 
-const scenarios = { roundtrip, group, refused, hold, expire, moderation };
+const scenarios = { roundtrip, group, changes, refused, hold, expire, moderation };
 try {
   print(await scenarios[scenario](args));
   process.exit(0);

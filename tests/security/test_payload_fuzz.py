@@ -50,6 +50,11 @@ EVENTS = [
     "typing",
     "getPresence",
     "syncMessages",
+    "listConversations",
+    "getMessageHistory",
+    "editMessage",
+    "deleteMessage",
+    "setReaction",
 ]
 EXAMPLES = 300
 
@@ -127,6 +132,23 @@ def payloads(ids: dict[str, str]) -> dict[str, st.SearchStrategy[Any]]:
                 "after": uuid_text,
                 "limit": st.one_of(st.integers(min_value=-(2**70), max_value=2**70), some),
             },
+        ),
+        "listConversations": shaped(
+            {}, {"limit": st.one_of(st.integers(-5, 200), some), "pageToken": st.one_of(text, some)}
+        ),
+        "getMessageHistory": shaped(
+            {"conversationId": uuid_text},
+            {"limit": st.one_of(st.integers(-5, 200), some), "pageToken": st.one_of(text, some)},
+        ),
+        "editMessage": shaped({"messageId": uuid_text, "content": st.one_of(text, some)}, {}),
+        "deleteMessage": shaped({"messageId": uuid_text}, {}),
+        "setReaction": shaped(
+            {
+                "messageId": uuid_text,
+                "emoji": st.one_of(text, some),
+                "active": st.one_of(st.booleans(), some),
+            },
+            {},
         ),
     }
 

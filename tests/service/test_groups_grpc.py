@@ -104,10 +104,12 @@ async def test_add_participants_and_leave_over_grpc_reach_sockets(
         pb.CreateConversationRequest(participant_ids=[bob], title="T"), metadata=auth(svc, alice)
     )
     async with devices(svc, bob, carol) as [b, c]:
-        added = await stub.AddParticipants(
-            pb.AddParticipantsRequest(conversation_id=group.id, user_ids=[carol]),
-            metadata=auth(svc, alice),
-        )
+        added = (
+            await stub.AddParticipants(
+                pb.AddParticipantsRequest(conversation_id=group.id, user_ids=[carol]),
+                metadata=auth(svc, alice),
+            )
+        ).conversation
         joined = [await d.next("conversationUpdated") for d in (b, c)]
         left = await stub.LeaveConversation(
             pb.LeaveConversationRequest(conversation_id=group.id), metadata=auth(svc, bob)

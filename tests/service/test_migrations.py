@@ -145,7 +145,8 @@ async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_e
     else:
         url = f"sqlite+aiosqlite:///{tmp_path}/outbox.db"
     config = alembic_config(url)
-    await asyncio.to_thread(command.upgrade, config, "0002")
+    # Today's schema: everything before the outbox (0006 follows 0007 since the merge).
+    await asyncio.to_thread(command.upgrade, config, "0007")
     engine = create_async_engine(url)
     conversation_id = uuid.uuid4()
     now = datetime.now(UTC)

@@ -85,6 +85,38 @@ async def test_the_official_js_client_talks_over_both_transports(
     assert result["stillConnected"] is True
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_the_official_js_client_edits_reacts_deletes_and_pages_over_both_transports(
+    svc: RunningService, transport: str
+) -> None:
+    alice, bob = unique("alice"), unique("bob")
+    svc.connect_users((alice, bob))
+    result = await node(
+        "socketio_client.mjs",
+        "changes",
+        svc.url,
+        transport,
+        svc.token(alice),
+        svc.token(bob),
+        bob,
+    )
+    assert "error" not in result, result
+    edited = result["edited"]["data"]
+    assert edited["content"] == "fixed" and edited["editedAt"] is not None
+    updated = dict(result["updated"])
+    assert updated.pop("syncToken") and updated == edited
+    assert result["reacted"]["data"] == {"reactions": {"👍": [bob]}}
+    assert result["reaction"]["reactions"] == {"👍": [bob]} and result["reaction"]["syncToken"]
+    [entry] = result["listed"]["data"]["conversations"]
+    assert entry["lastMessage"]["reactions"] == {"👍": [bob]}
+    assert result["listed"]["data"]["nextPageToken"] is None
+    deleted = result["deleted"]["data"]
+    assert result["deletion"]["deletedAt"] == deleted["deletedAt"]
+    [tombstone] = result["history"]["data"]["messages"]
+    assert tombstone["content"] == "" and tombstone["deletedAt"] == deleted["deletedAt"]
+    assert result["forbidden"]["error"]["code"] == "FORBIDDEN"
+
+
 async def test_the_official_js_client_sees_unauthorized_in_connect_error(
     svc: RunningService,
 ) -> None:

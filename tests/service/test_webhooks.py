@@ -599,3 +599,23 @@ async def test_in_a_group_only_members_whose_devices_did_not_get_it_are_notified
         assert [(n["userId"], n["messageId"], n["unreadCount"]) for n in notified] == [
             (carol, sent["id"], 1)
         ]
+
+
+async def test_edits_and_deletes_emit_message_updated_and_message_deleted(
+    hook_svc: RunningService, hooks: Receiver
+) -> None:
+    alice, bob = await _pair(hook_svc)
+    async with devices(hook_svc, alice) as [a]:
+        conversation = await open_conversation(hook_svc, a, bob)
+        sent = await a.ok("sendMessage", {"conversationId": conversation, "content": "typo"})
+        edited = await a.ok("editMessage", {"messageId": sent["id"], "content": "fixed"})
+        await a.ok("deleteMessage", {"messageId": sent["id"]})
+
+    def kinds(_: list[Received]) -> set[str]:
+        return {r.event["type"] for r in hooks.events(about(alice))}
+
+    await hooks.wait_for(lambda got: {"message.updated", "message.deleted"} <= kinds(got), 30)
+    mine = {r.event["type"]: r.event["data"] for r in hooks.events(about(alice))}
+    assert mine["message.updated"] == edited  # the Message as the edit's ack carries it
+    deleted = mine["message.deleted"]
+    assert (deleted["id"], deleted["deletedBy"]) == (sent["id"], alice)

@@ -195,3 +195,78 @@ def redis_server() -> Iterator[RedisControl]:
         control.stop()
         atexit.unregister(control.stop)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- the S3-compatible object store (attachments) ------------------------------------------------
+
+S3_ACCESS_KEY_ID = "messaging-test-access"
+S3_SECRET_ACCESS_KEY = "messaging-test-secret-0123456789"
+S3_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """versitygw (built by hack/s3-server.sh) with its POSIX backend in a temporary directory."""
+
+    endpoint_url: str
+    access_key_id: str
+    secret_access_key: str
+    region: str
+    data_dir: Path
+
+
+def _s3_server_binary() -> Path:
+    """The binary hack/s3-server.sh built (hack/test.sh runs it; it is cached by version)."""
+    script = Path(__file__).resolve().parents[2] / "hack" / "s3-server.sh"
+    printed = subprocess.run(
+        [str(script), "--print-binary"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    binary = Path(os.environ.get("MESSAGING_S3_SERVER_BINARY", printed))
+    if not binary.is_file():
+        raise RuntimeError(
+            f"the S3 test server is not built ({binary}): run hack/s3-server.sh "
+            "(hack/test.sh does; the first build takes a few minutes)"
+        )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    binary = _s3_server_binary()
+    root = Path(tempfile.mkdtemp(prefix="messaging-s3-"))
+    data, sidecar = root / "data", root / "meta"
+    data.mkdir()
+    sidecar.mkdir()
+    port = free_port()
+    with (root / "versitygw.log").open("wb") as log_file:
+        # Metadata in a sidecar directory rather than xattrs: works on any filesystem.
+        proc = subprocess.Popen(
+            [str(binary), "--access", S3_ACCESS_KEY_ID, "--secret", S3_SECRET_ACCESS_KEY,
+             "--region", S3_REGION, "--port", f"127.0.0.1:{port}", "--quiet",
+             "posix", "--sidecar", str(sidecar), str(data)],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+
+    atexit.register(stop)
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield S3Server(
+            endpoint_url=f"http://127.0.0.1:{port}",
+            access_key_id=S3_ACCESS_KEY_ID,
+            secret_access_key=S3_SECRET_ACCESS_KEY,
+            region=S3_REGION,
+            data_dir=data,
+        )
+    finally:
+        stop()
+        atexit.unregister(stop)

@@ -65,6 +65,8 @@ def service_settings(database_url: str, **overrides: Any) -> Settings:
         "replica_id": unique("replica"),
         "auto_migrate": False,
         "log_level": "WARNING",
+        # Dev mode's local attachment store, kept out of the working directory.
+        "attachments_dir": Path(tempfile.mkdtemp(prefix="messaging-attachments-")),
     }
     values.update(overrides)
     return Settings(**values)

@@ -16,6 +16,7 @@ def test_defaults_run_on_one_machine_without_any_environment() -> None:
     assert not settings.uses_redis
     assert settings.migrates_at_startup
     assert settings.jwt_algorithms == ["HS256"]
+    assert settings.edit_window_seconds == 24 * 3600
 
 
 def test_production_refuses_the_development_secret() -> None:
@@ -51,6 +52,8 @@ def test_a_plain_postgres_dsn_means_asyncpg() -> None:
         ("jwt_algorithms", [], "at least one JWT algorithm"),
         ("jwt_algorithms", ["RS256"], "MESSAGING_JWT_PUBLIC_KEY"),
         ("drain_window_seconds", 60, "shutdown_deadline_seconds must exceed"),
+        ("edit_window_seconds", 0, "edit_window_seconds"),
+        ("edit_window_seconds", -1, "edit_window_seconds"),
     ],
 )
 def test_nonsense_fails_fast_naming_the_setting(field: str, value: object, problem: str) -> None:

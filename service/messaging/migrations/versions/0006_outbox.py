@@ -5,7 +5,7 @@ previous release keep serving (they write no events; the new pods emit from the 
 commit).
 
 Revision ID: 0006
-Revises: 0005
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0005"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -25,39 +25,65 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,messaging/proto/messaging/v1/messaging.proto\x12\x0cmessaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tauthor_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.messaging.v1.MessageStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\"\xb4\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x02 \x03(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.messaging.v1.ConversationKind\x12\r\n\x05title\x18\x05 \x01(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"Z\n\x18GetMessageHistoryRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x19GetMessageHistoryResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.messaging.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8a\x01\n\x13\x43onversationSummary\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.messaging.v1.Conversation\x12+\n\x0clast_message\x18\x02 \x01(\x0b\x32\x15.messaging.v1.Message\x12\x14\n\x0cunread_count\x18\x03 \x01(\x05\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.messaging.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x19\x43reateConversationRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x02 \x03(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x1e\n\x16\x63lient_conversation_id\x18\x04 \x01(\t\"C\n\x16\x41\x64\x64ParticipantsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"3\n\x18LeaveConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1b\n\x19LeaveConversationResponse*p\n\x10\x43onversationKind\x12!\n\x1d\x43ONVERSATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONVERSATION_KIND_DIRECT\x10\x01\x12\x1b\n\x17\x43ONVERSATION_KIND_GROUP\x10\x02*\x7f\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n\x13MESSAGE_STATUS_READ\x10\x03\x32\xf4\x03\n\x10MessagingService\x12\x64\n\x11GetMessageHistory\x12&.messaging.v1.GetMessageHistoryRequest\x1a\'.messaging.v1.GetMessageHistoryResponse\x12\x64\n\x11ListConversations\x12&.messaging.v1.ListConversationsRequest\x1a\'.messaging.v1.ListConversationsResponse\x12Y\n\x12\x43reateConversation\x12\'.messaging.v1.CreateConversationRequest\x1a\x1a.messaging.v1.Conversation\x12S\n\x0f\x41\x64\x64Participants\x12$.messaging.v1.AddParticipantsRequest\x1a\x1a.messaging.v1.Conversation\x12\x64\n\x11LeaveConversation\x12&.messaging.v1.LeaveConversationRequest\x1a\'.messaging.v1.LeaveConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,messaging/proto/messaging/v1/messaging.proto\x12\x0cmessaging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x03\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tauthor_id\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12+\n\x06status\x18\x05 \x01(\x0e\x32\x1b.messaging.v1.MessageStatus\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x63lient_message_id\x18\x07 \x01(\t\x12-\n\tedited_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndeleted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\treactions\x18\n \x03(\x0b\x32\x16.messaging.v1.Reaction\x12-\n\x0b\x61ttachments\x18\x0b \x03(\x0b\x32\x18.messaging.v1.Attachment\"+\n\x08Reaction\x12\r\n\x05\x65moji\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"\x96\x01\n\nAttachment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0b\n\x03url\x18\x05 \x01(\t\x12\x32\n\x0eurl_expires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x02 \x03(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.messaging.v1.ConversationKind\x12\r\n\x05title\x18\x05 \x01(\t\x12\x12\n\ncreated_by\x18\x06 \x01(\t\"Z\n\x18GetMessageHistoryRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"]\n\x19GetMessageHistoryResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.messaging.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\x8a\x01\n\x13\x43onversationSummary\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.messaging.v1.Conversation\x12+\n\x0clast_message\x18\x02 \x01(\x0b\x32\x15.messaging.v1.Message\x12\x14\n\x0cunread_count\x18\x03 \x01(\x05\"n\n\x19ListConversationsResponse\x12\x38\n\rconversations\x18\x01 \x03(\x0b\x32!.messaging.v1.ConversationSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x19\x43reateConversationRequest\x12\x16\n\x0eparticipant_id\x18\x01 \x01(\t\x12\x17\n\x0fparticipant_ids\x18\x02 \x03(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x1e\n\x16\x63lient_conversation_id\x18\x04 \x01(\t\"C\n\x16\x41\x64\x64ParticipantsRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\"K\n\x17\x41\x64\x64ParticipantsResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.messaging.v1.Conversation\"3\n\x18LeaveConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1b\n\x19LeaveConversationResponse\"q\n\x12SendMessageRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\x12\x16\n\x0e\x61ttachment_ids\x18\x04 \x03(\t\"=\n\x13SendMessageResponse\x12&\n\x07message\x18\x01 \x01(\x0b\x32\x15.messaging.v1.Message\"9\n\x12\x45\x64itMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"=\n\x13\x45\x64itMessageResponse\x12&\n\x07message\x18\x01 \x01(\x0b\x32\x15.messaging.v1.Message\"*\n\x14\x44\x65leteMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"l\n\x15\x44\x65leteMessageResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12.\n\ndeleted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x12SetReactionRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\r\n\x05\x65moji\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\"@\n\x13SetReactionResponse\x12)\n\treactions\x18\x01 \x03(\x0b\x32\x16.messaging.v1.Reaction\"D\n\x0fMarkReadRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x18\n\x10up_to_message_id\x18\x02 \x01(\t\"#\n\x10MarkReadResponse\x12\x0f\n\x07updated\x18\x01 \x01(\x05*p\n\x10\x43onversationKind\x12!\n\x1d\x43ONVERSATION_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43ONVERSATION_KIND_DIRECT\x10\x01\x12\x1b\n\x17\x43ONVERSATION_KIND_GROUP\x10\x02*\x7f\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x01\x12\x1c\n\x18MESSAGE_STATUS_DELIVERED\x10\x02\x12\x17\n\x13MESSAGE_STATUS_READ\x10\x03\x32\xa0\x07\n\x10MessagingService\x12\x64\n\x11GetMessageHistory\x12&.messaging.v1.GetMessageHistoryRequest\x1a\'.messaging.v1.GetMessageHistoryResponse\x12\x64\n\x11ListConversations\x12&.messaging.v1.ListConversationsRequest\x1a\'.messaging.v1.ListConversationsResponse\x12Y\n\x12\x43reateConversation\x12\'.messaging.v1.CreateConversationRequest\x1a\x1a.messaging.v1.Conversation\x12R\n\x0bSendMessage\x12 .messaging.v1.SendMessageRequest\x1a!.messaging.v1.SendMessageResponse\x12R\n\x0b\x45\x64itMessage\x12 .messaging.v1.EditMessageRequest\x1a!.messaging.v1.EditMessageResponse\x12X\n\rDeleteMessage\x12\".messaging.v1.DeleteMessageRequest\x1a#.messaging.v1.DeleteMessageResponse\x12R\n\x0bSetReaction\x12 .messaging.v1.SetReactionRequest\x1a!.messaging.v1.SetReactionResponse\x12I\n\x08MarkRead\x12\x1d.messaging.v1.MarkReadRequest\x1a\x1e.messaging.v1.MarkReadResponse\x12^\n\x0f\x41\x64\x64Participants\x12$.messaging.v1.AddParticipantsRequest\x1a%.messaging.v1.AddParticipantsResponse\x12\x64\n\x11LeaveConversation\x12&.messaging.v1.LeaveConversationRequest\x1a\'.messaging.v1.LeaveConversationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'messaging.proto.messaging.v1.messaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONVERSATIONKIND']._serialized_start=1266
-  _globals['_CONVERSATIONKIND']._serialized_end=1378
-  _globals['_MESSAGESTATUS']._serialized_start=1380
-  _globals['_MESSAGESTATUS']._serialized_end=1507
+  _globals['_CONVERSATIONKIND']._serialized_start=2426
+  _globals['_CONVERSATIONKIND']._serialized_end=2538
+  _globals['_MESSAGESTATUS']._serialized_start=2540
+  _globals['_MESSAGESTATUS']._serialized_end=2667
   _globals['_MESSAGE']._serialized_start=96
-  _globals['_MESSAGE']._serialized_end=298
-  _globals['_CONVERSATION']._serialized_start=301
-  _globals['_CONVERSATION']._serialized_end=481
-  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_start=483
-  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_end=573
-  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_start=575
-  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_end=668
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=670
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=735
-  _globals['_CONVERSATIONSUMMARY']._serialized_start=738
-  _globals['_CONVERSATIONSUMMARY']._serialized_end=876
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=878
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=988
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=990
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=1113
-  _globals['_ADDPARTICIPANTSREQUEST']._serialized_start=1115
-  _globals['_ADDPARTICIPANTSREQUEST']._serialized_end=1182
-  _globals['_LEAVECONVERSATIONREQUEST']._serialized_start=1184
-  _globals['_LEAVECONVERSATIONREQUEST']._serialized_end=1235
-  _globals['_LEAVECONVERSATIONRESPONSE']._serialized_start=1237
-  _globals['_LEAVECONVERSATIONRESPONSE']._serialized_end=1264
-  _globals['_MESSAGINGSERVICE']._serialized_start=1510
-  _globals['_MESSAGINGSERVICE']._serialized_end=2010
+  _globals['_MESSAGE']._serialized_end=483
+  _globals['_REACTION']._serialized_start=485
+  _globals['_REACTION']._serialized_end=528
+  _globals['_ATTACHMENT']._serialized_start=531
+  _globals['_ATTACHMENT']._serialized_end=681
+  _globals['_CONVERSATION']._serialized_start=684
+  _globals['_CONVERSATION']._serialized_end=864
+  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_start=866
+  _globals['_GETMESSAGEHISTORYREQUEST']._serialized_end=956
+  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_start=958
+  _globals['_GETMESSAGEHISTORYRESPONSE']._serialized_end=1051
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1053
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1118
+  _globals['_CONVERSATIONSUMMARY']._serialized_start=1121
+  _globals['_CONVERSATIONSUMMARY']._serialized_end=1259
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1261
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1371
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=1373
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=1496
+  _globals['_ADDPARTICIPANTSREQUEST']._serialized_start=1498
+  _globals['_ADDPARTICIPANTSREQUEST']._serialized_end=1565
+  _globals['_ADDPARTICIPANTSRESPONSE']._serialized_start=1567
+  _globals['_ADDPARTICIPANTSRESPONSE']._serialized_end=1642
+  _globals['_LEAVECONVERSATIONREQUEST']._serialized_start=1644
+  _globals['_LEAVECONVERSATIONREQUEST']._serialized_end=1695
+  _globals['_LEAVECONVERSATIONRESPONSE']._serialized_start=1697
+  _globals['_LEAVECONVERSATIONRESPONSE']._serialized_end=1724
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1726
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1839
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1841
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1902
+  _globals['_EDITMESSAGEREQUEST']._serialized_start=1904
+  _globals['_EDITMESSAGEREQUEST']._serialized_end=1961
+  _globals['_EDITMESSAGERESPONSE']._serialized_start=1963
+  _globals['_EDITMESSAGERESPONSE']._serialized_end=2024
+  _globals['_DELETEMESSAGEREQUEST']._serialized_start=2026
+  _globals['_DELETEMESSAGEREQUEST']._serialized_end=2068
+  _globals['_DELETEMESSAGERESPONSE']._serialized_start=2070
+  _globals['_DELETEMESSAGERESPONSE']._serialized_end=2178
+  _globals['_SETREACTIONREQUEST']._serialized_start=2180
+  _globals['_SETREACTIONREQUEST']._serialized_end=2251
+  _globals['_SETREACTIONRESPONSE']._serialized_start=2253
+  _globals['_SETREACTIONRESPONSE']._serialized_end=2317
+  _globals['_MARKREADREQUEST']._serialized_start=2319
+  _globals['_MARKREADREQUEST']._serialized_end=2387
+  _globals['_MARKREADRESPONSE']._serialized_start=2389
+  _globals['_MARKREADRESPONSE']._serialized_end=2424
+  _globals['_MESSAGINGSERVICE']._serialized_start=2670
+  _globals['_MESSAGINGSERVICE']._serialized_end=3598
 # @@protoc_insertion_point(module_scope)
