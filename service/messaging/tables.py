@@ -276,7 +276,7 @@ message_reactions = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
-# Attachments (migration 0007): one row per createUpload. ``message_id`` is NULL until a
+# Attachments (migration 0006): one row per createUpload. ``message_id`` is NULL until a
 # sendMessage attaches the upload (then it never changes); ``doomed_at`` is set when the message's
 # deletion erased it (its name is blanked at once, its object deleted just after the commit or by
 # the next sweep). The sweeper deletes the objects of unattached rows past the TTL and of doomed
@@ -308,7 +308,7 @@ attachments = Table(
 )
 
 
-# Webhooks (migration 0006). The outbox: one row per event and endpoint, written in the transaction
+# Webhooks (migration 0007). The outbox: one row per event and endpoint, written in the transaction
 # of the change it reports, so no change goes without its event and no event without its change.
 # ``id`` is the ``webhook-id`` (stable across retries); ``due_at`` is when the next attempt may
 # start, and doubles as the lease of the replica that claimed it (set into the future while it

@@ -1,6 +1,6 @@
-"""Migration 0007 (attachments) upgrades a live PostgreSQL database in place, keeping its data.
+"""Migration 0006 (attachments) upgrades a live PostgreSQL database in place, keeping its data.
 
-The data is written with the schema just before 0007, whatever that is once revisions are
+The data is written with the schema just before 0006, whatever that is once revisions are
 chained (read from the migration itself), by the store functions of the release before.
 """
 
@@ -20,12 +20,12 @@ from messaging.storage import attachments as sql
 from tests.support.servers import PostgresServer
 
 
-async def test_upgrading_to_0007_keeps_every_message_and_adds_attachments(
+async def test_upgrading_to_0006_keeps_every_message_and_adds_attachments(
     postgres_server: PostgresServer,
 ) -> None:
     url = postgres_server.create_database(f"mig7_{uuid.uuid4().hex[:8]}")
     config = alembic_config(url)
-    before = ScriptDirectory.from_config(config).get_revision("0007").down_revision
+    before = ScriptDirectory.from_config(config).get_revision("0006").down_revision
     assert isinstance(before, str)
     await asyncio.to_thread(command.upgrade, config, before)
 
@@ -43,7 +43,7 @@ async def test_upgrading_to_0007_keeps_every_message_and_adds_attachments(
                     for i in range(3)
                 ],
             )
-        await asyncio.to_thread(command.upgrade, config, "0007")
+        await asyncio.to_thread(command.upgrade, config, "0006")
         async with engine.begin() as conn:
             kept = await store.history_page(
                 conn, conversation_id=conversation.id, limit=10, before=None

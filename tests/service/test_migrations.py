@@ -135,7 +135,7 @@ async def test_a_pod_of_the_previous_release_still_writing_during_the_rollout_is
 async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_events(
     backend: str, request: pytest.FixtureRequest, tmp_path: object
 ) -> None:
-    """Migration 0006 adds the webhook tables to a database holding today's schema and data."""
+    """Migration 0007 adds the webhook tables to a database holding today's schema and data."""
     from messaging.outbox import Endpoint, Outbox  # noqa: PLC0415 - only this test needs them
     from tests.support.webhooks import SECRET  # noqa: PLC0415
 
@@ -145,8 +145,8 @@ async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_e
     else:
         url = f"sqlite+aiosqlite:///{tmp_path}/outbox.db"
     config = alembic_config(url)
-    # Today's schema: everything before the outbox (0006 follows 0007 since the merge).
-    await asyncio.to_thread(command.upgrade, config, "0007")
+    # Today's schema: everything before the outbox.
+    await asyncio.to_thread(command.upgrade, config, "0006")
     engine = create_async_engine(url)
     conversation_id = uuid.uuid4()
     now = datetime.now(UTC)
@@ -159,7 +159,7 @@ async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_e
                 conn,
                 [store.NewMessage(uuid.uuid4(), conversation_id, ALICE, "old", now, None)],
             )
-        await asyncio.to_thread(command.upgrade, config, "0006")
+        await asyncio.to_thread(command.upgrade, config, "0007")
 
         events = Outbox([Endpoint("http://hooks.test/in", SECRET.encode(), frozenset())])
         new = store.NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")

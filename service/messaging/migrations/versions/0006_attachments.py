@@ -4,8 +4,8 @@ A new table only, so upgrading a live database is instant and takes no lock that
 of the previous release waits on; those pods never read or write it (they do not know
 attachments), and messages they store simply have none.
 
-Revision ID: 0007
-Revises: 0002
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-02
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
