@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry  # the asyncio one: the sync Retry never retries a coroutine
 from redis.backoff import ExponentialBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -256,6 +257,10 @@ def build_redis(settings: Settings) -> Redis | None:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         client_name=f"messaging:{settings.replica_id}",
         decode_responses=True,
+        # Built once: left to redis-py, every new pooled connection reads the package's metadata
+        # from disk (importlib.metadata) for CLIENT SETINFO, and a burst of handshakes opens
+        # dozens of them. The same name and version are sent.
+        driver_info=DriverInfo(),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import struct
@@ -29,9 +30,34 @@ _EARLIEST = _EPOCH
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
+@functools.lru_cache(maxsize=8)
+def _keyed(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+    """HMAC-SHA256's inner and outer hashes with the key already absorbed (RFC 2104).
+
+    Every message sent mints a sync token per participant; ``hmac.new`` pads and hashes the key
+    again for each one. A replica has one or two keys, so their padded states are kept and
+    copied: the same MAC for a third of the work.
+    """
+    block = 64  # SHA-256's block size
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\x00")
+    inner = hashlib.sha256(key.translate(_IPAD))
+    outer = hashlib.sha256(key.translate(_OPAD))
+    return inner, outer
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
 def _mac(key: bytes, kind: str, scope: str, body: bytes) -> bytes:
-    message = kind.encode() + b"\x00" + scope.encode() + b"\x00" + body
-    return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
+    inner_start, outer_start = _keyed(key)
+    inner = inner_start.copy()
+    inner.update(kind.encode() + b"\x00" + scope.encode() + b"\x00" + body)
+    outer = outer_start.copy()
+    outer.update(inner.digest())
+    return outer.digest()[:_MAC_BYTES]
 
 
 def _seal(key: bytes, kind: str, scope: str, body: bytes) -> str:

@@ -148,6 +148,8 @@ class Delivery:
         # they are told when a subscription is (re)established (they may have missed messages).
         self._channels: dict[bytes, Callable[[bytes], None]] = {}
         self._on_subscribed: list[Callable[[], None]] = []
+        self._head_reads: dict[str, asyncio.Future[int]] = {}  # see _head_of
+        self._head_reader: asyncio.Task[None] | None = None
         self._listener_healthy = asyncio.Event()
         self._last_heard = 0.0
         # Metric series used per message, resolved once.
@@ -436,12 +438,44 @@ class Delivery:
                 await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_WAIT_SECONDS)
         if self._heads is not None and track.last is None:
             try:
-                heads = await asyncio.wait_for(self._heads([user_id]), SUBSCRIBE_WAIT_SECONDS)
+                head = await asyncio.wait_for(self._head_of(user_id), SUBSCRIBE_WAIT_SECONDS)
             except Exception as exc:
                 log.warning("reading a user's log position failed", extra={"error": repr(exc)})
                 return
             if track.last is None:
-                track.last = heads[user_id]
+                track.last = head
+
+    async def _head_of(self, user_id: str) -> int:
+        """The user's log position, read together with every other handshake's waiting now.
+
+        A burst of handshakes would otherwise be a query (and a pool checkout) each; here the
+        positions asked for while one read is in flight are read by the next, in one query.
+        Read after the caller's subscription was confirmed, as before, only possibly later.
+        """
+        future = self._head_reads.get(user_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._head_reads[user_id] = future
+            if self._head_reader is None or self._head_reader.done():
+                self._head_reader = asyncio.create_task(self._read_heads(), name="log-heads")
+        return await asyncio.shield(future)
+
+    async def _read_heads(self) -> None:
+        assert self._heads is not None
+        while self._head_reads:
+            batch = dict(list(self._head_reads.items())[:HEADS_CHUNK])
+            for user_id in batch:
+                del self._head_reads[user_id]
+            try:
+                heads = await self._heads(list(batch))
+            except Exception as exc:
+                for future in batch.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for user_id, future in batch.items():
+                if not future.done():
+                    future.set_result(heads[user_id])
 
     async def unwatch(self, user_id: str) -> None:
         """Stop receiving ``user_id``'s events (their last socket here is gone)."""

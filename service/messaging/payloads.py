@@ -66,6 +66,8 @@ def _problem(found: re.Match[str]) -> str:
 
 def _not_blank(value: str) -> str:
     """Blank is also what renders as nothing: zero-width spaces, joiners, fillers."""
+    if "!" <= value[:1] <= "~":  # printable ASCII other than a space: visible, no lookup needed
+        return value
     for char in value:  # stops at the first visible character: usually the first one
         if not _is_invisible(char):
             return value

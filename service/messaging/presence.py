@@ -89,6 +89,9 @@ class Presence:
         self._last_seen: dict[str, datetime] = {}  # without Redis only
         self._dirty = redis is not None
         self._writes: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue(WRITE_QUEUE_LIMIT)
+        # count_sockets reads waiting for the next pipelined round trip, and its task.
+        self._member_reads: dict[str, asyncio.Future[list[Any] | None]] = {}
+        self._member_reader: asyncio.Task[None] | None = None
 
     # --- local state -------------------------------------------------------------------------
 
@@ -206,11 +209,46 @@ class Presence:
             return len(local)
         try:
             members = await asyncio.wait_for(
-                self._redis.smembers(user_sockets_key(user_id)), COUNT_TIMEOUT_SECONDS
+                asyncio.shield(self._members_of(user_id)), COUNT_TIMEOUT_SECONDS
             )
-        except (RedisError, OSError, TimeoutError):
+        except TimeoutError:
+            return len(local)
+        if members is None:  # Redis refused or is unreachable
             return len(local)
         return len(local | set(_text(members)))
+
+    def _members_of(self, user_id: str) -> asyncio.Future[list[Any] | None]:
+        """The user's sockets in the registry, read with every other handshake's waiting now.
+
+        A burst of handshakes each awaiting its own SMEMBERS makes redis-py's pool open a
+        connection per concurrent handshake (each with its own setup round trips); queued
+        here, they share one pipelined round trip on one connection, like group commit.
+        """
+        future = self._member_reads.get(user_id)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._member_reads[user_id] = future
+            if self._member_reader is None or self._member_reader.done():
+                self._member_reader = asyncio.create_task(
+                    self._read_members(), name="presence-count"
+                )
+        return future
+
+    async def _read_members(self) -> None:
+        assert self._redis is not None
+        while self._member_reads:
+            batch, self._member_reads = self._member_reads, {}
+            replies: list[Any] | None = None
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for user_id in batch:
+                        pipe.smembers(user_sockets_key(user_id))
+                    replies = await pipe.execute()
+            except (RedisError, OSError):
+                replies = None
+            for index, future in enumerate(batch.values()):
+                if not future.done():
+                    future.set_result(None if replies is None else list(replies[index]))
 
     def _update_gauges(self) -> None:
         metrics.CONNECTED_SOCKETS.set(len(self._owner))
