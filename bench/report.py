@@ -67,6 +67,21 @@ def _ratio(summary: dict[str, Any], load_key: str) -> str | None:
     return f"{ratio:.2f}x"
 
 
+# Everything after this line of BENCHMARKS.md is written by hand (other benchmarks, what a round
+# of changes cost and why) and kept when the generated part above it is written again.
+HAND_WRITTEN_MARKER = (
+    "<!-- Written by hand below this line: bench.run keeps it when it rewrites the file. -->"
+)
+
+
+def with_hand_written(generated: str, previous: str | None) -> str:
+    """The generated report, followed by the hand-written part of the previous file, if any."""
+    if previous is None or HAND_WRITTEN_MARKER not in previous:
+        return generated
+    kept = previous[previous.index(HAND_WRITTEN_MARKER) :]
+    return generated.rstrip("\n") + "\n\n" + kept
+
+
 def render_markdown(summary: dict[str, Any], plot_name: str | None) -> str:
     machine = summary["machine"]
     settings = summary["settings"]

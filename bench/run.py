@@ -407,7 +407,10 @@ def write_report(summary: dict[str, Any], results_dir: Path, markdown: Path) -> 
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     has_plot = report.plot(summary, plot_path)
     plot_name = os.path.relpath(plot_path, markdown.parent) if has_plot else None
-    markdown.write_text(report.render_markdown(summary, plot_name))
+    previous = markdown.read_text() if markdown.exists() else None
+    markdown.write_text(
+        report.with_hand_written(report.render_markdown(summary, plot_name), previous)
+    )
     print(
         f"wrote {markdown}, {results_dir / 'summary.json'}" + (f", {plot_path}" if has_plot else "")
     )

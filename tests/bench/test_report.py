@@ -96,3 +96,12 @@ def test_summary_lines_name_the_figures_a_reader_looks_for() -> None:
     assert "p99 3.0" in text
     assert "lost 0  duplicated 0" in text
     assert "ms CPU per message" in text
+
+
+def test_rewriting_the_report_keeps_what_was_written_by_hand_below_the_marker() -> None:
+    previous = f"# old figures\n\n{report.HAND_WRITTEN_MARKER}\n\n## Group fan-out\n\nby hand\n"
+    text = report.with_hand_written("# new figures\n", previous)
+    assert text.startswith("# new figures\n")
+    assert "old figures" not in text
+    assert text.endswith(f"{report.HAND_WRITTEN_MARKER}\n\n## Group fan-out\n\nby hand\n")
+    assert report.with_hand_written("# new\n", "# no marker\n") == "# new\n"
