@@ -32,6 +32,7 @@ from messaging.bench import probes
 PYTHON = REPO / ".venv" / "bin" / "python"
 MESSAGING = REPO / ".venv" / "bin" / "messaging"
 JWT_SECRET = "benchmark-only-secret-0123456789abcdef0123456789"  # noqa: S105 - private servers
+WEBHOOK_SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0LTMyYnl0ZXM="  # noqa: S105 - private
 EXIT_CODES_WITH_RESULT = (0, 3)  # 3: the run finished but found lost/duplicated deliveries
 
 
@@ -130,7 +131,9 @@ def project_available() -> str | None:
     return None
 
 
-def start_project(pg: Postgres, redis: Redis, log_dir: Path) -> System:
+def start_project(
+    pg: Postgres, redis: Redis, log_dir: Path, *, webhook_url: str | None = None
+) -> System:
     database = pg.create_database("messaging")
     system = System("project", "project (Python)")
     connections_port = servers.free_port()
@@ -143,6 +146,11 @@ def start_project(pg: Postgres, redis: Redis, log_dir: Path) -> System:
         "MESSAGING_LOG_LEVEL": "WARNING",
         **BENCH_RATE_LIMITS,
     }
+    if webhook_url is not None:  # one endpoint taking every event type, as operators set it
+        base_env["MESSAGING_WEBHOOKS"] = json.dumps(
+            [{"url": webhook_url, "secretEnv": "MESSAGING_WEBHOOK_0_SECRET", "events": []}]
+        )
+        base_env["MESSAGING_WEBHOOK_0_SECRET"] = WEBHOOK_SECRET
     migrate = subprocess.run(
         [str(MESSAGING), "migrate"],
         env={**os.environ, **base_env},
@@ -185,6 +193,17 @@ def start_project(pg: Postgres, redis: Redis, log_dir: Path) -> System:
         )
         system.urls.append(url)
     return system
+
+
+def start_webhook_sink(log_dir: Path) -> tuple[System, str]:
+    """A local receiver answering every webhook 204 (``--webhook``), and its endpoint URL."""
+    port = servers.free_port()
+    sink = servers.spawn(
+        "webhook-sink", [str(PYTHON), "-m", "bench.webhook_sink", str(port)], log_dir
+    )
+    system = System("webhook-sink", "webhook receiver", procs=[sink])
+    servers.wait_until(lambda: servers.port_open(port), "the webhook sink to listen", sink)
+    return system, f"http://127.0.0.1:{port}/hooks"
 
 
 # --- runs --------------------------------------------------------------------------------
@@ -454,6 +473,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SUMMARY_JSON",
         help="run nothing: write BENCHMARKS.md and the plot again from a summary.json",
     )
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="give the project's replicas one webhook endpoint (a local receiver), every type",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     parser.add_argument(
@@ -512,15 +536,27 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pg.start()
             redis.start()
+            started_aux: list[System] = []
             started: list[System] = []
             try:
+                webhook_url = None
+                if args.webhook:
+                    sink, webhook_url = start_webhook_sink(log_dir)
+                    started_aux.append(sink)
+                    notes.append(
+                        "The project's replicas had one webhook endpoint (every event type), "
+                        "served by a local receiver answering 204: each send also wrote its "
+                        "events to the outbox, and the replicas delivered them during the run."
+                    )
                 for key in wanted:
-                    start = start_reference if key == "reference" else start_project
-                    started.append(start(pg, redis, log_dir))
+                    if key == "reference":
+                        started.append(start_reference(pg, redis, log_dir))
+                    else:
+                        started.append(start_project(pg, redis, log_dir, webhook_url=webhook_url))
                 systems, failures = run_all(started, loads, args, results_dir)
                 notes += failures
             finally:
-                for system in started:
+                for system in [*started, *started_aux]:
                     system.stop()
         finally:
             redis.stop()
