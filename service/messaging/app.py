@@ -37,6 +37,7 @@ from messaging.auth import TokenVerifier
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
+from messaging.demo import add_demo_client
 from messaging.errors import MessagingError
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.presence import Presence
@@ -336,6 +337,7 @@ def create_app(
     api = FastAPI(title="messaging", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.state.service = service
     _add_probes(api, service)
+    add_demo_client(api, settings)
     if settings.cors_any_origin:
         # Any origin, but never with credentials: a browser would otherwise send cookies
         # from every site it visits.

@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     # follow a user across them. Empty: a random key per process.
     log_user_hash_secret: SecretStr = SecretStr("")
 
+    # The demo web client at ``/`` and its ``POST /demo/token`` (mints tokens for the demo users):
+    # ``messaging dev`` turns it on; production mode refuses it (anyone could sign in as anyone).
+    demo_client: bool = False
+
     @field_validator("jwt_algorithms")
     @classmethod
     def _at_least_one_algorithm(cls, value: list[str]) -> list[str]:
@@ -250,6 +254,8 @@ class Settings(BaseSettings):
                 "MESSAGING_CURSOR_SECRET must be set in production mode when no HS256 secret is "
                 "configured (it signs page tokens; every replica needs the same one)"
             )
+        if self.mode == "production" and self.demo_client:
+            raise ValueError("MESSAGING_DEMO_CLIENT mints tokens for anyone: dev mode only")
         if self.mode == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("production mode needs a PostgreSQL MESSAGING_DATABASE_URL")
         if self.metrics_port == self.http_port != 0:
