@@ -36,6 +36,8 @@ static_checks() {
   .venv/bin/mypy
   .venv/bin/lint-imports
   hack/gen-protos.sh --check
+  # The TypeScript declarations of the socket events are generated from the payload models.
+  .venv/bin/python -m messaging.contract --check
 }
 
 if $quick; then
