@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp
 
-from messaging import db, metrics
+from messaging import admin_ui, db, metrics
 from messaging.auth import TokenVerifier
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
@@ -285,6 +285,7 @@ def build_service(settings: Settings) -> Service:
         limiter=limiter,
         max_sockets_per_user=settings.max_sockets_per_user,
     )
+    admin_ui.instrument(server, settings)
     grpc = None
     if settings.grpc_enabled:
         tls = None

@@ -6,9 +6,6 @@ browser downloads are never used. Two browser contexts are two demo users on one
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from messaging.app import create_app
 from messaging.demo import CONTENT_SECURITY_POLICY
 from messaging.settings import Settings
-from tests.support.servers import free_port
+from tests.support.dev import running_dev
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -30,35 +27,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium
 @pytest.fixture
 async def dev_url(tmp_path: Path) -> AsyncIterator[str]:
     """``messaging dev`` as a user runs it, in a fresh directory."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESSAGING_")}
-    env.update(
-        {
-            "MESSAGING_GRPC_PORT": str(free_port()),
-            "MESSAGING_METRICS_PORT": str(free_port()),
-            "MESSAGING_CONNECTIONS_ADDRESS": f"127.0.0.1:{free_port()}",
-        }
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "messaging.cli", "dev", "--port", str(port),
-        cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert process.stdout is not None
-    printed: list[str] = []
-    try:
-        async with asyncio.timeout(60):
-            while True:
-                line = (await process.stdout.readline()).decode()
-                assert line, "messaging dev exited before it was ready:\n" + "".join(printed)
-                printed.append(line)
-                if "Uvicorn running on" in line:
-                    break
-        assert any("demo web client: open" in line for line in printed)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        await process.wait()
+    async with running_dev(tmp_path) as dev:
+        assert any("demo web client: open" in line for line in dev.printed)
+        yield dev.url
 
 
 @pytest.fixture
