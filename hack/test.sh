@@ -38,6 +38,8 @@ static_checks() {
   hack/gen-protos.sh --check
   # The TypeScript declarations of the socket events are generated from the payload models.
   .venv/bin/python -m messaging.contract --check
+  # The chart values' schema descriptions and docs/messagingcluster.md's field reference.
+  .venv/bin/python hack/gen-reference.py --check
 }
 
 if $quick; then
