@@ -37,6 +37,10 @@ static_checks() {
   .venv/bin/lint-imports
   hack/gen-protos.sh --check
   hack/buf.sh check  # buf lint, and buf breaking against the previous commit (installs buf once)
+  # The TypeScript declarations of the socket events are generated from the payload models.
+  .venv/bin/python -m messaging.contract --check
+  # The chart values' schema descriptions and docs/messagingcluster.md's field reference.
+  .venv/bin/python hack/gen-reference.py --check
 }
 
 if $quick; then
@@ -56,6 +60,8 @@ compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgres
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v node >/dev/null || missing+=(nodejs npm)
+# The demo web client is tested in a real headless Chromium (driven by Playwright for Python).
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
   # Keep the packages' own services from starting: the tests start private instances.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -48,6 +48,7 @@ class ScalingVerdict:
 class Outcome:
     phase: str
     recheck: bool  # waits on something no watch reports (a Secret): look again soon
+    conditions: Mapping[str, str] = field(default_factory=dict)  # type -> status, as written
 
 
 def _server_selector(name: str) -> str:
@@ -180,7 +181,10 @@ async def _reconcile_valid(
     await run.write_status(new)
     if not await run.post_events():
         return None  # the namespace is being deleted
-    return Outcome(phase=str(new["phase"]), recheck=bool(problems or conflicts))
+    conditions = {str(c["type"]): str(c["status"]) for c in new.get("conditions") or []}
+    return Outcome(
+        phase=str(new["phase"]), recheck=bool(problems or conflicts), conditions=conditions
+    )
 
 
 async def _deployment(  # noqa: PLR0917 - one private step of the pass
@@ -244,3 +248,4 @@ async def run_reconcile(
         metrics.forget(namespace, name)
         return
     memory.last_full_pass, memory.recheck = time.monotonic(), outcome.recheck
+    metrics.record_status(namespace, name, outcome.phase, outcome.conditions)

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from messaging_operator.status import (
+    CONDITION_TYPES,
+    DEGRADED,
+    FAILED,
+    MIGRATING,
+    PENDING,
+    RUNNING,
+)
+
+PHASES = (PENDING, MIGRATING, RUNNING, DEGRADED, FAILED)
+CONDITION_STATUSES = ("True", "False", "Unknown")
 
 
 @dataclass
@@ -46,11 +59,46 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
+        # kube-state-metrics' shape: one series per possible value, 1 for the current one, so
+        # `== 1` selects and alerts keep their labels (MessagingClusterNotReady reads these).
+        self.cluster_phase = Gauge(
+            "messaging_operator_cluster_phase",
+            "1 for the MessagingCluster's current status.phase, 0 for the other phases.",
+            ["namespace", "name", "phase"],
+            registry=self.registry,
+        )
+        self.cluster_condition = Gauge(
+            "messaging_operator_cluster_condition",
+            "1 for the current status (True, False, Unknown) of each MessagingCluster condition.",
+            ["namespace", "name", "type", "status"],
+            registry=self.registry,
+        )
+
+    def record_status(
+        self, namespace: str, name: str, phase: str, conditions: Mapping[str, str]
+    ) -> None:
+        """The status the operator just wrote; a condition it did not write counts Unknown."""
+        for candidate in PHASES:
+            self.cluster_phase.labels(namespace, name, candidate).set(int(candidate == phase))
+        for kind in CONDITION_TYPES:
+            current = conditions.get(kind, "Unknown")
+            for value in CONDITION_STATUSES:
+                self.cluster_condition.labels(namespace, name, kind, value).set(
+                    int(value == current)
+                )
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted cluster's series so they do not linger at their last value."""
         for gauge in (self.desired_replicas, self.connected_sockets):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
+        for candidate in PHASES:
+            with contextlib.suppress(KeyError):
+                self.cluster_phase.remove(namespace, name, candidate)
+        for kind in CONDITION_TYPES:
+            for value in CONDITION_STATUSES:
+                with contextlib.suppress(KeyError):
+                    self.cluster_condition.remove(namespace, name, kind, value)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> tuple[WSGIServer, Thread]:
         return start_http_server(port, addr=addr, registry=self.registry)

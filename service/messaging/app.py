@@ -35,13 +35,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp
 
-from messaging import db, metrics
+from messaging import admin_ui, db, metrics
 from messaging.attachments import Attachments, limits_from
 from messaging.auth import TokenVerifier
 from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.delivery import Delivery
+from messaging.demo import add_demo_client
 from messaging.errors import MessagingError
 from messaging.groups import Groups
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
@@ -391,6 +392,7 @@ def build_service(settings: Settings) -> Service:
         blocks=blocks,
         reports=reports,
     )
+    admin_ui.instrument(server, settings)
     grpc = None
     if settings.grpc_enabled:
         tls = None
@@ -448,6 +450,7 @@ def create_app(
     _add_probes(api, service)
     if service.attachments is not None and isinstance(service.attachments.store, LocalObjectStore):
         _add_local_attachment_routes(api, service.attachments.store)
+    add_demo_client(api, settings)
     if settings.cors_any_origin:
         # Any origin, but never with credentials: a browser would otherwise send cookies
         # from every site it visits.

@@ -112,11 +112,27 @@ def run_bench(argv: list[str]) -> int:
 PASSTHROUGH = {"operator": run_operator, "bench": run_bench}
 
 
+def version_text() -> str:
+    """The release and the libraries that decide its protocols (what a bug report needs)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "unknown"
+
+    libraries = ", ".join(f"{name} {of(name)}" for name in ("python-socketio", "grpcio"))
+    python = ".".join(str(part) for part in sys.version_info[:3])
+    return f"messaging {of('messaging-platform')} ({libraries}, Python {python})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="messaging",
         description="Direct messaging over Socket.IO and gRPC. Settings: MESSAGING_* variables.",
     )
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("serve", help="run the service (HTTP + Socket.IO, and gRPC)").set_defaults(

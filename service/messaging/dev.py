@@ -23,6 +23,7 @@ from messaging.settings import Settings
 def run_dev(*, port: int) -> int:
     os.environ.setdefault("MESSAGING_HTTP_PORT", str(port))
     os.environ.setdefault("MESSAGING_CONNECTIONS_ADDRESS", "127.0.0.1:50052")
+    os.environ.setdefault("MESSAGING_DEMO_CLIENT", "true")
     settings = Settings()
     configure_logging(
         settings.log_level,
@@ -44,6 +45,8 @@ def run_dev(*, port: int) -> int:
     grpc_at = f"{settings.grpc_host}:{settings.grpc_port}"
     metrics_at = f"http://{settings.effective_metrics_host}:{settings.metrics_port}/metrics"
     print(f"messaging dev: Socket.IO and HTTP on {url}, gRPC on {grpc_at}, metrics {metrics_at}")
+    if settings.demo_client:
+        print(f"demo web client: open {url}/ and pick a demo user")
     print(f"demo connections: {', '.join(f'{a}-{b}' for a, b in DEMO_PAIRS)}")
     if settings.webhooks_console:
         print("webhook events are printed here (MESSAGING_WEBHOOKS_CONSOLE)")

@@ -21,12 +21,12 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from messaging import metrics
 from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.errors import INTERNAL_MESSAGE, MessagingError, ValidationFailed
+from messaging.grpc_reflection import enable_reflection
 from messaging.logs import log_context, new_request_id, user_hash
 from messaging.message_changes import MessageChanges
 from messaging.payloads import (
@@ -413,9 +413,7 @@ class GrpcServer:
             MessagingServicer(self._chat, self._changes), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((SERVICE_NAME, health.SERVICE_NAME), server)
         try:
             if self._tls is None:
                 self.port = server.add_insecure_port(self._address)

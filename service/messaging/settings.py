@@ -23,6 +23,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+MIN_ADMIN_PASSWORD_CHARS = 16
 DEV_JWT_SECRET = "dev-only-secret-change-me-0123456789abcdef"  # noqa: S105 - refused in production
 SUPPORTED_JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
 MIN_HS256_SECRET_BYTES = 32
@@ -299,6 +300,19 @@ class Settings(BaseSettings):
     # follow a user across them. Empty: a random key per process.
     log_user_hash_secret: SecretStr = SecretStr("")
 
+    # The demo web client at ``/`` and its ``POST /demo/token`` (mints tokens for the demo users):
+    # ``messaging dev`` turns it on; production mode refuses it (anyone could sign in as anyone).
+    demo_client: bool = False
+
+    # Socket.IO's Admin UI on the /admin namespace (admin_ui.py; docs/security.md), with its own
+    # login, never a user's JWT. Off by default; read-only and light "production" reporting
+    # unless asked otherwise.
+    socketio_admin_enabled: bool = False
+    socketio_admin_username: str = Field("admin", min_length=1, max_length=128)
+    socketio_admin_password: SecretStr = SecretStr("")
+    socketio_admin_read_only: bool = True
+    socketio_admin_mode: Literal["production", "development"] = "production"
+
     @field_validator("jwt_algorithms")
     @classmethod
     def _at_least_one_algorithm(cls, value: list[str]) -> list[str]:
@@ -404,7 +418,8 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _consistent_keys(self) -> Self:
+        """Tokens can be verified, and page tokens signed alike on every replica."""
         uses_hs = "HS256" in self.jwt_algorithms
         uses_pk = any(alg in self.jwt_algorithms for alg in ("RS256", "ES256"))
         secret = self.jwt_secret.get_secret_value()
@@ -434,6 +449,18 @@ class Settings(BaseSettings):
                 "MESSAGING_CURSOR_SECRET must be set in production mode when no HS256 secret is "
                 "configured (it signs page tokens; every replica needs the same one)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        admin_password = self.socketio_admin_password.get_secret_value()
+        if self.socketio_admin_enabled and len(admin_password) < MIN_ADMIN_PASSWORD_CHARS:
+            raise ValueError(
+                "MESSAGING_SOCKETIO_ADMIN_PASSWORD must be at least "
+                f"{MIN_ADMIN_PASSWORD_CHARS} characters when the Admin UI is enabled"
+            )
+        if self.mode == "production" and self.demo_client:
+            raise ValueError("MESSAGING_DEMO_CLIENT mints tokens for anyone: dev mode only")
         if self.mode == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("production mode needs a PostgreSQL MESSAGING_DATABASE_URL")
         if self.metrics_port == self.http_port != 0:

@@ -132,6 +132,17 @@ def test_the_production_values_render_namespaced_rbac_and_monitoring(
     assert clusters["spec"]["namespaceSelector"] == {"matchNames": watched}
     assert clusters["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
+    # The alert rules select the pods and the operator by these job names, per cluster.
+    [pods_relabel] = [e["relabelings"] for e in clusters["spec"]["podMetricsEndpoints"]]
+    assert {"targetLabel": "job", "replacement": "messaging"} in pods_relabel
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+        "targetLabel": "cluster",
+    } in pods_relabel
+    [operator_relabel] = [
+        e["relabelings"] for e in one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    ]
+    assert operator_relabel == [{"targetLabel": "job", "replacement": "messaging-operator"}]
 
     rule = one(docs, "PrometheusRule")
     shipped = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
@@ -313,3 +324,13 @@ def test_the_server_dry_run_refuses_values_the_api_server_would_refuse(
     )
     assert result.returncode != 0
     assert 'Unsupported value: "Sometimes"' in result.stderr
+
+
+def test_the_alerts_runbook_links_follow_the_runbook_base_value(k8s_cluster: K8sCluster) -> None:
+    base = "https://wiki.example.com/messaging/runbooks"
+    values = ["prometheusRule.enabled=true", f"prometheusRule.runbookBaseUrl={base}"]
+    docs = documents(render(k8s_cluster, *(arg for v in values for arg in ("--set", v))))
+    rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    assert len(rules) >= 12
+    for rule in rules:
+        assert rule["annotations"]["runbook_url"] == f"{base}#{rule['alert'].lower()}"

@@ -36,6 +36,24 @@ def test_a_new_cluster_goes_pending_migrating_running_without_a_warning(
     assert warnings == []
 
 
+def test_the_operator_exports_the_phase_and_ready_condition_it_wrote(
+    operator: RunningOperator, kube: Kube
+) -> None:
+    apply_example(kube)
+    wait_until(lambda: status(kube).get("phase") == "Running", timeout=90, what="phase Running")
+    ns = kube.namespace
+    phase = f'messaging_operator_cluster_phase{{name="chat",namespace="{ns}",phase="Running"}} 1.0'
+    ready = (
+        "messaging_operator_cluster_condition"
+        f'{{name="chat",namespace="{ns}",status="True",type="Ready"}} 1.0'
+    )
+    wait_until(
+        lambda: phase in operator.metrics() and ready in operator.metrics(),
+        timeout=30,
+        what="the phase and Ready condition on the operator's /metrics",
+    )
+
+
 def test_without_readable_metrics_the_socket_count_is_absent_not_zero(
     operator: RunningOperator, kube: Kube
 ) -> None:

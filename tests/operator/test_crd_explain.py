@@ -18,6 +18,7 @@ from tests.support.k8s import K8sCluster, wait_until
         ("messagingcluster.spec.redis.external.cluster", "sharded pub/sub"),
         ("messagingcluster.spec.cors.allowedOrigins", "MESSAGING_CORS_ALLOWED_ORIGINS"),
         ("messagingcluster.status.connectedSockets", "absent (unknown, not 0)"),
+        ("messagingcluster.spec.replicas.max", "Upper bound"),
     ],
 )
 def test_kubectl_explain_documents_the_new_fields(

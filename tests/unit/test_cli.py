@@ -63,3 +63,11 @@ def test_operator_and_bench_take_their_own_options() -> None:
         done = messaging(command, "--help")
         assert done.returncode == 0, done.stderr
         assert f"messaging {command}" in done.stdout
+
+
+def test_version_prints_the_release_and_exits_zero() -> None:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    done = messaging("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"messaging {version('messaging-platform')} (python-socketio ")
