@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -630,6 +630,18 @@ async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> 
             if joined is not None and created[entry.message_id] < joined:
                 continue
             per_user.setdefault(user_id, []).append(entry)
+    return await log_for_users(conn, per_user)
+
+
+async def log_for_users(
+    conn: AsyncConnection, per_user: Mapping[str, Sequence[LogEntry]]
+) -> list[Change]:
+    """Append each user's entries to that user's log, in the order given; inside a transaction.
+
+    The counters move in user order (every writer locks them in that order, so none deadlock),
+    and each user's share is contiguous, so one event can announce a run of its positions.
+    """
+    per_user = {u: list(e) for u, e in per_user.items() if e}
     if not per_user:
         return []
     statement = _insert(conn, user_streams).values(

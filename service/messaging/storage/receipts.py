@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from messaging import store
 from messaging.storage.groups import insert
 from messaging.store import Change, LogEntry
 from messaging.tables import (
@@ -28,7 +29,6 @@ from messaging.tables import (
     participants,
     read_marks,
     user_changes,
-    user_streams,
 )
 
 Position = tuple[datetime, uuid.UUID]
@@ -285,50 +285,8 @@ async def log_for_users(
 
     Counters are bumped in user order (the same lock order as every other writer).
     """
-    per_user = {u: list(e) for u, e in per_user.items() if e}
-    if not per_user:
-        return []
-    statement = insert(conn, user_streams).values(
-        [{"user_id": u, "position": len(per_user[u])} for u in sorted(per_user)]
-    )
-    bumped = await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[user_streams.c.user_id],
-            set_={"position": user_streams.c.position + statement.excluded.position},
-        ).returning(user_streams.c.user_id, user_streams.c.position)
-    )
-    changes: list[Change] = []
-    for row in bumped:
-        mine = per_user[row.user_id]
-        start = row.position - len(mine) + 1
-        changes.extend(
-            Change(
-                row.user_id,
-                start + i,
-                e.message_id,
-                e.kind,
-                e.actor_id,
-                e.changed_at,
-                e.conversation_id,
-            )
-            for i, e in enumerate(mine)
-        )
+    changes = await store.log_for_users(conn, per_user)
     changes.sort(key=lambda c: (c.user_id, c.position))
-    await conn.execute(
-        user_changes.insert().values(
-            [
-                {
-                    "user_id": c.user_id,
-                    "position": c.position,
-                    "message_id": c.message_id,
-                    "kind": c.kind,
-                    "actor_id": c.actor_id,
-                    "changed_at": c.changed_at,
-                }
-                for c in changes
-            ]
-        )
-    )
     return changes
 
 
