@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -23,6 +24,7 @@ from messaging.storage import blocking, reports
 from messaging.storage.reports import ReportRecord
 from messaging.tables import UTCDateTime
 from tests.support.servers import PostgresServer
+from tests.support.service import empty_database
 
 ALICE, BOB = "alice", "bob"
 
@@ -89,13 +91,9 @@ async def _write_before_0004(url: str) -> tuple[uuid.UUID, uuid.UUID]:
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 async def test_upgrading_to_0004_keeps_the_data_and_blocks_and_reports_work_on_it(
-    backend: str, request: pytest.FixtureRequest, tmp_path: object
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if backend == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/upgrade.db"
+    url = empty_database(backend, request, tmp_path)
     config = alembic_config(url)
     await asyncio.to_thread(command.upgrade, config, _before_0004())
     conversation, message_id = await _write_before_0004(url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from messaging import store, tables
 from messaging.db import alembic_config
 from messaging.storage import groups as group_sql
-from tests.support.servers import PostgresServer
+from tests.support.service import empty_database
 
 ALICE, BOB, CAROL = "alice", "bob", "carol"
 
@@ -58,13 +59,9 @@ def _id(url: str, value: uuid.UUID) -> str:
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 async def test_upgrading_to_groups_keeps_direct_conversations_and_takes_groups(
-    backend: str, request: pytest.FixtureRequest, tmp_path: object
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if backend == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/groups.db"
+    url = empty_database(backend, request, tmp_path)
     config = alembic_config(url)
     # Whatever revision comes right before 0005 (the lead re-chains revisions at merge).
     await asyncio.to_thread(command.upgrade, config, "0005-1")
@@ -101,14 +98,10 @@ async def test_upgrading_to_groups_keeps_direct_conversations_and_takes_groups(
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 async def test_the_migrated_schema_is_the_schema_the_code_describes(
-    backend: str, request: pytest.FixtureRequest, tmp_path: object
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """tables.py (what the store writes) and the migrations (what databases hold) agree."""
-    if backend == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/schema.db"
+    url = empty_database(backend, request, tmp_path)
     await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
     engine = create_async_engine(url)
     try:

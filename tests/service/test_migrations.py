@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from messaging import store, tables
 from messaging.db import alembic_config
 from tests.support.servers import PostgresServer
+from tests.support.service import empty_database
 
 ALICE, BOB, CAROL = "alice", "bob", "carol"
 
@@ -60,13 +62,9 @@ async def _write_with_schema_0001(url: str) -> tuple[list[uuid.UUID], uuid.UUID]
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 async def test_upgrading_from_the_first_schema_logs_every_message_for_every_participant(
-    backend: str, request: pytest.FixtureRequest, tmp_path: object
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if backend == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/upgrade.db"
+    url = empty_database(backend, request, tmp_path)
     config = alembic_config(url)
     await asyncio.to_thread(command.upgrade, config, "0001")
     ids, ab = await _write_with_schema_0001(url)
@@ -133,17 +131,13 @@ async def test_a_pod_of_the_previous_release_still_writing_during_the_rollout_is
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_events(
-    backend: str, request: pytest.FixtureRequest, tmp_path: object
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Migration 0007 adds the webhook tables to a database holding today's schema and data."""
     from messaging.outbox import Endpoint, Outbox  # noqa: PLC0415 - only this test needs them
     from tests.support.webhooks import SECRET  # noqa: PLC0415
 
-    if backend == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        url = server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path}/outbox.db"
+    url = empty_database(backend, request, tmp_path)
     config = alembic_config(url)
     # Today's schema: everything before the outbox.
     await asyncio.to_thread(command.upgrade, config, "0006")

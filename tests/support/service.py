@@ -242,3 +242,11 @@ async def devices(svc: RunningService, *users: str) -> AsyncIterator[list[Device
 async def open_conversation(svc: RunningService, a: Device, b_user: str) -> str:
     data = await a.ok("createConversation", {"participantId": b_user})
     return str(data["id"])
+
+
+def empty_database(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh, empty database of ``backend``: for tests that migrate it themselves."""
+    if backend == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.create_database(f"mig_{uuid.uuid4().hex[:8]}")
+    return f"sqlite+aiosqlite:///{tmp_path}/{uuid.uuid4().hex[:8]}.db"
