@@ -41,8 +41,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import cluster, servers
 from messaging.outbox import Outbox, endpoints_from, message_reported
+from messaging.records import MessageRecord
 from messaging.settings import Settings
-from messaging.store import MessageRecord
 
 SECRET = "whsec_" + base64.b64encode(b"benchmark-webhook-secret-32bytes").decode()
 

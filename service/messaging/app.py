@@ -57,11 +57,11 @@ from messaging.objectstore import (
 from messaging.outbox import Outbox
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
+from messaging.records import MessageRecord
 from messaging.reports import Reports, reported_event
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
 from messaging.storage.reports import ReportRecord
-from messaging.store import MessageRecord
 from messaging.webhooks import Dispatcher, Policy
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.errors import ValidationFailed
 from messaging.objectstore import ObjectStore, SignedRequest, object_key
+from messaging.records import AttachmentView, MessageRecord
 from messaging.settings import Settings
 from messaging.storage import attachments as sql
-from messaging.store import AttachmentView, MessageRecord
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,15 @@ from messaging.payloads import (
 )
 from messaging.presence import Presence, PresenceInfo
 from messaging.receipts import Receipts
+from messaging.records import (
+    Change,
+    ConversationRecord,
+    ConversationSummary,
+    MessageRecord,
+    NewMessage,
+)
 from messaging.storage import attachments as store_attachments
 from messaging.storage import message_changes as change_store
-from messaging.store import ConversationRecord, MessageRecord, NewMessage
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +263,7 @@ class Chat:
 
     async def list_conversations(
         self, user_id: str, *, page_size: int, page_token: str
-    ) -> Page[store.ConversationSummary]:
+    ) -> Page[ConversationSummary]:
         limit = _page_size(page_size)
         cursor = _Cursor(self._cursor_key, kind="conversations", scope=user_id)
         async with self._connection() as conn:
@@ -425,8 +431,8 @@ class Chat:
         return await self._attachments.fill(conn, messages)
 
     async def _fill_summaries(
-        self, conn: AsyncConnection, rows: list[store.ConversationSummary]
-    ) -> list[store.ConversationSummary]:
+        self, conn: AsyncConnection, rows: list[ConversationSummary]
+    ) -> list[ConversationSummary]:
         last = [s.last_message for s in rows if s.last_message is not None]
         filled = {m.id: m for m in await self.fill(conn, last)}
         return [
@@ -451,7 +457,7 @@ class Chat:
             groups = await self._groups_among(conn, {m.conversation_id for m in visible})
             in_groups = [m for m in visible if m.conversation_id in groups]
             direct = [i for i in wanted if i not in {m.id for m in in_groups}]
-            changes: list[store.Change] = []
+            changes: list[Change] = []
             if direct:
                 changes = await store.advance_status(
                     conn, status="delivered", message_ids=direct, not_author=user_id, at=at
@@ -521,9 +527,7 @@ class Chat:
         announced = await self._announce_status(changes, origin_sid)
         return announced if covered is None else covered
 
-    async def _announce_status(
-        self, changes: Sequence[store.Change], origin_sid: str | None
-    ) -> int:
+    async def _announce_status(self, changes: Sequence[Change], origin_sid: str | None) -> int:
         """Tell every participant's devices which messages moved; returns how many moved.
 
         Authors learn their messages were delivered or read, the marker's other devices what it
@@ -532,11 +536,11 @@ class Chat:
         await self._deliver_logged(self._status_events(changes), skip_sid=origin_sid)
         return len({c.message_id for c in changes})
 
-    def _status_events(self, changes: Sequence[store.Change]) -> list[Logged]:
+    def _status_events(self, changes: Sequence[Change]) -> list[Logged]:
         """One messageStatus per run of a user's log entries with the same conversation, status
         and marker (a run is contiguous: see ``store.append_changes``)."""
         events: list[Logged] = []
-        run: list[store.Change] = []
+        run: list[Change] = []
 
         def flush() -> None:
             if not run:
@@ -595,7 +599,7 @@ class Chat:
             )
             filled = await self.fill(conn, [m for _, m in rows])
         events: list[Logged] = []
-        statuses: list[store.Change] = []
+        statuses: list[Change] = []
         for (change, _), message in zip(rows, filled, strict=True):
             if change.kind in ("delivered", "read"):
                 statuses.append(change)
@@ -736,9 +740,7 @@ class Chat:
 
     # --- for the feature modules built on these rules (message_changes.py) --------------------
 
-    def logged(
-        self, changes: Sequence[store.Change], event: str, data: dict[str, Any]
-    ) -> list[Logged]:
+    def logged(self, changes: Sequence[Change], event: str, data: dict[str, Any]) -> list[Logged]:
         """One ``event`` per log entry just written, each with its user's ``syncToken``."""
         return [
             Logged(
@@ -787,7 +789,7 @@ class _Cursor:
         return Page(items, token)
 
 
-def _change_event(change: store.Change, message: MessageRecord) -> tuple[str, dict[str, Any]]:
+def _change_event(change: Change, message: MessageRecord) -> tuple[str, dict[str, Any]]:
     """The live event a log entry was delivered as (a message in its current state)."""
     if change.kind == "edited":
         return "messageUpdated", message_json(message)

@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import metrics, store
 from messaging.errors import RateLimited
-from messaging.store import BatchEvents, MessageRecord, NewMessage
+from messaging.records import MessageRecord, NewMessage
+from messaging.store import BatchEvents
 
 # Opens the connection batches are written on; each batch is committed before its senders are
 # answered (on PostgreSQL in autocommit a batch is one statement, and the commit a no-op).

@@ -30,10 +30,10 @@ from messaging.delivery import Delivery
 from messaging.errors import Forbidden, NotFound, ValidationFailed
 from messaging.outbox import Outbox, conversation_created, conversation_updated
 from messaging.payloads import conversation_json
+from messaging.records import ConversationRecord
 from messaging.storage import groups as sql
 from messaging.storage import receipts as receipt_sql
 from messaging.storage.groups import Member
-from messaging.store import ConversationRecord
 
 log = logging.getLogger(__name__)
 

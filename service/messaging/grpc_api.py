@@ -43,7 +43,7 @@ from messaging.payloads import (
 )
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
-from messaging.store import AttachmentView, ConversationRecord, MessageRecord
+from messaging.records import AttachmentView, ConversationRecord, MessageRecord
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from messaging import outbox, store
 from messaging.chat import Chat
 from messaging.errors import Forbidden, NotFound, ValidationFailed
 from messaging.payloads import deleted_event_json, message_json, reaction_event_json
+from messaging.records import Change, LogEntry, MessageRecord
 from messaging.storage import message_changes as change_store
-from messaging.store import LogEntry, MessageRecord
 
 MAX_EMOJI_PER_MESSAGE = 20
 
@@ -151,7 +151,7 @@ class MessageChanges:
                 changed = await change_store.remove_reaction(
                     conn, message_id=message_id, emoji=emoji, user_id=user_id
                 )
-            changes: list[store.Change] = []
+            changes: list[Change] = []
             if changed:
                 kind = "reacted" if active else "unreacted"
                 changes = await store.append_changes(

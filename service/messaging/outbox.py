@@ -22,10 +22,10 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.payloads import conversation_json, iso, message_json
+from messaging.records import ConversationRecord, MessageRecord, NewMessage
 from messaging.settings import WEBHOOK_EVENT_TYPES, Settings
 from messaging.storage import outbox as sql
 from messaging.storage.outbox import MessageEvents, OutboxRow
-from messaging.store import ConversationRecord, MessageRecord, NewMessage
 
 # The pseudo-endpoint of ``MESSAGING_WEBHOOKS_CONSOLE``: events printed, not POSTed.
 CONSOLE = "console:"

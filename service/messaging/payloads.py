@@ -27,8 +27,13 @@ from pydantic import (
 
 from messaging.errors import ValidationFailed
 from messaging.objectstore import SignedRequest
-from messaging.storage.receipts import Receipt
-from messaging.store import AttachmentView, ConversationRecord, ConversationSummary, MessageRecord
+from messaging.records import (
+    AttachmentView,
+    ConversationRecord,
+    ConversationSummary,
+    MessageRecord,
+    Receipt,
+)
 
 MAX_CONTENT_CHARS = 2000
 MAX_IDS = 100

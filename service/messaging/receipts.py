@@ -26,10 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import store
 from messaging.errors import Forbidden, NotFound
+from messaging.records import Change, LogEntry, MessageRecord, Receipt
 from messaging.storage import groups as group_sql
 from messaging.storage import receipts as sql
-from messaging.storage.receipts import Receipt
-from messaging.store import Change, LogEntry, MessageRecord
 
 
 class Database(Protocol):

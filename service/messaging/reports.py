@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from messaging import metrics, store
 from messaging.errors import Forbidden, NotFound
 from messaging.payloads import iso
+from messaging.records import MessageRecord
 from messaging.storage import reports as storage
 from messaging.storage.reports import ReportRecord
-from messaging.store import MessageRecord
 
 ConnectionFactory = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 # Called inside the report's transaction, once per stored report (not for a repeat).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,6 +27,14 @@ from sqlalchemy import and_, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from messaging.records import (
+    Change,
+    ConversationRecord,
+    ConversationSummary,
+    LogEntry,
+    MessageRecord,
+    NewMessage,
+)
 from messaging.tables import (
     UTCDateTime,
     conversations,
@@ -37,72 +45,6 @@ from messaging.tables import (
 )
 
 STATUS_ORDER = {"sent": 0, "delivered": 1, "read": 2}
-
-
-@dataclass(frozen=True, slots=True)
-class AttachmentView:
-    """An attachment as one read of its message shows it: with a freshly signed download URL
-    (``attachments.Attachments.fill`` makes these; ``payloads`` and ``grpc_api`` render them)."""
-
-    id: uuid.UUID
-    file_name: str
-    content_type: str
-    size_bytes: int
-    url: str
-    url_expires_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class MessageRecord:
-    id: uuid.UUID
-    conversation_id: uuid.UUID
-    author_id: str
-    content: str
-    status: str
-    created_at: datetime
-    client_message_id: str | None
-    # The message's position in each participant's change log, when this call just wrote it.
-    positions: tuple[tuple[str, int], ...] = ()
-    # Schema 0003: when it was last edited, when it was deleted (a tombstone: content ""), and
-    # its reactions as (emoji, user ids) in the order they were first given. Reads fill the
-    # reactions in with ``storage.message_changes.with_reactions``.
-    edited_at: datetime | None = None
-    deleted_at: datetime | None = None
-    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    # Filled in by ``attachments.Attachments.fill`` right before the message is shown.
-    attachments: tuple[AttachmentView, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationRecord:
-    id: uuid.UUID
-    # Sorted. A direct conversation's pair never changes; a group's members do, so a group's
-    # record is a snapshot (``groups.py`` reads membership from the database for every rule).
-    participant_ids: tuple[str, ...]
-    created_at: datetime
-    kind: str = "direct"
-    title: str | None = None
-    # The group's creator; None for direct conversations (a pair has no owner: either side's
-    # createConversation returns the same conversation).
-    created_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    id: uuid.UUID
-    conversation_id: uuid.UUID
-    author_id: str
-    content: str
-    created_at: datetime
-    client_message_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationSummary:
-    conversation: ConversationRecord
-    last_message: MessageRecord | None
-    unread_count: int
-    activity_at: datetime
 
 
 _MESSAGE_COLUMNS = (
@@ -567,32 +509,6 @@ async def _insert_portable(
     for change in logged:
         positions.setdefault(change.message_id, {})[change.user_id] = change.position
     return positions
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """A change to log for every participant of ``conversation_id``."""
-
-    conversation_id: uuid.UUID
-    message_id: uuid.UUID
-    kind: str
-    actor_id: str | None
-    changed_at: datetime
-    emoji: str | None = None  # of a "reacted"/"unreacted" entry
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One entry of a user's change log."""
-
-    user_id: str
-    position: int
-    message_id: uuid.UUID
-    kind: str
-    actor_id: str | None
-    changed_at: datetime
-    conversation_id: uuid.UUID
-    emoji: str | None = None
 
 
 async def append_changes(conn: AsyncConnection, entries: Sequence[LogEntry]) -> list[Change]:

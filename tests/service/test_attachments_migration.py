@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from messaging import store
 from messaging.db import alembic_config
+from messaging.records import NewMessage
 from messaging.storage import attachments as sql
 from tests.support.servers import PostgresServer
 
@@ -39,7 +40,7 @@ async def test_upgrading_to_0006_keeps_every_message_and_adds_attachments(
             written = await store.insert_messages(
                 conn,
                 [
-                    store.NewMessage(uuid.uuid4(), conversation.id, "alice", f"m{i}", now, None)
+                    NewMessage(uuid.uuid4(), conversation.id, "alice", f"m{i}", now, None)
                     for i in range(3)
                 ],
             )

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from messaging.commits import GroupCommitter
 from messaging.errors import RateLimited
 from messaging.ids import new_message_id
-from messaging.store import NewMessage
+from messaging.records import NewMessage
 from messaging.tables import messages
 from tests.support.service import RunningService, devices, open_conversation, unique
 

@@ -21,7 +21,7 @@ from messaging.dev_connections import ConnectionGraph
 from messaging.ids import new_message_id
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
-from messaging.store import NewMessage
+from messaging.records import NewMessage
 from tests.support.service import (
     RunningService,
     devices,

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from messaging import store
 from messaging.ids import new_message_id
+from messaging.records import LogEntry, NewMessage
 from messaging.storage import message_changes as change_store
-from messaging.store import LogEntry, NewMessage
 from messaging.tables import message_reactions, messages
 from tests.support.service import Device, RunningService, devices, open_conversation, unique
 

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from messaging import store
 from messaging.db import alembic_config
+from messaging.records import LogEntry
 from messaging.storage import message_changes as change_store
-from messaging.store import LogEntry
 from messaging.tables import UTCDateTime
 from tests.support.servers import PostgresServer
 

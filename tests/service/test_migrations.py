@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from messaging import store, tables
 from messaging.db import alembic_config
+from messaging.records import NewMessage
 from tests.support.servers import PostgresServer
 from tests.support.service import empty_database
 
@@ -83,7 +84,7 @@ async def test_upgrading_from_the_first_schema_logs_every_message_for_every_part
             new_id = uuid.uuid4()
             [(stored, created)] = await store.insert_messages(
                 conn,
-                [store.NewMessage(new_id, ab, BOB, "after the upgrade", datetime.now(UTC), None)],
+                [NewMessage(new_id, ab, BOB, "after the upgrade", datetime.now(UTC), None)],
             )
     finally:
         await engine.dispose()
@@ -151,12 +152,12 @@ async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_e
             )
             before = await store.insert_messages(
                 conn,
-                [store.NewMessage(uuid.uuid4(), conversation_id, ALICE, "old", now, None)],
+                [NewMessage(uuid.uuid4(), conversation_id, ALICE, "old", now, None)],
             )
         await asyncio.to_thread(command.upgrade, config, "0007")
 
         events = Outbox([Endpoint("http://hooks.test/in", SECRET.encode(), frozenset())])
-        new = store.NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")
+        new = NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")
         [(old, _)] = before
         async with engine.begin() as conn:
             await store.insert_messages(conn, [new], events=events.message_events([new]))

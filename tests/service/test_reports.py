@@ -10,10 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import tables
+from messaging.records import MessageRecord
 from messaging.reports import Reports, reported_event
 from messaging.storage import reports as storage
 from messaging.storage.reports import ReportRecord
-from messaging.store import MessageRecord
 from tests.support.service import RunningService, devices, open_conversation, unique
 
 

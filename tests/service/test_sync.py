@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from messaging import store
 from messaging.ids import new_message_id, uuid7_at
-from messaging.store import NewMessage
+from messaging.records import NewMessage
 from tests.support.service import Device, RunningService, devices, open_conversation, unique
 
 

@@ -13,7 +13,7 @@ import socketio
 
 from messaging import store
 from messaging.ids import new_message_id
-from messaging.store import NewMessage
+from messaging.records import NewMessage
 from tests.support.service import Device, RunningService, devices, open_conversation, unique
 
 

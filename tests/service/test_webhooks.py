@@ -21,9 +21,9 @@ from standardwebhooks.webhooks import Webhook
 from messaging import db, outbox
 from messaging.dev_connections import ConnectionGraph
 from messaging.outbox import Outbox
+from messaging.records import ConversationRecord, MessageRecord
 from messaging.settings import Settings
 from messaging.storage import outbox as sql
-from messaging.store import ConversationRecord, MessageRecord
 from messaging.tables import webhook_endpoints, webhook_notifications, webhook_outbox
 from messaging.webhooks import Dispatcher, Policy
 from tests.support.servers import PostgresServer

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging.store import ConversationRecord
+from messaging.records import ConversationRecord
 from messaging.tables import conversations, participants
 
 

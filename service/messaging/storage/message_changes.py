@@ -15,7 +15,8 @@ from datetime import datetime
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging.store import MESSAGE_COLUMNS, MessageRecord, dialect_insert, message_from_row
+from messaging.records import MessageRecord
+from messaging.store import MESSAGE_COLUMNS, dialect_insert, message_from_row
 from messaging.tables import message_reactions, messages, participants
 
 Reactions = tuple[tuple[str, tuple[str, ...]], ...]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +19,8 @@ from sqlalchemy import and_, exists, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import store
+from messaging.records import Change, LogEntry, Receipt
 from messaging.storage.groups import insert
-from messaging.store import Change, LogEntry
 from messaging.tables import (
     UTCDateTime,
     message_deliveries,
@@ -32,13 +31,6 @@ from messaging.tables import (
 )
 
 Position = tuple[datetime, uuid.UUID]
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    user_id: str
-    delivered_at: datetime | None
-    read_at: datetime | None
 
 
 def _position() -> Any:
