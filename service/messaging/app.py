@@ -41,7 +41,7 @@ from messaging.auth import TokenVerifier
 from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
-from messaging.delivery import Delivery
+from messaging.delivery import Delivery, Logged
 from messaging.demo import add_demo_client
 from messaging.errors import MessagingError
 from messaging.groups import Groups
@@ -56,6 +56,7 @@ from messaging.objectstore import (
 )
 from messaging.outbox import Outbox
 from messaging.presence import Presence
+from messaging.publishing import Publisher
 from messaging.ratelimit import RateLimiter
 from messaging.records import MessageRecord
 from messaging.reports import Reports, reported_event
@@ -337,10 +338,12 @@ def build_service(settings: Settings) -> Service:
         if object_store is not None
         else None
     )
+    # The rules' domain events, encoded for Socket.IO and fanned out (publishing.py).
+    publisher = Publisher(delivery=delivery, cursor_key=settings.cursor_key)
     chat = Chat(
         engine=engine,
         connections=connections,
-        delivery=delivery,
+        publisher=publisher,
         presence=presence,
         cursor_key=settings.cursor_key,
         events=events,
@@ -361,13 +364,17 @@ def build_service(settings: Settings) -> Service:
     webhooks = None
     if events.enabled:
         webhooks = Dispatcher(engine=engine, outbox=events, policy=Policy.from_settings(settings))
-    delivery.use_log(heads=chat.log_heads, events=chat.log_events)
+
+    async def log_events(user_id: str, after: int) -> list[Logged]:
+        return publisher.encode(await chat.log_events(user_id, after))
+
+    delivery.use_log(heads=chat.log_heads, events=log_events)
     # Group rules run in chat's transactions; a block either way keeps a user out of a group.
     chat.use_groups(
         Groups(
             database=chat,
             connections=connections,
-            delivery=delivery,
+            publisher=publisher,
             blocked=blocks.either_blocks,
             max_members=settings.group_max_members,
             events=events,

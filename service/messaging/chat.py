@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -34,18 +34,22 @@ from messaging.cursor import (
     encode_page_token,
     encode_sync_token,
 )
-from messaging.delivery import Delivery, Logged
 from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
+from messaging.events import (
+    LogEvent,
+    MessageDeleted,
+    MessageEdited,
+    MessageEvent,
+    MessageSent,
+    ReactionChanged,
+    StatusChanged,
+    Typing,
+)
 from messaging.groups import Groups
 from messaging.ids import new_message_id
 from messaging.logs import describe_error
-from messaging.payloads import (
-    deleted_event_json,
-    iso,
-    message_json,
-    reaction_event_json,
-)
 from messaging.presence import Presence, PresenceInfo
+from messaging.publishing import Publisher
 from messaging.receipts import Receipts
 from messaging.records import (
     Change,
@@ -89,7 +93,7 @@ class Chat:
         *,
         engine: AsyncEngine,
         connections: ConnectionsChecker,
-        delivery: Delivery,
+        publisher: Publisher,
         presence: Presence,
         cursor_key: bytes,
         blocks: Blocks,
@@ -105,7 +109,7 @@ class Chat:
             attachments.use_connection(self._connection)
         self._connections = connections
         self._blocks = blocks
-        self._delivery = delivery
+        self._publisher = publisher
         self._presence = presence
         self._cursor_key = cursor_key
         # Conversations never change once created (a pair, a creation time), so they are cached.
@@ -318,14 +322,9 @@ class Chat:
         (metrics.MESSAGES_STORED if stored else metrics.MESSAGES_DUPLICATE).inc()
         # A repeat is delivered again: the original's sender may have crashed between its commit
         # and its fan-out. Devices that already have it drop it by its log position.
-        data = message_json(message)
-        await self._deliver_logged(
-            [
-                Logged(
-                    user, position, position, "newMessage", self._with_token(data, user, position)
-                )
-                for user, position in message.positions
-            ],
+        event = MessageSent(message)
+        await self._publisher.logged(
+            [LogEvent(user, position, position, event) for user, position in message.positions],
             skip_sid=origin_sid,
             committed_at=committed_at if stored else None,
         )
@@ -533,35 +532,27 @@ class Chat:
         Authors learn their messages were delivered or read, the marker's other devices what it
         marked; each event covers one conversation's run of the recipient's log.
         """
-        await self._deliver_logged(self._status_events(changes), skip_sid=origin_sid)
+        await self._publisher.logged(self._status_events(changes), skip_sid=origin_sid)
         return len({c.message_id for c in changes})
 
-    def _status_events(self, changes: Sequence[Change]) -> list[Logged]:
+    def _status_events(self, changes: Sequence[Change]) -> list[LogEvent]:
         """One messageStatus per run of a user's log entries with the same conversation, status
         and marker (a run is contiguous: see ``store.append_changes``)."""
-        events: list[Logged] = []
+        events: list[LogEvent] = []
         run: list[Change] = []
 
         def flush() -> None:
             if not run:
                 return
             head, tail = run[0], run[-1]
-            data = {
-                "conversationId": str(head.conversation_id),
-                "messageIds": [str(c.message_id) for c in run],
-                "status": head.kind,
-                "userId": head.actor_id,
-                "at": iso(head.changed_at),
-            }
-            events.append(
-                Logged(
-                    head.user_id,
-                    head.position,
-                    tail.position,
-                    "messageStatus",
-                    self._with_token(data, head.user_id, tail.position),
-                )
+            event = StatusChanged(
+                conversation_id=head.conversation_id,
+                message_ids=tuple(c.message_id for c in run),
+                status=head.kind,
+                user_id=head.actor_id,
+                at=head.changed_at,
             )
+            events.append(LogEvent(head.user_id, head.position, tail.position, event))
             run.clear()
 
         for change in changes:
@@ -580,17 +571,13 @@ class Chat:
         flush()
         return events
 
-    def _with_token(self, data: dict[str, Any], user_id: str, position: int) -> dict[str, Any]:
-        token = encode_sync_token(self._cursor_key, user_id=user_id, position=position)
-        return {**data, "syncToken": token}
-
     # --- the change log, for delivery's healing -----------------------------------------------
 
     async def log_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
         async with self._connection() as conn:
             return await store.log_heads(conn, user_ids)
 
-    async def log_events(self, user_id: str, after: int) -> list[Logged]:
+    async def log_events(self, user_id: str, after: int) -> list[LogEvent]:
         """The events a device of ``user_id`` missed after ``after``, as they were sent live
         (a message with its current state; status runs as one messageStatus each)."""
         async with self._connection() as conn:
@@ -598,7 +585,7 @@ class Chat:
                 conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
             )
             filled = await self.fill(conn, [m for _, m in rows])
-        events: list[Logged] = []
+        events: list[LogEvent] = []
         statuses: list[Change] = []
         for (change, _), message in zip(rows, filled, strict=True):
             if change.kind in ("delivered", "read"):
@@ -606,9 +593,8 @@ class Chat:
                 continue
             events.extend(self._status_events(statuses))
             statuses = []
-            event, data = _change_event(change, message)
-            data = self._with_token(data, user_id, change.position)
-            events.append(Logged(user_id, change.position, change.position, event, data))
+            event = _change_event(change, message)
+            events.append(LogEvent(user_id, change.position, change.position, event))
         events.extend(self._status_events(statuses))
         return events
 
@@ -627,10 +613,9 @@ class Chat:
         # Between a blocked pair typing goes nowhere, either way (the ack is the same: nothing
         # is told).
         hidden = await self._blocks.either_blocks(user_id, [u for u in users if u != user_id])
-        await self._deliver(
+        await self._publisher.to_users(
             [u for u in users if u not in hidden],
-            "typing",
-            {"conversationId": str(conversation_id), "userId": user_id, "isTyping": is_typing},
+            Typing(conversation_id, user_id, is_typing),
             skip_sid=origin_sid,
         )
 
@@ -708,54 +693,15 @@ class Chat:
             rows = await self.fill(conn, rows)
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 
-    async def _deliver(
-        self,
-        users: list[str],
-        event: str,
-        data: dict[str, Any],
-        *,
-        skip_sid: str | None,
-        committed_at: float | None = None,
-    ) -> None:
-        try:
-            await self._delivery.to_users(
-                users, event, data, skip_sid=skip_sid, committed_at=committed_at
-            )
-        except Exception:
-            # The client's request succeeded; recipients will catch up with syncMessages.
-            log.exception("delivery failed", extra={"event": event})
-
-    async def _deliver_logged(
-        self,
-        events: Sequence[Logged],
-        *,
-        skip_sid: str | None,
-        committed_at: float | None = None,
-    ) -> None:
-        try:
-            await self._delivery.logged(events, skip_sid=skip_sid, committed_at=committed_at)
-        except Exception:
-            # The request succeeded; devices heal from the change log.
-            log.exception("delivery failed", extra={"event": events[0].event if events else ""})
-
     # --- for the feature modules built on these rules (message_changes.py) --------------------
 
-    def logged(self, changes: Sequence[Change], event: str, data: dict[str, Any]) -> list[Logged]:
-        """One ``event`` per log entry just written, each with its user's ``syncToken``."""
-        return [
-            Logged(
-                c.user_id,
-                c.position,
-                c.position,
-                event,
-                self._with_token(data, c.user_id, c.position),
-            )
-            for c in changes
-        ]
+    def logged(self, changes: Sequence[Change], event: MessageEvent) -> list[LogEvent]:
+        """One ``event`` per log entry just written (``Publisher`` adds each user's token)."""
+        return [LogEvent(c.user_id, c.position, c.position, event) for c in changes]
 
-    async def deliver_logged(self, events: Sequence[Logged], *, skip_sid: str | None) -> None:
+    async def deliver_logged(self, events: Sequence[LogEvent], *, skip_sid: str | None) -> None:
         """Fan logged events out like every other change (a failure never fails the request)."""
-        await self._deliver_logged(events, skip_sid=skip_sid)
+        await self._publisher.logged(events, skip_sid=skip_sid)
 
     async def ping_database(self) -> None:
         async with self._connection() as conn:
@@ -789,21 +735,20 @@ class _Cursor:
         return Page(items, token)
 
 
-def _change_event(change: Change, message: MessageRecord) -> tuple[str, dict[str, Any]]:
+def _change_event(change: Change, message: MessageRecord) -> MessageEvent:
     """The live event a log entry was delivered as (a message in its current state)."""
     if change.kind == "edited":
-        return "messageUpdated", message_json(message)
+        return MessageEdited(message)
     if change.kind == "deleted" and message.deleted_at is not None:
-        return "messageDeleted", deleted_event_json(message)
+        return MessageDeleted(message)
     if change.kind in ("reacted", "unreacted") and change.emoji is not None:
-        data = reaction_event_json(
+        return ReactionChanged(
             message,
             user_id=change.actor_id or "",
             emoji=change.emoji,
             active=change.kind == "reacted",
         )
-        return "messageReaction", data
-    return "newMessage", message_json(message)
+    return MessageSent(message)
 
 
 def _page_size(requested: int) -> int:

@@ -20,16 +20,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import store
 from messaging.connections import ConnectionsChecker
-from messaging.delivery import Delivery
 from messaging.errors import Forbidden, NotFound, ValidationFailed
+from messaging.events import ConversationChanged
 from messaging.outbox import Outbox, conversation_created, conversation_updated
 from messaging.payloads import conversation_json
+from messaging.publishing import Publisher
 from messaging.records import ConversationRecord
 from messaging.storage import groups as sql
 from messaging.storage import receipts as receipt_sql
@@ -56,7 +57,7 @@ class Groups:
         *,
         database: Database,
         connections: ConnectionsChecker,
-        delivery: Delivery,
+        publisher: Publisher,
         max_members: int,
         blocked: BlockCheck,
         events: Outbox | None = None,
@@ -65,7 +66,7 @@ class Groups:
         # Webhook events, recorded in each change's transaction (none configured: a no-op).
         self._events = events or Outbox([])
         self._connections = connections
-        self._delivery = delivery
+        self._publisher = publisher
         self._max_members = max_members
         self._blocked = blocked
 
@@ -283,14 +284,10 @@ class Groups:
         by: str,
         origin_sid: str | None,
     ) -> None:
-        data: dict[str, Any] = {
-            "conversation": conversation_json(conversation),
-            "change": {"type": change, "userIds": sorted(user_ids), "by": by},
-        }
-        try:
-            await self._delivery.to_users(
-                recipients, "conversationUpdated", data, skip_sid=origin_sid
-            )
-        except Exception:
-            # The change is committed; clients see it in listConversations.
-            log.exception("delivery failed", extra={"event": "conversationUpdated"})
+        # A failed fan-out is logged, not raised: the change is committed; clients see it in
+        # listConversations.
+        await self._publisher.to_users(
+            list(recipients),
+            ConversationChanged(conversation, change, tuple(user_ids), by),
+            skip_sid=origin_sid,
+        )

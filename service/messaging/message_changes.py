@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from messaging import outbox, store
 from messaging.chat import Chat
 from messaging.errors import Forbidden, NotFound, ValidationFailed
-from messaging.payloads import deleted_event_json, message_json, reaction_event_json
+from messaging.events import MessageDeleted, MessageEdited, ReactionChanged
 from messaging.records import Change, LogEntry, MessageRecord
 from messaging.storage import message_changes as change_store
 
@@ -87,7 +87,7 @@ class MessageChanges:
                 conn, "message.updated", outbox.message_updated(edited), at=at
             )
         await self._chat.deliver_logged(
-            self._chat.logged(changes, "messageUpdated", message_json(edited)),
+            self._chat.logged(changes, MessageEdited(edited)),
             skip_sid=origin_sid,
         )
         return edited
@@ -117,7 +117,7 @@ class MessageChanges:
             )
         await self._chat.purge_attachments(erased_files)
         await self._chat.deliver_logged(
-            self._chat.logged(changes, "messageDeleted", deleted_event_json(erased)),
+            self._chat.logged(changes, MessageDeleted(erased)),
             skip_sid=origin_sid,
         )
         return erased
@@ -160,10 +160,8 @@ class MessageChanges:
                 )
             [message] = await self._chat.fill(conn, [message])
         if changes:
-            data = reaction_event_json(message, user_id=user_id, emoji=emoji, active=active)
-            await self._chat.deliver_logged(
-                self._chat.logged(changes, "messageReaction", data), skip_sid=origin_sid
-            )
+            event = ReactionChanged(message, user_id=user_id, emoji=emoji, active=active)
+            await self._chat.deliver_logged(self._chat.logged(changes, event), skip_sid=origin_sid)
         return ReactionResult(message, changed)
 
     async def _visible(

@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
 )
 
+from messaging import events
 from messaging.errors import ValidationFailed
 from messaging.objectstore import SignedRequest
 from messaging.records import (
@@ -379,6 +380,46 @@ def conversation_json(conversation: ConversationRecord) -> dict[str, Any]:
         "createdBy": conversation.created_by,
         "createdAt": iso(conversation.created_at),
     }
+
+
+def socket_event(event: events.Event) -> tuple[str, dict[str, Any]]:
+    """A domain event as Socket.IO sends it: the event's name and its JSON (without the
+    ``syncToken``, which is per recipient: ``publishing.Publisher`` adds it)."""
+    data: dict[str, Any]
+    if isinstance(event, events.MessageSent):
+        name, data = "newMessage", message_json(event.message)
+    elif isinstance(event, events.MessageEdited):
+        name, data = "messageUpdated", message_json(event.message)
+    elif isinstance(event, events.MessageDeleted):
+        name, data = "messageDeleted", deleted_event_json(event.message)
+    elif isinstance(event, events.ReactionChanged):
+        name = "messageReaction"
+        data = reaction_event_json(
+            event.message, user_id=event.user_id, emoji=event.emoji, active=event.active
+        )
+    elif isinstance(event, events.StatusChanged):
+        name = "messageStatus"
+        data = {
+            "conversationId": str(event.conversation_id),
+            "messageIds": [str(m) for m in event.message_ids],
+            "status": event.status,
+            "userId": event.user_id,
+            "at": iso(event.at),
+        }
+    elif isinstance(event, events.Typing):
+        name = "typing"
+        data = {
+            "conversationId": str(event.conversation_id),
+            "userId": event.user_id,
+            "isTyping": event.is_typing,
+        }
+    else:
+        name = "conversationUpdated"
+        data = {
+            "conversation": conversation_json(event.conversation),
+            "change": {"type": event.change, "userIds": sorted(event.user_ids), "by": event.by},
+        }
+    return name, data
 
 
 # --- blocking and reports ----------------------------------------------------------------------

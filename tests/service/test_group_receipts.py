@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
+from messaging.publishing import Publisher
 from messaging.tables import read_marks, user_changes
 from tests.support.service import Device, RunningService, devices, unique
 
@@ -181,7 +182,8 @@ async def test_the_author_heals_a_missed_receipt_from_its_change_log(svc: Runnin
         sent = await a.ok("sendMessage", {"conversationId": group, "content": "hi"})
         await b.ok("markRead", {"conversationId": group, "upToMessageId": sent["id"]})
         await a.next("messageStatus")
-    events = await svc.service.chat.log_events(alice, 0)
+    publisher = Publisher(delivery=svc.service.delivery, cursor_key=svc.service.settings.cursor_key)
+    events = publisher.encode(await svc.service.chat.log_events(alice, 0))
     statuses = [e for e in events if e.event == "messageStatus"]
     assert [(e.data["userId"], e.data["status"], e.data["messageIds"]) for e in statuses] == [
         (bob, "read", [sent["id"]])
