@@ -63,6 +63,7 @@ from messaging.reports import Reports, reported_event
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
 from messaging.storage.reports import ReportRecord
+from messaging.transactions import Database
 from messaging.webhooks import Dispatcher, Policy
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,11 @@ class Service:
     async def check_readiness(self) -> Readiness:
         problems = []
         try:
-            await asyncio.wait_for(self.chat.ping_database(), CHECK_TIMEOUT_SECONDS)
+            await asyncio.wait_for(self.chat.database.ping_database(), CHECK_TIMEOUT_SECONDS)
             self.readiness.database = True
         except Exception as exc:  # whatever it is, the database did not answer: not ready
             self.readiness.database = False
-            self.chat.database_ok = False
+            self.chat.database.database_ok = False
             problems.append(f"database: {exc if isinstance(exc, MessagingError) else repr(exc)}")
         if self.redis is not None:
             try:
@@ -340,8 +341,9 @@ def build_service(settings: Settings) -> Service:
     )
     # The rules' domain events, encoded for Socket.IO and fanned out (publishing.py).
     publisher = Publisher(delivery=delivery, cursor_key=settings.cursor_key)
+    database = Database(engine)
     chat = Chat(
-        engine=engine,
+        database=database,
         connections=connections,
         publisher=publisher,
         presence=presence,
@@ -350,7 +352,7 @@ def build_service(settings: Settings) -> Service:
         blocks=blocks,
         attachments=attachments,
     )
-    blocks.use_database(connection=chat.connection, transaction=chat.transaction)
+    blocks.use_database(connection=database.connection, transaction=database.transaction)
 
     async def report_event(
         conn: AsyncConnection, report: ReportRecord, message: MessageRecord
@@ -360,7 +362,7 @@ def build_service(settings: Settings) -> Service:
         )
 
     # The report and its message.reported event commit together (reports.py).
-    reports = Reports(transaction=chat.transaction, on_reported=report_event)
+    reports = Reports(transaction=database.transaction, on_reported=report_event)
     webhooks = None
     if events.enabled:
         webhooks = Dispatcher(engine=engine, outbox=events, policy=Policy.from_settings(settings))
@@ -372,7 +374,7 @@ def build_service(settings: Settings) -> Service:
     # Group rules run in chat's transactions; a block either way keeps a user out of a group.
     chat.use_groups(
         Groups(
-            database=chat,
+            database=database,
             connections=connections,
             publisher=publisher,
             blocked=blocks.either_blocks,
@@ -500,7 +502,7 @@ def _add_probes(api: FastAPI, service: Service) -> None:
     async def readyz(response: Response) -> dict[str, Any]:
         """Ready for traffic: database and Redis reachable, and not draining."""
         state = service.readiness
-        ready = state.ready and service.chat.database_ok
+        ready = state.ready and service.chat.database.database_ok
         if not ready:
             response.status_code = 503
         problems = state.problems

@@ -8,19 +8,15 @@ committed; it is delivered to sockets after that, and a failed delivery never fa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from messaging import metrics, outbox, receipts, store
@@ -47,7 +43,6 @@ from messaging.events import (
 )
 from messaging.groups import Groups
 from messaging.ids import new_message_id
-from messaging.logs import describe_error
 from messaging.presence import Presence, PresenceInfo
 from messaging.publishing import Publisher
 from messaging.receipts import Receipts
@@ -60,6 +55,7 @@ from messaging.records import (
 )
 from messaging.storage import attachments as store_attachments
 from messaging.storage import message_changes as change_store
+from messaging.transactions import Database
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +87,7 @@ class Chat:
     def __init__(
         self,
         *,
-        engine: AsyncEngine,
+        database: Database,
         connections: ConnectionsChecker,
         publisher: Publisher,
         presence: Presence,
@@ -100,13 +96,14 @@ class Chat:
         events: outbox.Outbox | None = None,
         attachments: Attachments | None = None,
     ) -> None:
-        self._engine = engine
+        self.database = database
+        self._database = database
         # Webhook events, written in the transaction of each change (none configured: a no-op).
         self._outbox = events or outbox.Outbox([])
         # None when attachments are off (MESSAGING_ATTACHMENTS_BACKEND=off).
         self._attachments = attachments
         if attachments is not None:
-            attachments.use_connection(self._connection)
+            attachments.use_connection(database.connection)
         self._connections = connections
         self._blocks = blocks
         self._publisher = publisher
@@ -116,22 +113,16 @@ class Chat:
         self._conversations: OrderedDict[uuid.UUID, ConversationRecord] = OrderedDict()
         # On PostgreSQL the committer keeps its connection between close batches; SQLite has one
         # connection, which readers need too.
-        linger = 0.05 if engine.dialect.name == "postgresql" else 0.0
+        linger = 0.05 if database.engine.dialect.name == "postgresql" else 0.0
         self._committer = GroupCommitter(
-            self._connection,
+            database.connection,
             linger_seconds=linger,
             events=self._outbox.message_events if self._outbox.enabled else None,
         )
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        # False from the moment a request finds the database away until a ping succeeds:
-        # readiness turns at once, not at the next periodic check.
-        self.database_ok = True
         # Group rules (groups.py, receipts.py), wired by the app factory with ``use_groups``:
         # they run in this object's transactions.
         self._groups: Groups | None = None
-        self.receipts = Receipts(database=self)
+        self.receipts = Receipts(database=database)
 
     def use_groups(self, groups: Groups) -> None:
         self._groups = groups
@@ -144,7 +135,7 @@ class Chat:
 
     @property
     def engine(self) -> AsyncEngine:
-        return self._engine
+        return self._database.engine
 
     @property
     def outbox(self) -> outbox.Outbox:
@@ -158,57 +149,9 @@ class Chat:
 
     # --- transactions ----------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction whose database failures surface as ``UNAVAILABLE``."""
-        try:
-            with _database_errors():
-                async with self._engine.begin() as conn:
-                    yield conn
-        except Unavailable:
-            self.database_ok = False
-            raise
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        """A connection without an open transaction, for reads and for the group committer.
-
-        On PostgreSQL it is in autocommit, so a read, or a batch of new messages (one statement),
-        is one round trip instead of three (BEGIN, statement, COMMIT). A read of several
-        statements may see commits made between them, which every reader here tolerates. The
-        committer commits each batch itself (a no-op in autocommit, needed on SQLite).
-        """
-        try:
-            with _database_errors():
-                async with self._engine.connect() as conn:
-                    if self._engine.dialect.name == "postgresql":
-                        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    else:
-                        yield conn
-        except Unavailable:
-            self.database_ok = False
-            raise
-
-    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A connection for the feature modules' reads (failures surface as ``UNAVAILABLE``)."""
-        return self._connection()
-
-    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A transaction for the feature modules' writes (failures surface as ``UNAVAILABLE``)."""
-        return self._transaction()
-
-    def request_started(self) -> None:
-        """Count a request in flight, so a draining process can wait for them to finish."""
-        self._in_flight += 1
-        self._idle.clear()
-
-    def request_finished(self) -> None:
-        self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
-
     async def wait_idle(self) -> None:
-        await self._idle.wait()
+        """Until no request is in flight and the group committer has nothing pending."""
+        await self._database.wait_idle()
         await self._committer.wait_idle()
 
     # --- conversations -------------------------------------------------------------------------
@@ -219,7 +162,7 @@ class Chat:
         await self._blocks.check_may_message(user_id, other_user_id)
         if not await self._connections.is_connected(user_id, other_user_id):
             raise Forbidden("you can only message your first-degree connections")
-        async with self._transaction() as conn:
+        async with self._database.transaction() as conn:
             conversation, created = await store.get_or_create_conversation(
                 conn,
                 conversation_id=uuid.uuid4(),
@@ -247,7 +190,7 @@ class Chat:
         """
         conversation = self._conversations.get(conversation_id)
         if conversation is None:
-            async with self._connection() as conn:
+            async with self._database.connection() as conn:
                 conversation = await store.get_conversation(conn, conversation_id)
             if conversation is None:
                 raise NotFound("no such conversation")
@@ -270,7 +213,7 @@ class Chat:
     ) -> Page[ConversationSummary]:
         limit = _page_size(page_size)
         cursor = _Cursor(self._cursor_key, kind="conversations", scope=user_id)
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             rows = await store.list_conversations(
                 conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
             )
@@ -341,7 +284,7 @@ class Chat:
         """
         attachments = self._require_attachments()
         repeat = False
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             if new.client_message_id is not None:
                 repeat = await store_attachments.message_exists(
                     conn, author_id=new.author_id, client_message_id=new.client_message_id
@@ -354,7 +297,7 @@ class Chat:
                     conversation_id=new.conversation_id,
                     ids=attachment_ids,
                 )
-        async with self._transaction() as conn:
+        async with self._database.transaction() as conn:
             [(message, stored)] = await store.insert_messages(conn, [new])
             if stored:
                 if uploads is None:  # the original vanished since: cannot happen (tombstones)
@@ -368,7 +311,7 @@ class Chat:
                 )
         if stored and uploads is not None:
             return replace(message, attachments=await attachments.views(uploads)), True
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             [message] = await attachments.fill(conn, [message])
         return message, False
 
@@ -389,7 +332,7 @@ class Chat:
         """An upload slot for a participant: a row, and a presigned PUT of the object store."""
         attachments = self._require_attachments()
         await self._conversation_for(user_id, conversation_id)
-        async with self._transaction() as conn:
+        async with self._database.transaction() as conn:
             return await attachments.create_upload(
                 conn,
                 owner_id=user_id,
@@ -443,7 +386,7 @@ class Chat:
         self, user_id: str, message_ids: Sequence[uuid.UUID], *, origin_sid: str | None = None
     ) -> int:
         wanted = list(dict.fromkeys(message_ids))
-        async with self._transaction() as conn:
+        async with self._database.transaction() as conn:
             visible = await store.visible_messages(conn, user_id=user_id, message_ids=wanted)
             found = {m.id for m in visible}
             missing = [str(i) for i in wanted if i not in found]
@@ -490,7 +433,7 @@ class Chat:
         origin_sid: str | None = None,
     ) -> int:
         conversation, _ = await self._conversation_for(user_id, conversation_id)
-        async with self._transaction() as conn:
+        async with self._database.transaction() as conn:
             target = await store.get_message(conn, up_to_message_id)
             if target is None or target.conversation_id != conversation_id:
                 raise NotFound("no such message in this conversation")
@@ -574,13 +517,13 @@ class Chat:
     # --- the change log, for delivery's healing -----------------------------------------------
 
     async def log_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             return await store.log_heads(conn, user_ids)
 
     async def log_events(self, user_id: str, after: int) -> list[LogEvent]:
         """The events a device of ``user_id`` missed after ``after``, as they were sent live
         (a message with its current state; status runs as one messageStatus each)."""
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             rows = await store.changes_after(
                 conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
             )
@@ -622,7 +565,7 @@ class Chat:
     async def presence(self, user_id: str, user_ids: Sequence[str]) -> dict[str, PresenceInfo]:
         """Presence of the users the caller shares a conversation with; others are left out, and
         so are users the caller blocks or is blocked by (as if unknown)."""
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             shared = await store.users_sharing_a_conversation(
                 conn, user_id=user_id, candidates=user_ids
             )
@@ -641,7 +584,7 @@ class Chat:
         """
         if after is not None and since is not None:
             raise ValidationFailed("give `after` or `since`, not both")
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             if since is not None:
                 position = decode_sync_token(self._cursor_key, since, user_id=user_id)
                 rows = await store.changed_since(
@@ -682,7 +625,7 @@ class Chat:
         if conversation.kind == "group":  # a member sees messages from the moment it joined
             joined_at = (await self.groups.require_member(user_id, conversation_id)).joined_at
         cursor = _Cursor(self._cursor_key, kind="history", scope=str(conversation_id))
-        async with self._connection() as conn:
+        async with self._database.connection() as conn:
             rows = await store.history_page(
                 conn,
                 conversation_id=conversation_id,
@@ -702,11 +645,6 @@ class Chat:
     async def deliver_logged(self, events: Sequence[LogEvent], *, skip_sid: str | None) -> None:
         """Fan logged events out like every other change (a failure never fails the request)."""
         await self._publisher.logged(events, skip_sid=skip_sid)
-
-    async def ping_database(self) -> None:
-        async with self._connection() as conn:
-            await store.ping(conn)
-        self.database_ok = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -757,35 +695,3 @@ def _page_size(requested: int) -> int:
     if not 1 <= requested <= MAX_PAGE_SIZE:
         raise ValidationFailed(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
     return requested
-
-
-@contextmanager
-def _database_errors() -> Iterator[None]:
-    """Turn the database being unreachable, overloaded or restarting into ``UNAVAILABLE``."""
-    try:
-        yield
-    except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
-        if isinstance(exc, DBAPIError) and not is_unavailability(exc):
-            raise
-        log.warning("database unavailable", extra={"error": describe_error(exc)})
-        raise Unavailable("the database is unavailable; try again") from exc
-
-
-# SQLSTATE classes and codes that mean "not now" rather than "never": connection exceptions,
-# insufficient resources (too many connections), operator intervention (admin shutdown, crash
-# shutdown, cannot connect now, statement cancelled), and a transaction that lost a race
-# (serialization failure, deadlock, lock not available) which a retry resolves.
-_RETRYABLE_CLASSES = ("08", "53", "57")
-_RETRYABLE_STATES = ("40001", "40P01", "55P03")
-
-
-def is_unavailability(exc: DBAPIError) -> bool:
-    """Whether a database error says the database is away or busy (retryable), not a bug."""
-    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    orig = exc.orig
-    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if isinstance(state, str) and (state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_STATES):
-        return True
-    cause = getattr(orig, "__cause__", None)
-    return isinstance(orig, (OSError, TimeoutError)) or isinstance(cause, (OSError, TimeoutError))

@@ -18,9 +18,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
-from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,20 +33,13 @@ from messaging.records import ConversationRecord
 from messaging.storage import groups as sql
 from messaging.storage import receipts as receipt_sql
 from messaging.storage.groups import Member
+from messaging.transactions import Database
 
 log = logging.getLogger(__name__)
 
 # Who among ``others`` blocks ``user_id`` or is blocked by it, in one query
 # (``Blocks.either_blocks``; passed in so the group rules need not know the cache).
 BlockCheck = Callable[[str, Sequence[str]], Awaitable[AbstractSet[str]]]
-
-
-class Database(Protocol):
-    """Chat's transactions (database errors surface as ``UNAVAILABLE`` and turn readiness)."""
-
-    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
-
-    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
 
 
 class Groups:

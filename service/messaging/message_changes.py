@@ -61,7 +61,7 @@ class MessageChanges:
     ) -> MessageRecord:
         """Replace a message's content; the answer is the message with ``editedAt`` set."""
         at = datetime.now(UTC)
-        async with self._chat.transaction() as conn:
+        async with self._chat.database.transaction() as conn:
             message = await self._visible(conn, message_id, user_id)
             if message.author_id != user_id:
                 raise Forbidden("only the author can edit a message")
@@ -97,7 +97,7 @@ class MessageChanges:
     ) -> MessageRecord:
         """Erase a message's content and reactions, leaving a tombstone; the same answer twice."""
         at = datetime.now(UTC)
-        async with self._chat.transaction() as conn:
+        async with self._chat.database.transaction() as conn:
             message = await self._visible(conn, message_id, user_id)
             if message.author_id != user_id:
                 raise Forbidden("only the author can delete a message")
@@ -133,7 +133,7 @@ class MessageChanges:
     ) -> ReactionResult:
         """Add (``active``) or remove the caller's ``emoji`` on a message; idempotent."""
         at = datetime.now(UTC)
-        async with self._chat.transaction() as conn:
+        async with self._chat.database.transaction() as conn:
             message = await self._visible(conn, message_id, user_id)
             if message.deleted_at is not None:
                 raise Forbidden("a deleted message cannot be reacted to")

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -29,10 +27,7 @@ from messaging.errors import Forbidden, NotFound
 from messaging.records import Change, LogEntry, MessageRecord, Receipt
 from messaging.storage import groups as group_sql
 from messaging.storage import receipts as sql
-
-
-class Database(Protocol):
-    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+from messaging.transactions import Database
 
 
 async def mark_delivered(

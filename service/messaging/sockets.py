@@ -290,7 +290,7 @@ class SocketEvents:
             context = {"request_id": new_request_id(), "sid": sid, "event": event}
             if user_id is not None:
                 context["user"] = self._user_hashes.get(sid) or user_hash(user_id)
-            chat.request_started()
+            chat.database.request_started()
             try:
                 with log_context(**context):
                     if user_id is None:
@@ -317,7 +317,7 @@ class SocketEvents:
                         log.warning("%s failed: %s", event, error.message)
                 return error.to_ack()
             finally:
-                chat.request_finished()
+                chat.database.request_finished()
                 seconds.observe(time.perf_counter() - started)
 
         return endpoint

@@ -377,13 +377,13 @@ async def test_an_answer_read_before_a_block_is_never_cached_after_it(svc: Runni
 
     @contextlib.asynccontextmanager
     async def connection_then_a_block() -> AsyncIterator[AsyncConnection]:
-        async with chat.connection() as conn:
+        async with chat.database.connection() as conn:
             yield conn
         if race.pop("armed", False):
             # The check has read "no block"; before it can cache that, the block commits.
             await blocks.block(alice, bob)
 
-    blocks.use_database(connection=connection_then_a_block, transaction=chat.transaction)
+    blocks.use_database(connection=connection_then_a_block, transaction=chat.database.transaction)
     first = await blocks.relation(bob, alice)
     second = await blocks.relation(bob, alice)
     assert not first.any  # read before the block committed

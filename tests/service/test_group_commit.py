@@ -38,7 +38,7 @@ async def test_sends_arriving_together_commit_in_few_transactions(svc: RunningSe
             batches.append(len(self._pending))
             await super()._drain()
 
-    committer = Counting(chat._connection)
+    committer = Counting(chat.database.connection)
     results = await asyncio.gather(
         *(committer.commit(_message(conversation, alice)) for _ in range(50))
     )
@@ -53,7 +53,7 @@ async def test_sends_arriving_together_commit_in_few_transactions(svc: RunningSe
 
 async def test_duplicates_inside_one_batch_are_stored_once(svc: RunningService) -> None:
     conversation, alice = await _conversation(svc)
-    committer = GroupCommitter(svc.service.chat._connection)
+    committer = GroupCommitter(svc.service.chat.database.connection)
     results = await asyncio.gather(
         *(committer.commit(_message(conversation, alice, key="same")) for _ in range(5))
     )
@@ -63,7 +63,7 @@ async def test_duplicates_inside_one_batch_are_stored_once(svc: RunningService) 
 
 async def test_a_saturated_queue_refuses_with_rate_limited(svc: RunningService) -> None:
     conversation, alice = await _conversation(svc)
-    committer = GroupCommitter(svc.service.chat._connection, max_pending=5)
+    committer = GroupCommitter(svc.service.chat.database.connection, max_pending=5)
     outcomes = await asyncio.gather(
         *(committer.commit(_message(conversation, alice)) for _ in range(8)),
         return_exceptions=True,
@@ -80,7 +80,7 @@ async def test_a_batch_refused_for_one_rows_data_fails_only_that_rows_sender(
     """What the database refuses in one message (a missing conversation; on PostgreSQL a NUL
     character, which validation normally keeps out) fails that send, not its batch-mates."""
     conversation, alice = await _conversation(svc)
-    committer = GroupCommitter(svc.service.chat._connection)
+    committer = GroupCommitter(svc.service.chat.database.connection)
     bad = [_message(str(uuid.uuid4()), alice)]  # violates the foreign key
     if svc.backend == "postgres":
         message_id, created_at = new_message_id()

@@ -141,11 +141,11 @@ async def test_the_reported_hook_runs_inside_the_reports_transaction(svc: Runnin
     async def fail(conn: AsyncConnection, report: ReportRecord, msg: MessageRecord) -> None:
         raise RuntimeError("the outbox is broken")
 
-    reports = Reports(transaction=svc.service.chat.transaction, on_reported=record)
+    reports = Reports(transaction=svc.service.chat.database.transaction, on_reported=record)
     report = await reports.report(bob, message_id=uuid.UUID(message), reason="spam", note="n")
     await reports.report(bob, message_id=uuid.UUID(message), reason="spam", note="n")  # a repeat
 
-    failing = Reports(transaction=svc.service.chat.transaction, on_reported=fail)
+    failing = Reports(transaction=svc.service.chat.database.transaction, on_reported=fail)
     svc.connect_users((carol, alice))
     async with devices(svc, carol) as [c]:
         conversation = await open_conversation(svc, c, alice)

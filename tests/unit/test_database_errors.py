@@ -7,7 +7,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from messaging.chat import is_unavailability
+from messaging.transactions import is_unavailability
 
 RETRYABLE = [
     asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down

@@ -1,0 +1,131 @@
+"""The transaction policy, in one place: how the rules reach the database.
+
+Every read and write of the rules goes through ``Database.connection()`` (autocommit reads, the
+group committer's batches) or ``Database.transaction()``; both turn the database being away,
+overloaded or restarting into ``UNAVAILABLE`` (``is_unavailability`` says which errors mean
+"not now"), and flip ``database_ok`` so readiness turns at once rather than at the next check.
+The drain counter lives here too: requests in flight, so a draining process waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from messaging import store
+from messaging.errors import Unavailable
+from messaging.logs import describe_error
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """Connections and transactions over one engine, and the requests in flight."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # False from the moment a request finds the database away until a ping succeeds:
+        # readiness turns at once, not at the next periodic check.
+        self.database_ok = True
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction whose database failures surface as ``UNAVAILABLE``."""
+        try:
+            with _database_errors():
+                async with self._engine.begin() as conn:
+                    yield conn
+        except Unavailable:
+            self.database_ok = False
+            raise
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection without an open transaction, for reads and for the group committer.
+
+        On PostgreSQL it is in autocommit, so a read, or a batch of new messages (one statement),
+        is one round trip instead of three (BEGIN, statement, COMMIT). A read of several
+        statements may see commits made between them, which every reader here tolerates. The
+        committer commits each batch itself (a no-op in autocommit, needed on SQLite).
+        """
+        try:
+            with _database_errors():
+                async with self._engine.connect() as conn:
+                    if self._engine.dialect.name == "postgresql":
+                        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    else:
+                        yield conn
+        except Unavailable:
+            self.database_ok = False
+            raise
+
+    def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for the feature modules' reads (failures surface as ``UNAVAILABLE``)."""
+        return self._connection()
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A transaction for the feature modules' writes (failures surface as ``UNAVAILABLE``)."""
+        return self._transaction()
+
+    def request_started(self) -> None:
+        """Count a request in flight, so a draining process can wait for them to finish."""
+        self._in_flight += 1
+        self._idle.clear()
+
+    def request_finished(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def ping_database(self) -> None:
+        async with self._connection() as conn:
+            await store.ping(conn)
+        self.database_ok = True
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Turn the database being unreachable, overloaded or restarting into ``UNAVAILABLE``."""
+    try:
+        yield
+    except (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout) as exc:
+        if isinstance(exc, DBAPIError) and not is_unavailability(exc):
+            raise
+        log.warning("database unavailable", extra={"error": describe_error(exc)})
+        raise Unavailable("the database is unavailable; try again") from exc
+
+
+# SQLSTATE classes and codes that mean "not now" rather than "never": connection exceptions,
+# insufficient resources (too many connections), operator intervention (admin shutdown, crash
+# shutdown, cannot connect now, statement cancelled), and a transaction that lost a race
+# (serialization failure, deadlock, lock not available) which a retry resolves.
+_RETRYABLE_CLASSES = ("08", "53", "57")
+_RETRYABLE_STATES = ("40001", "40P01", "55P03")
+
+
+def is_unavailability(exc: DBAPIError) -> bool:
+    """Whether a database error says the database is away or busy (retryable), not a bug."""
+    if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str) and (state[:2] in _RETRYABLE_CLASSES or state in _RETRYABLE_STATES):
+        return True
+    cause = getattr(orig, "__cause__", None)
+    return isinstance(orig, (OSError, TimeoutError)) or isinstance(cause, (OSError, TimeoutError))
