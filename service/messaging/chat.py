@@ -12,22 +12,19 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from messaging import metrics, outbox, receipts, store
+from messaging import metrics, outbox, pages, receipts, store
 from messaging.attachments import Attachments, NewUpload
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
 from messaging.cursor import (
-    decode_page_token,
     decode_sync_token,
-    encode_page_token,
     encode_sync_token,
 )
 from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
@@ -59,19 +56,8 @@ from messaging.transactions import Database
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 50
 HEAL_PAGE = 200
-MAX_PAGE_SIZE = 100
 CONVERSATION_CACHE_SIZE = 100_000
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    next_page_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +196,9 @@ class Chat:
 
     async def list_conversations(
         self, user_id: str, *, page_size: int, page_token: str
-    ) -> Page[ConversationSummary]:
-        limit = _page_size(page_size)
-        cursor = _Cursor(self._cursor_key, kind="conversations", scope=user_id)
+    ) -> pages.Page[ConversationSummary]:
+        limit = pages.page_size(page_size)
+        cursor = pages.PageCursor(self._cursor_key, kind="conversations", scope=user_id)
         async with self._database.connection() as conn:
             rows = await store.list_conversations(
                 conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
@@ -617,14 +603,14 @@ class Chat:
 
     async def history(
         self, user_id: str, *, conversation_id: uuid.UUID, page_size: int, page_token: str
-    ) -> Page[MessageRecord]:
+    ) -> pages.Page[MessageRecord]:
         """A page of a conversation's messages, newest first."""
-        limit = _page_size(page_size)
+        limit = pages.page_size(page_size)
         conversation, _ = await self._conversation_for(user_id, conversation_id)
         joined_at = None
         if conversation.kind == "group":  # a member sees messages from the moment it joined
             joined_at = (await self.groups.require_member(user_id, conversation_id)).joined_at
-        cursor = _Cursor(self._cursor_key, kind="history", scope=str(conversation_id))
+        cursor = pages.PageCursor(self._cursor_key, kind="history", scope=str(conversation_id))
         async with self._database.connection() as conn:
             rows = await store.history_page(
                 conn,
@@ -647,32 +633,6 @@ class Chat:
         await self._publisher.logged(events, skip_sid=skip_sid)
 
 
-@dataclass(frozen=True, slots=True)
-class _Cursor:
-    """Page tokens for one paged list (a conversation's history, a user's conversations)."""
-
-    key: bytes
-    kind: str
-    scope: str
-
-    def decode(self, token: str) -> tuple[datetime, uuid.UUID] | None:
-        if not token:
-            return None
-        return decode_page_token(self.key, token, kind=self.kind, scope=self.scope)
-
-    def page(
-        self, rows: list[T], limit: int, position: Callable[[T], tuple[datetime, uuid.UUID]]
-    ) -> Page[T]:
-        """``rows`` were fetched with ``limit + 1``: one more means another page follows."""
-        items, token = rows[:limit], ""
-        if len(rows) > limit:
-            at, row_id = position(items[-1])
-            token = encode_page_token(
-                self.key, kind=self.kind, scope=self.scope, at=at, row_id=row_id
-            )
-        return Page(items, token)
-
-
 def _change_event(change: Change, message: MessageRecord) -> MessageEvent:
     """The live event a log entry was delivered as (a message in its current state)."""
     if change.kind == "edited":
@@ -687,11 +647,3 @@ def _change_event(change: Change, message: MessageRecord) -> MessageEvent:
             active=change.kind == "reacted",
         )
     return MessageSent(message)
-
-
-def _page_size(requested: int) -> int:
-    if requested == 0:
-        return DEFAULT_PAGE_SIZE
-    if not 1 <= requested <= MAX_PAGE_SIZE:
-        raise ValidationFailed(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-    return requested
