@@ -41,6 +41,7 @@ from messaging.auth import TokenVerifier
 from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
+from messaging.conversation_cache import ConversationCache
 from messaging.delivery import Delivery, Logged
 from messaging.demo import add_demo_client
 from messaging.errors import MessagingError
@@ -351,6 +352,7 @@ def build_service(settings: Settings) -> Service:
         events=events,
         blocks=blocks,
         attachments=attachments,
+        cache=ConversationCache(),
     )
     blocks.use_database(connection=database.connection, transaction=database.transaction)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from messaging.attachments import Attachments, NewUpload
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
+from messaging.conversation_cache import ConversationCache
 from messaging.cursor import (
     decode_sync_token,
     encode_sync_token,
@@ -57,7 +57,6 @@ from messaging.transactions import Database
 log = logging.getLogger(__name__)
 
 HEAL_PAGE = 200
-CONVERSATION_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +78,7 @@ class Chat:
         presence: Presence,
         cursor_key: bytes,
         blocks: Blocks,
+        cache: ConversationCache,
         events: outbox.Outbox | None = None,
         attachments: Attachments | None = None,
     ) -> None:
@@ -95,8 +95,7 @@ class Chat:
         self._publisher = publisher
         self._presence = presence
         self._cursor_key = cursor_key
-        # Conversations never change once created (a pair, a creation time), so they are cached.
-        self._conversations: OrderedDict[uuid.UUID, ConversationRecord] = OrderedDict()
+        self._conversations = cache
         # On PostgreSQL the committer keeps its connection between close batches; SQLite has one
         # connection, which readers need too.
         linger = 0.05 if database.engine.dialect.name == "postgresql" else 0.0
@@ -163,7 +162,7 @@ class Chat:
                     outbox.conversation_created(conversation),
                     at=conversation.created_at,
                 )
-        self._remember(conversation)
+        self._conversations.remember(conversation)
         return conversation
 
     async def _conversation_for(
@@ -180,7 +179,7 @@ class Chat:
                 conversation = await store.get_conversation(conn, conversation_id)
             if conversation is None:
                 raise NotFound("no such conversation")
-            self._remember(conversation)
+            self._conversations.remember(conversation)
         if conversation.kind == "group":
             await self.groups.require_member(user_id, conversation_id)
             return conversation, ""
@@ -188,11 +187,6 @@ class Chat:
             raise Forbidden("you are not a participant of this conversation")
         low, high = conversation.participant_ids
         return conversation, high if user_id == low else low
-
-    def _remember(self, conversation: ConversationRecord) -> None:
-        self._conversations[conversation.id] = conversation
-        if len(self._conversations) > CONVERSATION_CACHE_SIZE:
-            self._conversations.popitem(last=False)
 
     async def list_conversations(
         self, user_id: str, *, page_size: int, page_token: str
@@ -400,10 +394,10 @@ class Chat:
         self, conn: AsyncConnection, conversation_ids: set[uuid.UUID]
     ) -> set[uuid.UUID]:
         """Which of these conversations are groups (a conversation's kind never changes)."""
-        for conversation_id in conversation_ids - self._conversations.keys():
+        for conversation_id in self._conversations.unknown(conversation_ids):
             conversation = await store.get_conversation(conn, conversation_id)
             if conversation is not None:
-                self._remember(conversation)
+                self._conversations.remember(conversation)
         return {
             c
             for c in conversation_ids
