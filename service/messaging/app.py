@@ -42,12 +42,14 @@ from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
 from messaging.conversation_cache import ConversationCache
+from messaging.conversations import Conversations
 from messaging.delivery import Delivery, Logged
 from messaging.demo import add_demo_client
 from messaging.errors import MessagingError
 from messaging.groups import Groups
 from messaging.grpc_api import GRPC_METHODS, GrpcServer, ServerTls
 from messaging.message_changes import MessageChanges
+from messaging.messages import Messages
 from messaging.objectstore import (
     LOCAL_ROUTE,
     LocalObjectStore,
@@ -59,12 +61,14 @@ from messaging.outbox import Outbox
 from messaging.presence import Presence
 from messaging.publishing import Publisher
 from messaging.ratelimit import RateLimiter
+from messaging.receipts import Receipts
 from messaging.records import MessageRecord
 from messaging.reports import Reports, reported_event
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
 from messaging.storage.reports import ReportRecord
 from messaging.transactions import Database
+from messaging.views import MessageViews
 from messaging.webhooks import Dispatcher, Policy
 
 log = logging.getLogger(__name__)
@@ -343,16 +347,49 @@ def build_service(settings: Settings) -> Service:
     # The rules' domain events, encoded for Socket.IO and fanned out (publishing.py).
     publisher = Publisher(delivery=delivery, cursor_key=settings.cursor_key)
     database = Database(engine)
-    chat = Chat(
+    # A block either way keeps a user out of a group; group rules run in the same transactions.
+    groups = Groups(
         database=database,
         connections=connections,
         publisher=publisher,
+        blocked=blocks.either_blocks,
+        max_members=settings.group_max_members,
+        events=events,
+    )
+    views = MessageViews(attachments=attachments)
+    conversations = Conversations(
+        database=database,
+        connections=connections,
+        blocks=blocks,
+        groups=groups,
         presence=presence,
+        publisher=publisher,
+        views=views,
+        cache=ConversationCache(),
         cursor_key=settings.cursor_key,
         events=events,
+    )
+    messages = Messages(
+        database=database,
+        conversations=conversations,
+        groups=groups,
+        connections=connections,
         blocks=blocks,
+        publisher=publisher,
+        views=views,
+        cursor_key=settings.cursor_key,
+        events=events,
         attachments=attachments,
-        cache=ConversationCache(),
+    )
+    chat = Chat(
+        database=database,
+        conversations=conversations,
+        messages=messages,
+        views=views,
+        groups=groups,
+        receipts=Receipts(database=database),
+        blocks=blocks,
+        outbox=events,
     )
     blocks.use_database(connection=database.connection, transaction=database.transaction)
 
@@ -370,20 +407,9 @@ def build_service(settings: Settings) -> Service:
         webhooks = Dispatcher(engine=engine, outbox=events, policy=Policy.from_settings(settings))
 
     async def log_events(user_id: str, after: int) -> list[Logged]:
-        return publisher.encode(await chat.log_events(user_id, after))
+        return publisher.encode(await messages.log_events(user_id, after))
 
-    delivery.use_log(heads=chat.log_heads, events=log_events)
-    # Group rules run in chat's transactions; a block either way keeps a user out of a group.
-    chat.use_groups(
-        Groups(
-            database=database,
-            connections=connections,
-            publisher=publisher,
-            blocked=blocks.either_blocks,
-            max_members=settings.group_max_members,
-            events=events,
-        )
-    )
+    delivery.use_log(heads=messages.log_heads, events=log_events)
     changes = MessageChanges(chat=chat, edit_window_seconds=settings.edit_window_seconds)
     limiter = RateLimiter(
         settings.rate_limit_budgets,

@@ -146,7 +146,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def GetMessageHistory(
         self, request: pb.GetMessageHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetMessageHistoryResponse:
-        page = await self._chat.history(
+        page = await self._chat.messages.history(
             caller(),
             conversation_id=_uuid(request.conversation_id, "conversation_id"),
             page_size=request.page_size,
@@ -159,7 +159,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListConversationsResponse:
-        page = await self._chat.list_conversations(
+        page = await self._chat.conversations.list_conversations(
             caller(), page_size=request.page_size, page_token=request.page_token
         )
         return pb.ListConversationsResponse(
@@ -197,7 +197,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
             )
         # The socket event's rules (length, no NUL or control characters, not blank).
         other = parse(CreateConversation, {"participantId": request.participant_id}).participant_id
-        return conversation_pb(await self._chat.create_conversation(caller(), other))
+        return conversation_pb(await self._chat.conversations.create_conversation(caller(), other))
 
     # Each of these validates with the socket event's model (same bounds and text rules) and
     # calls the same rules; changes are fanned out to every device of every participant, the
@@ -214,7 +214,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
         if request.client_message_id:
             fields["clientMessageId"] = request.client_message_id
         parsed = parse(SendMessage, fields)
-        message = await self._chat.send_message(
+        message = await self._chat.messages.send_message(
             caller(),
             conversation_id=parsed.conversation_id,
             content=parsed.content,
@@ -263,7 +263,7 @@ class MessagingServicer(pb_grpc.MessagingServiceServicer):
             MarkRead,
             {"conversationId": request.conversation_id, "upToMessageId": request.up_to_message_id},
         )
-        updated = await self._chat.mark_read(
+        updated = await self._chat.messages.mark_read(
             caller(),
             conversation_id=parsed.conversation_id,
             up_to_message_id=parsed.up_to_message_id,

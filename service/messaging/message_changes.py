@@ -73,7 +73,7 @@ class MessageChanges:
                     details={"editWindowSeconds": int(self._edit_window.total_seconds())},
                 )
             if message.edited_at is not None and message.content == content:
-                [same] = await self._chat.fill(conn, [message])
+                [same] = await self._chat.views.fill(conn, [message])
                 return same  # a retry of the last edit: nothing changes
             edited = await change_store.replace_content(
                 conn, message_id=message_id, content=content, at=at
@@ -81,13 +81,13 @@ class MessageChanges:
             changes = await store.append_changes(
                 conn, [LogEntry(message.conversation_id, message_id, "edited", user_id, at)]
             )
-            [edited] = await self._chat.fill(conn, [edited])
+            [edited] = await self._chat.views.fill(conn, [edited])
             # Its webhook event commits with the edit or not at all (docs/webhooks.md).
             await self._chat.outbox.record(
                 conn, "message.updated", outbox.message_updated(edited), at=at
             )
-        await self._chat.deliver_logged(
-            self._chat.logged(changes, MessageEdited(edited)),
+        await self._chat.messages.deliver_logged(
+            self._chat.messages.logged(changes, MessageEdited(edited)),
             skip_sid=origin_sid,
         )
         return edited
@@ -105,7 +105,7 @@ class MessageChanges:
                 return message  # deleted already: the same answer, nothing logged again
             erased = await change_store.erase(conn, message_id=message_id, at=at)
             # Its files go with it: erased in this transaction, their objects deleted after it.
-            erased_files = await self._chat.erase_attachments(conn, [message_id])
+            erased_files = await self._chat.messages.erase_attachments(conn, [message_id])
             changes = await store.append_changes(
                 conn, [LogEntry(message.conversation_id, message_id, "deleted", user_id, at)]
             )
@@ -115,9 +115,9 @@ class MessageChanges:
                 outbox.message_deleted(message, deleted_by=user_id, deleted_at=at),
                 at=at,
             )
-        await self._chat.purge_attachments(erased_files)
-        await self._chat.deliver_logged(
-            self._chat.logged(changes, MessageDeleted(erased)),
+        await self._chat.messages.purge_attachments(erased_files)
+        await self._chat.messages.deliver_logged(
+            self._chat.messages.logged(changes, MessageDeleted(erased)),
             skip_sid=origin_sid,
         )
         return erased
@@ -158,10 +158,12 @@ class MessageChanges:
                     conn,
                     [LogEntry(message.conversation_id, message_id, kind, user_id, at, emoji)],
                 )
-            [message] = await self._chat.fill(conn, [message])
+            [message] = await self._chat.views.fill(conn, [message])
         if changes:
             event = ReactionChanged(message, user_id=user_id, emoji=emoji, active=active)
-            await self._chat.deliver_logged(self._chat.logged(changes, event), skip_sid=origin_sid)
+            await self._chat.messages.deliver_logged(
+                self._chat.messages.logged(changes, event), skip_sid=origin_sid
+            )
         return ReactionResult(message, changed)
 
     async def _visible(

@@ -336,12 +336,14 @@ class SocketEvents:
             )
             return conversation_json(created)
         request = parse(CreateConversation, payload)
-        conversation = await self._chat.create_conversation(user_id, request.participant_id)
+        conversation = await self._chat.conversations.create_conversation(
+            user_id, request.participant_id
+        )
         return conversation_json(conversation)
 
     async def _send_message(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(SendMessage, payload)
-        message = await self._chat.send_message(
+        message = await self._chat.messages.send_message(
             user_id,
             conversation_id=request.conversation_id,
             content=request.content,
@@ -353,7 +355,7 @@ class SocketEvents:
 
     async def _create_upload(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(CreateUpload, payload)
-        upload = await self._chat.create_upload(
+        upload = await self._chat.messages.create_upload(
             user_id,
             conversation_id=request.conversation_id,
             file_name=request.file_name,
@@ -364,12 +366,14 @@ class SocketEvents:
 
     async def _mark_delivered(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(MarkDelivered, payload)
-        updated = await self._chat.mark_delivered(user_id, request.message_ids, origin_sid=sid)
+        updated = await self._chat.messages.mark_delivered(
+            user_id, request.message_ids, origin_sid=sid
+        )
         return {"updated": updated}
 
     async def _mark_read(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(MarkRead, payload)
-        updated = await self._chat.mark_read(
+        updated = await self._chat.messages.mark_read(
             user_id,
             conversation_id=request.conversation_id,
             up_to_message_id=request.up_to_message_id,
@@ -379,7 +383,7 @@ class SocketEvents:
 
     async def _typing(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(Typing, payload)
-        await self._chat.typing(
+        await self._chat.conversations.typing(
             user_id,
             conversation_id=request.conversation_id,
             is_typing=request.is_typing,
@@ -389,7 +393,7 @@ class SocketEvents:
 
     async def _get_presence(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(GetPresence, payload)
-        found = await self._chat.presence(user_id, request.user_ids)
+        found = await self._chat.conversations.presence(user_id, request.user_ids)
         return {
             "presence": {
                 uid: {
@@ -402,7 +406,7 @@ class SocketEvents:
 
     async def _sync_messages(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(SyncMessages, payload if payload is not None else {})
-        page = await self._chat.sync(
+        page = await self._chat.messages.sync(
             user_id, after=request.after, since=request.since, limit=request.limit
         )
         reply: dict[str, Any] = {
@@ -470,7 +474,7 @@ class SocketEvents:
     async def _list_conversations(self, user_id: str, sid: str, payload: Any) -> Any:
         # A thin call into the one implementation gRPC ListConversations also uses.
         request = parse(ListConversations, payload if payload is not None else {})
-        page = await self._chat.list_conversations(
+        page = await self._chat.conversations.list_conversations(
             user_id, page_size=request.limit, page_token=request.page_token or ""
         )
         return {
@@ -480,7 +484,7 @@ class SocketEvents:
 
     async def _get_message_history(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(GetMessageHistory, payload)
-        page = await self._chat.history(
+        page = await self._chat.messages.history(
             user_id,
             conversation_id=request.conversation_id,
             page_size=request.limit,

@@ -183,7 +183,7 @@ async def test_the_author_heals_a_missed_receipt_from_its_change_log(svc: Runnin
         await b.ok("markRead", {"conversationId": group, "upToMessageId": sent["id"]})
         await a.next("messageStatus")
     publisher = Publisher(delivery=svc.service.delivery, cursor_key=svc.service.settings.cursor_key)
-    events = publisher.encode(await svc.service.chat.log_events(alice, 0))
+    events = publisher.encode(await svc.service.chat.messages.log_events(alice, 0))
     statuses = [e for e in events if e.event == "messageStatus"]
     assert [(e.data["userId"], e.data["status"], e.data["messageIds"]) for e in statuses] == [
         (bob, "read", [sent["id"]])

@@ -206,7 +206,7 @@ async def test_unicode_content_round_trips_exactly(svc: RunningService) -> None:
 
 async def test_an_internal_error_is_reported_without_a_stack_trace(svc: RunningService) -> None:
     alice, bob = await _pair(svc)
-    chat = svc.service.chat
+    chat = svc.service.chat.messages
 
     async def broken(*_: object, **__: object) -> None:
         raise RuntimeError("secret internals: password=hunter2")
