@@ -24,7 +24,7 @@ What it does (issue 3's benchmark; target: p99 under 10 ms for a 50-message page
    cached page), and every response is checked: 50 messages, the first one the expected id.
 4. Measures, per depth: gRPC latency sequentially (one client) and with 8 concurrent clients
    (one channel each), with the service process's CPU per request; the same read done
-   in-process through ``store.history_page`` on an engine built like the service's
+   in-process through ``storage.messages.history_page`` on an engine built like the service's
    (``db.create_engine``: pool_pre_ping, a transaction per read), the same on an AUTOCOMMIT
    connection without pre-ping (one round trip), and the bare SQL statement on a raw asyncpg
    connection (see ``StoreReads``). A Health.Check loop gives gRPC's floor. Prints EXPLAIN
@@ -64,7 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bench import cluster
 from bench.servers import ServerError
-from messaging import db, store
+from messaging import db
 from messaging.auth import mint_token
 from messaging.bench.accounting import LatencySummary
 from messaging.cursor import encode_page_token
@@ -72,6 +72,7 @@ from messaging.ids import uuid7_at
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.settings import Settings
+from messaging.storage import messages as message_sql
 
 PAGE_SIZE = 50
 TARGET_P99_MS = 10.0
@@ -408,11 +409,12 @@ class StoreReads:
     """The service's read done in-process, and two leaner ways to send the same statement.
 
     ``service``: an engine built like the service's (``db.create_engine``: pool_pre_ping), one
-    transaction per read (``engine.begin()``, as ``Chat._transaction``), ``store.history_page``.
-    On PostgreSQL that is five round trips: the pre-ping's BEGIN and ROLLBACK, then BEGIN,
-    the SELECT, COMMIT. ``one_round_trip``: the same ``store.history_page`` on an AUTOCOMMIT
-    connection without pre-ping (only the SELECT). ``raw``: the captured statement, prepared
-    once, on a bare asyncpg connection (no SQLAlchemy at all).
+    transaction per read (``engine.begin()``, as ``Database.transaction``),
+    ``storage.messages.history_page``. On PostgreSQL that is five round trips: the pre-ping's
+    BEGIN and ROLLBACK, then BEGIN, the SELECT, COMMIT. ``one_round_trip``: the same
+    ``storage.messages.history_page`` on an AUTOCOMMIT connection without pre-ping (only the
+    SELECT). ``raw``: the captured statement, prepared once, on a bare asyncpg connection (no
+    SQLAlchemy at all).
     """
 
     def __init__(self, settings: Settings, dataset: Dataset) -> None:
@@ -441,11 +443,11 @@ class StoreReads:
         await self.lean.dispose()
 
     async def _page(self, conn: AsyncConnection, before: Before) -> None:
-        rows = await store.history_page(
+        rows = await message_sql.history_page(
             conn, conversation_id=self.dataset.conversation_id, limit=PAGE_SIZE + 1, before=before
         )
         if not rows:
-            raise Mismatch("store.history_page returned nothing")
+            raise Mismatch("message_sql.history_page returned nothing")
 
     async def service_page(self, before: Before) -> None:
         async with self.engine.begin() as conn:

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 CHANGED_CHANNEL = "blocks:changed"
 TTL_JITTER = 0.2
-# What a blocked user is told: exactly what a user who is not a connection is told (chat.py).
+# What a blocked user is told: exactly what a user who is not a connection is told
+# (conversations.py, messages.py).
 NOT_A_CONNECTION = "you can only message your first-degree connections"
 YOU_BLOCK = "you have blocked this user; unblock them first"
 

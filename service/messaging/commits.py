@@ -24,10 +24,11 @@ from contextlib import AbstractAsyncContextManager
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import metrics, store
+from messaging import metrics
 from messaging.errors import RateLimited
 from messaging.records import MessageRecord, NewMessage
-from messaging.store import BatchEvents
+from messaging.storage import messages as message_sql
+from messaging.storage.messages import BatchEvents
 
 # Opens the connection batches are written on; each batch is committed before its senders are
 # answered (on PostgreSQL in autocommit a batch is one statement, and the commit a no-op).
@@ -157,7 +158,7 @@ class GroupCommitter:
         self, conn: AsyncConnection, messages: list[NewMessage]
     ) -> list[tuple[MessageRecord, bool]]:
         events = self._events(messages) if self._events is not None else None
-        return await store.insert_messages(conn, messages, events=events)
+        return await message_sql.insert_messages(conn, messages, events=events)
 
     async def _more_soon(self) -> bool:
         """Keep the connection a moment for the next sends (saves a checkout and its ping)."""

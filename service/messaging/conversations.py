@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import outbox, pages, store
+from messaging import outbox, pages
 from messaging.blocking import Blocks
 from messaging.connections import ConnectionsChecker
 from messaging.conversation_cache import ConversationCache
@@ -27,6 +27,7 @@ from messaging.groups import Groups
 from messaging.presence import Presence, PresenceInfo
 from messaging.publishing import Publisher
 from messaging.records import ConversationRecord, ConversationSummary
+from messaging.storage import conversations as sql
 from messaging.transactions import Database
 from messaging.views import MessageViews
 
@@ -67,7 +68,7 @@ class Conversations:
         if not await self._connections.is_connected(user_id, other_user_id):
             raise Forbidden("you can only message your first-degree connections")
         async with self._database.transaction() as conn:
-            conversation, created = await store.get_or_create_conversation(
+            conversation, created = await sql.get_or_create_conversation(
                 conn,
                 conversation_id=uuid.uuid4(),
                 user_a=user_id,
@@ -95,7 +96,7 @@ class Conversations:
         conversation = self._cache.get(conversation_id)
         if conversation is None:
             async with self._database.connection() as conn:
-                conversation = await store.get_conversation(conn, conversation_id)
+                conversation = await sql.get_conversation(conn, conversation_id)
             if conversation is None:
                 raise NotFound("no such conversation")
             self._cache.remember(conversation)
@@ -112,7 +113,7 @@ class Conversations:
     ) -> set[uuid.UUID]:
         """Which of these conversations are groups (a conversation's kind never changes)."""
         for conversation_id in self._cache.unknown(conversation_ids):
-            conversation = await store.get_conversation(conn, conversation_id)
+            conversation = await sql.get_conversation(conn, conversation_id)
             if conversation is not None:
                 self._cache.remember(conversation)
         return {
@@ -127,7 +128,7 @@ class Conversations:
         limit = pages.page_size(page_size)
         cursor = pages.PageCursor(self._cursor_key, kind="conversations", scope=user_id)
         async with self._database.connection() as conn:
-            rows = await store.list_conversations(
+            rows = await sql.list_conversations(
                 conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
             )
             rows = await self._fill_summaries(conn, rows)
@@ -168,7 +169,7 @@ class Conversations:
         """Presence of the users the caller shares a conversation with; others are left out, and
         so are users the caller blocks or is blocked by (as if unknown)."""
         async with self._database.connection() as conn:
-            shared = await store.users_sharing_a_conversation(
+            shared = await sql.users_sharing_a_conversation(
                 conn, user_id=user_id, candidates=user_ids
             )
         if shared:

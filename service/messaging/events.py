@@ -1,9 +1,10 @@
 """What happened, as the rules tell it: domain events, plain frozen dataclasses, no I/O.
 
-The rules (``chat.py``, ``message_changes.py``, ``groups.py``) decide what happened and who is told;
-how it reaches a device is the transport's business. ``publishing.py`` encodes these as Socket.IO
-events (their names and JSON from ``payloads.py``, each user's ``syncToken``) and hands them to the
-delivery fan-out; a second transport would encode the same events its own way.
+The rules (``messages.py``, ``conversations.py``, ``message_changes.py``, ``groups.py``) decide
+what happened and who is told; how it reaches a device is the transport's business.
+``publishing.py`` encodes these as Socket.IO events (their names and JSON from ``payloads.py``,
+each user's ``syncToken``) and hands them to the delivery fan-out; a second transport would
+encode the same events its own way.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from messaging.records import ConversationRecord, MessageRecord
 
 @dataclass(frozen=True, slots=True)
 class MessageSent:
-    """A new message (also a repeat of one, sent again: see ``Chat.send_message``)."""
+    """A new message (also a repeat of one, sent again: see ``Messages.send_message``)."""
 
     message: MessageRecord
 

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import store
 from messaging.connections import ConnectionsChecker
 from messaging.errors import Forbidden, NotFound, ValidationFailed
 from messaging.events import ConversationChanged
@@ -30,6 +29,7 @@ from messaging.outbox import Outbox, conversation_created, conversation_updated
 from messaging.payloads import conversation_json
 from messaging.publishing import Publisher
 from messaging.records import ConversationRecord
+from messaging.storage import conversations as conversation_sql
 from messaging.storage import groups as sql
 from messaging.storage import receipts as receipt_sql
 from messaging.storage.groups import Member
@@ -229,7 +229,7 @@ class Groups:
     async def _visible(
         self, conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
     ) -> ConversationRecord:
-        conversation = await store.get_conversation(conn, conversation_id)
+        conversation = await conversation_sql.get_conversation(conn, conversation_id)
         if conversation is None or user_id not in conversation.participant_ids:
             raise NotFound("no such conversation")
         return conversation
@@ -237,7 +237,7 @@ class Groups:
     async def _group_of(
         self, conn: AsyncConnection, user_id: str, conversation_id: uuid.UUID
     ) -> ConversationRecord:
-        conversation = await store.get_conversation(conn, conversation_id)
+        conversation = await conversation_sql.get_conversation(conn, conversation_id)
         if conversation is None:
             raise NotFound("no such conversation")
         if conversation.kind != "group":

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import metrics, outbox, pages, receipts, store
+from messaging import metrics, outbox, pages, receipts
 from messaging.attachments import Attachments, NewUpload
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
@@ -41,6 +41,7 @@ from messaging.ids import new_message_id
 from messaging.publishing import Publisher
 from messaging.records import Change, MessageRecord, NewMessage
 from messaging.storage import attachments as store_attachments
+from messaging.storage import messages as sql
 from messaging.transactions import Database
 from messaging.views import MessageViews
 
@@ -178,7 +179,7 @@ class Messages:
                     ids=attachment_ids,
                 )
         async with self._database.transaction() as conn:
-            [(message, stored)] = await store.insert_messages(conn, [new])
+            [(message, stored)] = await sql.insert_messages(conn, [new])
             if stored:
                 if uploads is None:  # the original vanished since: cannot happen (tombstones)
                     raise Unavailable("the message changed while it was sent; try again")
@@ -245,7 +246,7 @@ class Messages:
     ) -> int:
         wanted = list(dict.fromkeys(message_ids))
         async with self._database.transaction() as conn:
-            visible = await store.visible_messages(conn, user_id=user_id, message_ids=wanted)
+            visible = await sql.visible_messages(conn, user_id=user_id, message_ids=wanted)
             found = {m.id for m in visible}
             missing = [str(i) for i in wanted if i not in found]
             if missing:
@@ -261,7 +262,7 @@ class Messages:
             direct = [i for i in wanted if i not in {m.id for m in in_groups}]
             changes: list[Change] = []
             if direct:
-                changes = await store.advance_status(
+                changes = await sql.advance_status(
                     conn, status="delivered", message_ids=direct, not_author=user_id, at=at
                 )
             if in_groups:
@@ -280,7 +281,7 @@ class Messages:
     ) -> int:
         conversation, _ = await self._conversations.conversation_for(user_id, conversation_id)
         async with self._database.transaction() as conn:
-            target = await store.get_message(conn, up_to_message_id)
+            target = await sql.get_message(conn, up_to_message_id)
             if target is None or target.conversation_id != conversation_id:
                 raise NotFound("no such message in this conversation")
             read_at = datetime.now(UTC)
@@ -291,7 +292,7 @@ class Messages:
                 )
             else:
                 covered = None
-                changes = await store.advance_status(
+                changes = await sql.advance_status(
                     conn,
                     status="read",
                     conversation_id=conversation_id,
@@ -362,15 +363,13 @@ class Messages:
 
     async def log_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
         async with self._database.connection() as conn:
-            return await store.log_heads(conn, user_ids)
+            return await sql.log_heads(conn, user_ids)
 
     async def log_events(self, user_id: str, after: int) -> list[LogEvent]:
         """The events a device of ``user_id`` missed after ``after``, as they were sent live
         (a message with its current state; status runs as one messageStatus each)."""
         async with self._database.connection() as conn:
-            rows = await store.changes_after(
-                conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
-            )
+            rows = await sql.changes_after(conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE)
             filled = await self._views.fill(conn, [m for _, m in rows])
         events: list[LogEvent] = []
         statuses: list[Change] = []
@@ -399,18 +398,18 @@ class Messages:
         async with self._database.connection() as conn:
             if since is not None:
                 position = decode_sync_token(self._cursor_key, since, user_id=user_id)
-                rows = await store.changed_since(
+                rows = await sql.changed_since(
                     conn, user_id=user_id, after_pos=position, limit=limit + 1
                 )
                 head = 0
             else:
                 position = 0
                 if after is not None:
-                    found = await store.created_position(conn, user_id=user_id, message_id=after)
+                    found = await sql.created_position(conn, user_id=user_id, message_id=after)
                     if found is None:
                         raise NotFound("`after` is not a message of yours")
                     position = found
-                rows, head = await store.created_after(
+                rows, head = await sql.created_after(
                     conn, user_id=user_id, after_pos=position, limit=limit + 1
                 )
             page, has_more = rows[:limit], len(rows) > limit
@@ -438,7 +437,7 @@ class Messages:
             joined_at = (await self._groups.require_member(user_id, conversation_id)).joined_at
         cursor = pages.PageCursor(self._cursor_key, kind="history", scope=str(conversation_id))
         async with self._database.connection() as conn:
-            rows = await store.history_page(
+            rows = await sql.history_page(
                 conn,
                 conversation_id=conversation_id,
                 limit=limit + 1,

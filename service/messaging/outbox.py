@@ -4,7 +4,7 @@
 that type, in the caller's transaction: if it commits, the event is in the outbox; if it rolls
 back, so does the event. With no endpoint configured it writes nothing and costs nothing. New
 messages go through ``message_events`` instead, so the group commit's one statement carries them
-(see ``store.insert_messages``). ``webhooks.py`` sends what is recorded.
+(see ``storage.messages.insert_messages``). ``webhooks.py`` sends what is recorded.
 
 The payload builders below are the ``data`` of each type (docs/webhooks.md); features call
 ``record`` with one of them.
@@ -131,7 +131,8 @@ class Outbox:
 
     def message_events(self, batch: Sequence[NewMessage]) -> MessageEvents | None:
         """The ``message.created`` rows (and notification checks) of a group-commit batch, for
-        ``store.insert_messages`` to write with the messages; None when nothing is wanted."""
+        ``storage.messages.insert_messages`` to write with the messages; None when nothing is
+        wanted."""
         notify = self.wants("notification.requested")
         if not self.wants("message.created") and not notify:
             return None

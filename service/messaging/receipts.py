@@ -1,7 +1,7 @@
 """Per-member delivery and read state in groups, and receipts (who received, who read).
 
 In a direct conversation the message's own status is the recipient's state, as it always was
-(``chat.py`` keeps that path). In a group each member has its own: a delivery row per message it
+(``messages.py`` keeps that path). In a group each member has its own: a delivery row per message it
 received, and a read position (the last message it read). A message's ``status`` is the lowest
 over the members other than its author who were members when it was sent, so it reads "read" once
 all of them have read it.
@@ -22,10 +22,11 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import store
 from messaging.errors import Forbidden, NotFound
 from messaging.records import Change, LogEntry, MessageRecord, Receipt
+from messaging.storage import conversations as conversation_sql
 from messaging.storage import groups as group_sql
+from messaging.storage import messages as message_sql
 from messaging.storage import receipts as sql
 from messaging.transactions import Database
 
@@ -121,11 +122,11 @@ class Receipts:
 
     async def get(self, user_id: str, message_id: uuid.UUID) -> list[Receipt]:
         async with self._database.connection() as conn:
-            message = await store.get_message(conn, message_id)
+            message = await message_sql.get_message(conn, message_id)
             conversation = (
                 None
                 if message is None
-                else await store.get_conversation(conn, message.conversation_id)
+                else await conversation_sql.get_conversation(conn, message.conversation_id)
             )
             if (
                 message is None

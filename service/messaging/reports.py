@@ -18,10 +18,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import metrics, store
+from messaging import metrics
 from messaging.errors import Forbidden, NotFound
 from messaging.payloads import iso
 from messaging.records import MessageRecord
+from messaging.storage import messages as message_sql
 from messaging.storage import reports as storage
 from messaging.storage.reports import ReportRecord
 
@@ -45,7 +46,9 @@ class Reports:
         self, user_id: str, *, message_id: uuid.UUID, reason: str, note: str | None
     ) -> ReportRecord:
         async with self._transaction() as conn:
-            visible = await store.visible_messages(conn, user_id=user_id, message_ids=[message_id])
+            visible = await message_sql.visible_messages(
+                conn, user_id=user_id, message_ids=[message_id]
+            )
             if not visible:
                 # Also for a message of someone else's conversation: its existence is not told.
                 raise NotFound("no such message")

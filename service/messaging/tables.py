@@ -1,7 +1,7 @@
 """The database schema (SQLAlchemy Core), shared by the store and the Alembic migrations.
 
-Core rather than the ORM: every statement on the hot path is written out in ``store.py``, and the
-same tables run on PostgreSQL (production) and SQLite (the embedded default).
+Core rather than the ORM: every statement on the hot path is written out in ``store.py`` and
+``storage/``, and the same tables run on PostgreSQL (production) and SQLite (the embedded default).
 """
 
 from __future__ import annotations

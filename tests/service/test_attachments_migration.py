@@ -14,10 +14,11 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from messaging import store
 from messaging.db import alembic_config
 from messaging.records import NewMessage
 from messaging.storage import attachments as sql
+from messaging.storage import conversations as conversation_sql
+from messaging.storage import messages as message_sql
 from tests.support.servers import PostgresServer
 
 
@@ -34,10 +35,10 @@ async def test_upgrading_to_0006_keeps_every_message_and_adds_attachments(
     now = datetime.now(UTC) - timedelta(minutes=5)
     try:
         async with engine.begin() as conn:
-            conversation, _ = await store.get_or_create_conversation(
+            conversation, _ = await conversation_sql.get_or_create_conversation(
                 conn, conversation_id=uuid.uuid4(), user_a="alice", user_b="bob", created_at=now
             )
-            written = await store.insert_messages(
+            written = await message_sql.insert_messages(
                 conn,
                 [
                     NewMessage(uuid.uuid4(), conversation.id, "alice", f"m{i}", now, None)
@@ -46,7 +47,7 @@ async def test_upgrading_to_0006_keeps_every_message_and_adds_attachments(
             )
         await asyncio.to_thread(command.upgrade, config, "0006")
         async with engine.begin() as conn:
-            kept = await store.history_page(
+            kept = await message_sql.history_page(
                 conn, conversation_id=conversation.id, limit=10, before=None
             )
             upload_id = uuid.uuid4()

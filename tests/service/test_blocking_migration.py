@@ -18,9 +18,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import String, Uuid, column, insert, inspect, table
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from messaging import store
 from messaging.db import alembic_config
 from messaging.storage import blocking, reports
+from messaging.storage import messages as message_sql
 from messaging.storage.reports import ReportRecord
 from messaging.tables import UTCDateTime
 from tests.support.servers import PostgresServer
@@ -103,7 +103,7 @@ async def test_upgrading_to_0004_keeps_the_data_and_blocks_and_reports_work_on_i
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            message = await store.get_message(conn, message_id)
+            message = await message_sql.get_message(conn, message_id)
             await blocking.add_block(conn, blocker_id=BOB, blocked_id=ALICE, at=datetime.now(UTC))
             stored, created = await reports.add_report(
                 conn,

@@ -16,12 +16,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from sqlalchemy import text
 
-from messaging import store
 from messaging.dev_connections import ConnectionGraph
 from messaging.ids import new_message_id
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.records import NewMessage
+from messaging.storage import messages as message_sql
 from tests.support.service import (
     RunningService,
     devices,
@@ -59,7 +59,7 @@ async def _seed(svc: RunningService, conversation: str, author: str, n: int) -> 
                 NewMessage(message_id, uuid.UUID(conversation), author, f"m{i}", created_at, None)
             )
         async with svc.service.chat.engine.begin() as conn:
-            await store.insert_messages(conn, batch)
+            await message_sql.insert_messages(conn, batch)
         ids.extend(str(m.id) for m in batch)
     return ids
 
@@ -122,7 +122,7 @@ async def test_history_pages_stay_correct_when_messages_share_a_timestamp(
         for i in range(10)
     ]
     async with svc.service.chat.engine.begin() as conn:
-        await store.insert_messages(conn, batch)
+        await message_sql.insert_messages(conn, batch)
     walked: list[str] = []
     token = ""
     while True:
@@ -374,7 +374,7 @@ async def test_history_is_served_by_the_conversation_created_at_index(
     ids = await _seed(pg_svc, conversation, alice, 2000)
     async with pg_svc.service.chat.engine.connect() as conn:
         await conn.execute(text("ANALYZE messages"))
-        middle = await store.get_message(conn, uuid.UUID(ids[1000]))
+        middle = await message_sql.get_message(conn, uuid.UUID(ids[1000]))
         assert middle is not None
         query = (
             "EXPLAIN (FORMAT TEXT) SELECT * FROM messages WHERE conversation_id = :c "

@@ -13,11 +13,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from messaging import store
 from messaging.ids import new_message_id
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.records import NewMessage
+from messaging.storage import messages as message_sql
 from tests.support.service import RunningService, devices, open_conversation, unique
 
 
@@ -178,7 +178,7 @@ async def test_grpc_edits_deletes_and_reactions_follow_the_socket_rules(
         old_id, _ = new_message_id()
         old = datetime.now(UTC) - timedelta(days=2)
         async with svc.service.chat.engine.begin() as conn:
-            await store.insert_messages(
+            await message_sql.insert_messages(
                 conn, [NewMessage(old_id, uuid.UUID(conversation), alice, "old", old, None)]
             )
 

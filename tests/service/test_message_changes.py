@@ -15,6 +15,7 @@ from messaging import store
 from messaging.ids import new_message_id
 from messaging.records import LogEntry, NewMessage
 from messaging.storage import message_changes as change_store
+from messaging.storage import messages as message_sql
 from messaging.tables import message_reactions, messages
 from tests.support.service import Device, RunningService, devices, open_conversation, unique
 
@@ -107,7 +108,7 @@ async def test_an_edit_after_the_edit_window_is_forbidden(svc: RunningService) -
         message_id, _ = new_message_id()
         old = datetime.now(UTC) - timedelta(seconds=svc.settings.edit_window_seconds + 60)
         async with svc.service.chat.engine.begin() as conn:
-            await store.insert_messages(
+            await message_sql.insert_messages(
                 conn, [NewMessage(message_id, uuid.UUID(conversation), alice, "old", old, None)]
             )
         recent = await _send(a, conversation)

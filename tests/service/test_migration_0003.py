@@ -17,6 +17,7 @@ from messaging import store
 from messaging.db import alembic_config
 from messaging.records import LogEntry
 from messaging.storage import message_changes as change_store
+from messaging.storage import messages as message_sql
 from messaging.tables import UTCDateTime
 from tests.support.servers import PostgresServer
 
@@ -75,9 +76,9 @@ async def test_upgrading_to_0003_keeps_what_0002_wrote_and_lets_it_be_changed(
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            history = await store.history_page(conn, conversation_id=c, limit=10, before=None)
+            history = await message_sql.history_page(conn, conversation_id=c, limit=10, before=None)
             history = await change_store.with_reactions(conn, history)
-            changed = await store.changed_since(conn, user_id=BOB, after_pos=0, limit=10)
+            changed = await message_sql.changed_since(conn, user_id=BOB, after_pos=0, limit=10)
         async with engine.begin() as conn:
             at = datetime.now(UTC)
             await change_store.replace_content(conn, message_id=m1, content="first!", at=at)
@@ -92,9 +93,9 @@ async def test_upgrading_to_0003_keeps_what_0002_wrote_and_lets_it_be_changed(
         async with engine.begin() as conn:
             await change_store.erase(conn, message_id=m2, at=at)
         async with engine.connect() as conn:
-            after = await store.history_page(conn, conversation_id=c, limit=10, before=None)
+            after = await message_sql.history_page(conn, conversation_id=c, limit=10, before=None)
             after = await change_store.with_reactions(conn, after)
-            healed = await store.changes_after(conn, user_id=BOB, after_pos=3, limit=10)
+            healed = await message_sql.changes_after(conn, user_id=BOB, after_pos=3, limit=10)
     finally:
         await engine.dispose()
     assert [(m.id, m.content, m.status) for m in history] == [

@@ -14,9 +14,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from messaging import store, tables
+from messaging import tables
 from messaging.db import alembic_config
+from messaging.storage import conversations as conversation_sql
 from messaging.storage import groups as group_sql
+from messaging.storage import messages as message_sql
 from tests.support.service import empty_database
 
 ALICE, BOB, CAROL = "alice", "bob", "carol"
@@ -72,8 +74,8 @@ async def test_upgrading_to_groups_keeps_direct_conversations_and_takes_groups(
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            direct = await store.get_conversation(conn, conversation)
-            kept = await store.get_message(conn, message)
+            direct = await conversation_sql.get_conversation(conn, conversation)
+            kept = await message_sql.get_message(conn, message)
             group_id, created = await group_sql.create_group(
                 conn,
                 conversation_id=uuid.uuid4(),
@@ -83,8 +85,10 @@ async def test_upgrading_to_groups_keeps_direct_conversations_and_takes_groups(
                 members=[ALICE, BOB, CAROL],
                 created_at=datetime.now(UTC),
             )
-            group = await store.get_conversation(conn, group_id)
-            listed = await store.list_conversations(conn, user_id=BOB, limit=10, before=None)
+            group = await conversation_sql.get_conversation(conn, group_id)
+            listed = await conversation_sql.list_conversations(
+                conn, user_id=BOB, limit=10, before=None
+            )
     finally:
         await engine.dispose()
     assert direct is not None and direct.kind == "direct"

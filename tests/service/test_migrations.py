@@ -12,9 +12,11 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from messaging import store, tables
+from messaging import tables
 from messaging.db import alembic_config
 from messaging.records import NewMessage
+from messaging.storage import conversations as conversation_sql
+from messaging.storage import messages as message_sql
 from tests.support.servers import PostgresServer
 from tests.support.service import empty_database
 
@@ -75,14 +77,14 @@ async def test_upgrading_from_the_first_schema_logs_every_message_for_every_part
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            heads = await store.log_heads(conn, [ALICE, BOB, CAROL])
-            alices, _ = await store.created_after(conn, user_id=ALICE, after_pos=0, limit=10)
-            bobs, _ = await store.created_after(conn, user_id=BOB, after_pos=0, limit=10)
-            carols = await store.changed_since(conn, user_id=CAROL, after_pos=0, limit=10)
+            heads = await message_sql.log_heads(conn, [ALICE, BOB, CAROL])
+            alices, _ = await message_sql.created_after(conn, user_id=ALICE, after_pos=0, limit=10)
+            bobs, _ = await message_sql.created_after(conn, user_id=BOB, after_pos=0, limit=10)
+            carols = await message_sql.changed_since(conn, user_id=CAROL, after_pos=0, limit=10)
         # The new code writes into the upgraded database: positions continue after the backfill.
         async with engine.begin() as conn:
             new_id = uuid.uuid4()
-            [(stored, created)] = await store.insert_messages(
+            [(stored, created)] = await message_sql.insert_messages(
                 conn,
                 [NewMessage(new_id, ab, BOB, "after the upgrade", datetime.now(UTC), None)],
             )
@@ -123,7 +125,7 @@ async def test_a_pod_of_the_previous_release_still_writing_during_the_rollout_is
                 {"id": uuid.uuid4(), "c": ab},
             )
         async with engine.connect() as conn:
-            bobs = await store.changed_since(conn, user_id=BOB, after_pos=3, limit=10)
+            bobs = await message_sql.changed_since(conn, user_id=BOB, after_pos=3, limit=10)
     finally:
         await engine.dispose()
     assert [m.content for m, _ in bobs] == ["old pod"]
@@ -147,10 +149,10 @@ async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_e
     now = datetime.now(UTC)
     try:
         async with engine.begin() as conn:  # today's code writing today's schema
-            await store.get_or_create_conversation(
+            await conversation_sql.get_or_create_conversation(
                 conn, conversation_id=conversation_id, user_a=ALICE, user_b=BOB, created_at=now
             )
-            before = await store.insert_messages(
+            before = await message_sql.insert_messages(
                 conn,
                 [NewMessage(uuid.uuid4(), conversation_id, ALICE, "old", now, None)],
             )
@@ -160,14 +162,14 @@ async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_e
         new = NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")
         [(old, _)] = before
         async with engine.begin() as conn:
-            await store.insert_messages(conn, [new], events=events.message_events([new]))
+            await message_sql.insert_messages(conn, [new], events=events.message_events([new]))
         async with engine.connect() as conn:
-            history = await store.history_page(
+            history = await message_sql.history_page(
                 conn, conversation_id=conversation_id, limit=10, before=None
             )
             rows = (await conn.execute(tables.webhook_outbox.select())).all()
             checks = (await conn.execute(tables.webhook_notifications.select())).all()
-            heads = await store.log_heads(conn, [ALICE, BOB])
+            heads = await message_sql.log_heads(conn, [ALICE, BOB])
     finally:
         await engine.dispose()
     assert sorted(m.content for m in history) == ["new", "old"]

@@ -7,9 +7,9 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from messaging import store
 from messaging.ids import new_message_id, uuid7_at
 from messaging.records import NewMessage
+from messaging.storage import messages as message_sql
 from tests.support.service import Device, RunningService, devices, open_conversation, unique
 
 
@@ -109,11 +109,11 @@ async def test_a_message_whose_id_sorts_earlier_but_commits_later_is_not_skipped
         )
         assert slow.id < fast.id
         async with svc.service.chat.engine.begin() as conn:
-            await store.insert_messages(conn, [fast])
+            await message_sql.insert_messages(conn, [fast])
         synced = await b.ok("syncMessages", {})
         assert [m["content"] for m in synced["messages"]] == ["fast"]
         async with svc.service.chat.engine.begin() as conn:
-            await store.insert_messages(conn, [slow])
+            await message_sql.insert_messages(conn, [slow])
         caught_up = await b.ok("syncMessages", {"after": str(fast.id)})
     assert [m["content"] for m in caught_up["messages"]] == ["slow"]
 
@@ -138,11 +138,11 @@ async def test_a_later_position_is_invisible_until_every_earlier_one_has_committ
 
         first_tx = await engine.connect()
         transaction = await first_tx.begin()
-        await store.insert_messages(first_tx, [message("first")])
+        await message_sql.insert_messages(first_tx, [message("first")])
 
         async def second() -> None:
             async with engine.begin() as conn:
-                await store.insert_messages(conn, [message("second")])
+                await message_sql.insert_messages(conn, [message("second")])
 
         racing = asyncio.create_task(second())
         await asyncio.sleep(0.3)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import socketio
 
-from messaging import store
 from messaging.ids import new_message_id
 from messaging.records import NewMessage
+from messaging.storage import messages as message_sql
 from tests.support.service import Device, RunningService, devices, open_conversation, unique
 
 
@@ -115,7 +115,7 @@ async def test_a_change_that_commits_late_is_not_skipped_by_a_token_handed_out_m
         for content in ("first", "second"):
             message_id, created_at = new_message_id()
             async with svc.service.chat.engine.begin() as conn:
-                await store.insert_messages(
+                await message_sql.insert_messages(
                     conn, [NewMessage(message_id, conversation, alice, content, created_at, None)]
                 )
         page = await b.ok("syncMessages", {"since": start, "limit": 1})
@@ -140,7 +140,7 @@ async def test_writers_of_different_users_never_wait_for_each_other(
         transaction = await conn.begin()
         try:
             message_id, created_at = new_message_id()
-            await store.insert_messages(
+            await message_sql.insert_messages(
                 conn, [NewMessage(message_id, held, alice, "held", created_at, None)]
             )
             reply = await asyncio.wait_for(
@@ -166,7 +166,7 @@ async def test_a_repeated_send_reaches_a_recipient_that_never_got_the_original(
             message_id, uuid.UUID(conversation), alice, "in doubt", created_at, "retry-1"
         )
         async with svc.service.chat.engine.begin() as conn:
-            await store.insert_messages(conn, [original])
+            await message_sql.insert_messages(conn, [original])
         payload = {
             "conversationId": conversation,
             "content": "in doubt",

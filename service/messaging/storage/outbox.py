@@ -22,7 +22,7 @@ from sqlalchemy import and_, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import store
+from messaging.storage import conversations as conversation_sql
 from messaging.tables import (
     conversations,
     message_deliveries,
@@ -395,7 +395,7 @@ async def unread_counts(
         (groups if d.kind == "group" else direct).add(d.conversation_id)
     found: dict[tuple[str, uuid.UUID], int] = {}
     for user_id, (direct, groups) in per_user.items():
-        counts = await store.unread_counts(
+        counts = await conversation_sql.unread_counts(
             conn, user_id=user_id, direct=list(direct), groups=list(groups)
         )
         found.update({(user_id, c): n for c, n in counts.items()})
