@@ -36,9 +36,16 @@ def contracts(path: Path) -> dict[str, dict[str, list[str]]]:
             continue
         body = parser[section]
         lists: dict[str, list[str]] = {}
-        for key in ("layers", "source_modules", "forbidden_modules", "modules", "containers"):
+        for key in ("layers", "source_modules", "forbidden_modules", "modules"):
             if key in body:
                 lists[key] = _listed(body[key])
+        # Layers named relative to their containers (``containers = messaging``: ``cli``).
+        containers = _listed(body.get("containers", ""))
+        if containers and "layers" in lists:
+            lists["layers"] = [
+                " | ".join(f"{c}.{name.strip()}" for c in containers for name in row.split("|"))
+                for row in lists["layers"]
+            ]
         found[section.removeprefix("importlinter:contract:")] = lists
     return found
 
