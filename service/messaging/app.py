@@ -346,7 +346,6 @@ def build_service(settings: Settings) -> Service:
         events=events,
         blocks=blocks,
         attachments=attachments,
-        unlock_early=settings.send_unlock_early,
     )
     blocks.use_database(connection=chat.connection, transaction=chat.transaction)
 

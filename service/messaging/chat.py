@@ -89,13 +89,8 @@ class Chat:
         blocks: Blocks,
         events: outbox.Outbox | None = None,
         attachments: Attachments | None = None,
-        unlock_early: bool = True,
     ) -> None:
         self._engine = engine
-        # Batches commit before their WAL flush (PostgreSQL; see commits.py): reads that hand
-        # out log positions wait for the flush too (``_durable``), so no token names a change
-        # a crash of the database could still take back.
-        self._unlock_early = unlock_early and engine.dialect.name == "postgresql"
         # Webhook events, written in the transaction of each change (none configured: a no-op).
         self._outbox = events or outbox.Outbox([])
         # None when attachments are off (MESSAGING_ATTACHMENTS_BACKEND=off).
@@ -116,7 +111,6 @@ class Chat:
             self._connection,
             linger_seconds=linger,
             events=self._outbox.message_events if self._outbox.enabled else None,
-            unlock_early=self._unlock_early,
         )
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -588,16 +582,9 @@ class Chat:
 
     # --- the change log, for delivery's healing -----------------------------------------------
 
-    async def _durable(self, conn: AsyncConnection) -> None:
-        """After a read that hands out log positions: wait until what it saw is on disk."""
-        if self._unlock_early:
-            await store.wait_durable(conn)
-
     async def log_heads(self, user_ids: Sequence[str]) -> dict[str, int]:
         async with self._connection() as conn:
-            heads = await store.log_heads(conn, user_ids)
-            await self._durable(conn)
-            return heads
+            return await store.log_heads(conn, user_ids)
 
     async def log_events(self, user_id: str, after: int) -> list[Logged]:
         """The events a device of ``user_id`` missed after ``after``, as they were sent live
@@ -607,7 +594,6 @@ class Chat:
                 conn, user_id=user_id, after_pos=after, limit=HEAL_PAGE
             )
             filled = await self.fill(conn, [m for _, m in rows])
-            await self._durable(conn)
         events: list[Logged] = []
         statuses: list[store.Change] = []
         for (change, _), message in zip(rows, filled, strict=True):
@@ -685,7 +671,6 @@ class Chat:
                 )
             page, has_more = rows[:limit], len(rows) > limit
             shown = await self.fill(conn, [m for m, _ in page])
-            await self._durable(conn)
         token = None
         if since is not None:
             last = page[-1][1] if page else position

@@ -6,13 +6,6 @@ sends queue in memory while a transaction is in flight and the next transaction 
 under light load a batch is one message and adds no delay, under heavy load batches grow on their
 own. Every sender is answered only after the transaction holding its message committed.
 
-On PostgreSQL the batch statement can commit without waiting for its WAL flush
-(``unlock_early``): the participants' counter rows it locks are then released as soon as it has
-run, so the other replicas' batches for the same users (at window 1 every batch of one replica
-touches the users of the other's) stop queueing behind each fsync. The senders are still
-answered only once the batch is durable: ``store.wait_durable`` waits for the flush on the same
-connection, holding no lock, while the other replica's batch runs.
-
 The queue is bounded: past ``max_pending`` a send is refused with ``RATE_LIMITED`` at once
 rather than waiting behind a backlog it would only make longer.
 
@@ -63,10 +56,8 @@ class GroupCommitter:
         max_pending: int = 5_000,
         linger_seconds: float = 0.0,
         events: Events | None = None,
-        unlock_early: bool = False,
     ) -> None:
         self._connection = connection
-        self._unlock_early = unlock_early
         self._events = events
         self._linger = linger_seconds
         self._max_batch = max_batch
@@ -104,7 +95,9 @@ class GroupCommitter:
                     batch = self._pending[: self._max_batch]
                     del self._pending[: self._max_batch]
                     try:
-                        results = await self._commit_batch(conn, batch, autocommit=autocommit)
+                        results = await self._insert(conn, [m for m, _ in batch])
+                        if not autocommit:
+                            await conn.commit()
                     except DBAPIError as exc:
                         if len(batch) == 1 or not refused_for_its_data(exc):
                             raise
@@ -131,18 +124,6 @@ class GroupCommitter:
                 _fail(waiting, exc)
         if self._pending:
             self._worker = asyncio.create_task(self._drain(), name="group-commit")
-
-    async def _commit_batch(
-        self, conn: AsyncConnection, batch: list[Pending], *, autocommit: bool
-    ) -> list[tuple[MessageRecord, bool]]:
-        """Write and commit a batch; returns once it is durable."""
-        early = self._unlock_early and autocommit  # the statement must be its own transaction
-        results = await self._insert(conn, [m for m, _ in batch], early=early)
-        if not autocommit:
-            await conn.commit()
-        if early:
-            await store.wait_durable(conn)
-        return results
 
     async def _one_by_one(
         self, conn: AsyncConnection, batch: list[Pending], *, autocommit: bool
@@ -172,10 +153,10 @@ class GroupCommitter:
                 future.set_result(result)
 
     async def _insert(
-        self, conn: AsyncConnection, messages: list[NewMessage], *, early: bool = False
+        self, conn: AsyncConnection, messages: list[NewMessage]
     ) -> list[tuple[MessageRecord, bool]]:
         events = self._events(messages) if self._events is not None else None
-        return await store.insert_messages(conn, messages, events=events, unlock_early=early)
+        return await store.insert_messages(conn, messages, events=events)
 
     async def _more_soon(self) -> bool:
         """Keep the connection a moment for the next sends (saves a checkout and its ping)."""

@@ -130,10 +130,6 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./messaging.db"
     database_pool_size: int = Field(10, ge=1, le=200)
     database_echo: bool = False
-    # PostgreSQL: a batch of new messages releases the participants' counter rows before its
-    # WAL flush, and its senders are answered after the flush (commits.py). Off: the rows stay
-    # locked through the fsync (a window-1 load then runs at about half the rate).
-    send_unlock_early: bool = True
     # Run migrations at start-up. Unset means: yes on SQLite (the embedded default), no on
     # PostgreSQL, where `messaging migrate` runs once per release (the operator's Job).
     auto_migrate: bool | None = None

@@ -373,11 +373,7 @@ async def _group_unread_counts(
 
 
 async def insert_messages(
-    conn: AsyncConnection,
-    batch: Sequence[NewMessage],
-    *,
-    events: BatchEvents | None = None,
-    unlock_early: bool = False,
+    conn: AsyncConnection, batch: Sequence[NewMessage], *, events: BatchEvents | None = None
 ) -> list[tuple[MessageRecord, bool]]:
     """Store a batch of new messages, each logged as "created" for every participant.
 
@@ -393,12 +389,6 @@ async def insert_messages(
     On PostgreSQL it is one statement (rows, counters and log together), so on a connection in
     autocommit mode the whole batch is one round trip and one implicit transaction; elsewhere
     the caller's transaction holds the statements.
-
-    ``unlock_early`` (PostgreSQL, a connection in autocommit; ignored elsewhere): the statement
-    commits without waiting for the flush of its WAL, so the participants' counter rows are
-    unlocked as soon as it has run instead of after the fsync, and the other replicas' batches
-    for the same users stop queueing behind it. The batch is then visible but not yet durable:
-    the caller must ``await wait_durable(conn)`` before it answers or tells anyone about it.
     """
     first_of_key: dict[tuple[str, str], int] = {}
     unique: list[NewMessage] = []
@@ -411,7 +401,7 @@ async def insert_messages(
         unique.append(item)
 
     if conn.dialect.name == "postgresql":
-        positions = await _insert_postgres(conn, unique, events, unlock_early=unlock_early)
+        positions = await _insert_postgres(conn, unique, events)
     else:
         positions = await _insert_portable(conn, unique)
         if events is not None:
@@ -482,15 +472,7 @@ SELECT t.user_id, b.position - t.n + t.nth, t.id, 'created', t.author_id, t.crea
 FROM targets t JOIN bumped b ON b.user_id = t.user_id
 RETURNING user_id, position, message_id
 """
-# The same statement committing without waiting for its WAL flush (``unlock_early``): the
-# setting is local to the statement's own transaction (autocommit), and read at its commit.
-_INSERT_BATCH_POSTGRES_UNLOCK_EARLY = _INSERT_BATCH_POSTGRES.replace(
-    "WITH incoming AS (\n    SELECT * FROM unnest(",
-    "WITH incoming AS (\n    SELECT r.* FROM"
-    " (SELECT set_config('synchronous_commit', 'off', true)) AS unlock_early,\n    unnest(",
-    1,
-)
-assert _INSERT_BATCH_POSTGRES_UNLOCK_EARLY != _INSERT_BATCH_POSTGRES
+_FINAL_INSERT = _INSERT_BATCH_POSTGRES.index("INSERT INTO user_changes")
 
 
 class BatchEvents(Protocol):
@@ -518,21 +500,16 @@ class BatchEvents(Protocol):
 
 
 @functools.cache
-def _with_ctes(ctes: str, *, unlock_early: bool = False) -> str:
+def _with_ctes(ctes: str) -> str:
     """The batch statement with more CTEs (webhook events) before its final INSERT."""
-    statement = _INSERT_BATCH_POSTGRES_UNLOCK_EARLY if unlock_early else _INSERT_BATCH_POSTGRES
-    final = statement.index("INSERT INTO user_changes")
-    return statement[:final].rstrip() + ctes + statement[final:]
+    head, tail = _INSERT_BATCH_POSTGRES[:_FINAL_INSERT], _INSERT_BATCH_POSTGRES[_FINAL_INSERT:]
+    return head.rstrip() + ctes + tail
 
 
 async def _insert_postgres(
-    conn: AsyncConnection,
-    unique: Sequence[NewMessage],
-    events: BatchEvents | None = None,
-    *,
-    unlock_early: bool = False,
+    conn: AsyncConnection, unique: Sequence[NewMessage], events: BatchEvents | None = None
 ) -> dict[uuid.UUID, dict[str, int]]:
-    statement = _INSERT_BATCH_POSTGRES_UNLOCK_EARLY if unlock_early else _INSERT_BATCH_POSTGRES
+    statement = _INSERT_BATCH_POSTGRES
     args: tuple[Any, ...] = (
         [m.id for m in unique],
         [m.conversation_id for m in unique],
@@ -542,7 +519,7 @@ async def _insert_postgres(
         [m.client_message_id for m in unique],
     )
     if events is not None:
-        statement = _with_ctes(events.postgres_ctes, unlock_early=unlock_early)
+        statement = _with_ctes(events.postgres_ctes)
         args += events.postgres_args()
     result = await conn.exec_driver_sql(statement, args)
     positions: dict[uuid.UUID, dict[str, int]] = {}
@@ -590,27 +567,6 @@ async def _insert_portable(
     for change in logged:
         positions.setdefault(change.message_id, {})[change.user_id] = change.position
     return positions
-
-
-async def wait_durable(conn: AsyncConnection) -> None:
-    """Return once every commit this connection could have seen is on disk (PostgreSQL).
-
-    Call it on a connection in autocommit, outside a transaction. The statement is a
-    transaction of its own that writes one small WAL record (a transactional logical message,
-    which takes a transaction id; no table is touched, so no row lock): with
-    ``synchronous_commit`` on, its commit waits for the WAL to be flushed up to its commit
-    record, and so up to every commit made visible before it (a batch written with
-    ``unlock_early``, or another session's that a read just saw). The flush is PostgreSQL's
-    group commit, shared with whoever else is committing. A transaction that only takes an id
-    (``pg_current_xact_id()``) would not do: PostgreSQL commits one that wrote no WAL without
-    waiting for the flush. A no-op on SQLite, whose commits are never early.
-    """
-    if conn.dialect.name == "postgresql":
-        await conn.exec_driver_sql(_FLUSH)
-
-
-# The prefix names the writer for logical decoding consumers, which may ignore it.
-_FLUSH = "SELECT pg_logical_emit_message(true, 'messaging.flush', '')"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
-import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select
 
-from messaging import store
 from messaging.commits import GroupCommitter
 from messaging.errors import RateLimited
 from messaging.ids import new_message_id
@@ -99,106 +96,3 @@ async def test_a_batch_refused_for_one_rows_data_fails_only_that_rows_sender(
     assert {record.id for record, _ in stored} == {m.id for m in good}
     record, was_stored = await committer.commit(_message(conversation, alice))
     assert was_stored and record.conversation_id == uuid.UUID(conversation)
-
-
-async def test_an_early_unlocked_batch_is_answered_only_after_its_flush(
-    svc: RunningService,
-) -> None:
-    """PostgreSQL: the batch statement commits before its WAL flush (so the participants'
-    counter rows are free for the other replicas' batches during the fsync), and the senders
-    are answered only after the flush statement ran on the same connection."""
-    if svc.backend != "postgres":
-        pytest.skip("SQLite commits are never early")
-    conversation, alice = await _conversation(svc)
-    chat = svc.service.chat
-    seen: list[str] = []
-    answered_after: list[int] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    committer = GroupCommitter(chat._connection, unlock_early=True)
-    event.listen(chat.engine.sync_engine, "before_cursor_execute", record)
-    try:
-
-        async def send() -> None:
-            await committer.commit(_message(conversation, alice))
-            answered_after.append(len(seen))
-
-        await asyncio.gather(*(send() for _ in range(3)))
-    finally:
-        event.remove(chat.engine.sync_engine, "before_cursor_execute", record)
-    batch = [i for i, s in enumerate(seen) if "set_config('synchronous_commit', 'off'" in s]
-    flush = [i for i, s in enumerate(seen) if "pg_logical_emit_message" in s]
-    assert batch and flush
-    assert batch[0] < flush[0]
-    assert min(answered_after) > flush[0]  # nobody was answered before the flush statement
-
-
-async def test_the_early_unlock_applies_to_the_batch_statement_alone(
-    svc: RunningService,
-) -> None:
-    """The asynchronous commit is local to the batch's transaction: the pooled connection's
-    later transactions (everything else the service writes) still wait for their flush."""
-    if svc.backend != "postgres":
-        pytest.skip("SQLite commits are never early")
-    conversation, alice = await _conversation(svc)
-    async with svc.service.chat.engine.connect() as conn:
-        await store.insert_messages(conn, [_message(conversation, alice)], unlock_early=True)
-        inside = await conn.scalar(text("SHOW synchronous_commit"))
-        await conn.commit()
-        after = await conn.scalar(text("SHOW synchronous_commit"))
-    assert (inside, after) == ("off", "on")
-
-
-async def test_reads_that_hand_out_log_positions_wait_for_the_flush(
-    svc: RunningService,
-) -> None:
-    """Sync pages and the healing delivery's reads name log positions: with early unlock they
-    may have seen a batch that is not on disk yet, so they wait for the flush before answering
-    (a token must never name a change that a crash of the database could take back)."""
-    if svc.backend != "postgres":
-        pytest.skip("SQLite commits are never early")
-    _, alice = await _conversation(svc)
-    chat = svc.service.chat
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(chat.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        flushes = []
-        for read in (
-            lambda: chat.sync(alice, after=None, since=None, limit=10),
-            lambda: chat.log_heads([alice]),
-            lambda: chat.log_events(alice, 0),
-        ):
-            before = len(seen)
-            await read()
-            flushes.append(sum("pg_logical_emit_message" in s for s in seen[before:]))
-    finally:
-        event.remove(chat.engine.sync_engine, "before_cursor_execute", record)
-    assert flushes == [1, 1, 1]
-
-
-_WAL = "SELECT pg_wal_lsn_diff(pg_current_wal_{}_lsn(), '0/0')::bigint"
-
-
-async def test_wait_durable_returns_only_once_an_early_batch_is_flushed(
-    svc: RunningService,
-) -> None:
-    """The flush statement really waits for the WAL flush: after it, PostgreSQL's flushed WAL
-    reaches past the early-unlocked batch's commit (without it, an early batch is usually not
-    flushed yet; five in a row make a wait that does not flush all but certain to fail)."""
-    if svc.backend != "postgres":
-        pytest.skip("SQLite commits are never early")
-    conversation, alice = await _conversation(svc)
-    behind: list[bool] = []
-    async with svc.service.chat._connection() as conn:
-        for _ in range(5):
-            await store.insert_messages(conn, [_message(conversation, alice)], unlock_early=True)
-            written = await conn.scalar(text(_WAL.format("insert")))
-            await store.wait_durable(conn)
-            behind.append(await conn.scalar(text(_WAL.format("flush"))) < written)
-    assert behind == [False] * 5
