@@ -209,6 +209,8 @@ def run_once(
     ]
     if args.rate:
         argv += ["--rate", str(args.rate)]
+    if args.client != "python":
+        argv += ["--client", args.client]
     spy = None
     if profile is not None:
         fmt = {".txt": "raw", ".svg": "flamegraph"}.get(profile.suffix, "speedscope")
@@ -391,6 +393,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=0,
         help="instead of a load: this many new users connect to the first replica at once",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("python", "js"),
+        default="python",
+        help="the load generator: our client, or the official socket.io-client (Node.js)",
     )
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
