@@ -1,6 +1,7 @@
 """A/B of the send path's CPU per message: two revisions of the service, taking turns.
 
     .venv/bin/python -m bench.ab f3c30d6 working --rounds 3 --window 1 --duration 8
+    .venv/bin/python -m bench.ab reference main working    # beside the Node.js reference
 
 Starts one PostgreSQL (``bench.run``'s settings: fsync on) and one Redis, and for each side its
 own database, ``messaging migrate``, Connections stand-in and two ``messaging serve`` replicas
@@ -12,6 +13,10 @@ milliseconds per acked message (/proc/<pid>/stat over the run), and per side the
 
 ``--profile SIDE`` records the first replica of that side with py-spy during its last round
 (``--profile-out``: a speedscope or flamegraph file, by extension; raw text with ``.txt``).
+
+The side named ``reference`` is the Node.js reference of ``bench/reference`` (two replicas on
+its own database, the same PostgreSQL and Redis): in the same rotation, so a ratio of acked/s
+against it is measured under the same load as the sides it is compared with.
 
 Wall-clock throughput on a shared machine moves with the other work; CPU per message moves
 much less, which is why it is the figure compared here.
@@ -65,7 +70,12 @@ class Side:
     post_sql: str = ""  # run on the side's database after migrating (an experiment's schema)
 
 
+REFERENCE = "reference"  # the side that runs bench/reference (Node.js), not a revision
+
+
 def export(ref: str, target: Path) -> Path:
+    if ref == REFERENCE:
+        return servers.REFERENCE_DIR
     if ref == "working":
         shutil.copytree(REPO / "service", target / "service")
         return target / "service"
@@ -78,6 +88,9 @@ def start_side(
     procs: Processes, side: Side, key: str, pg: servers.Postgres, redis_url: str, *, cprofile: bool
 ) -> None:
     database = pg.create_database(key)
+    if side.ref == REFERENCE:
+        start_reference(procs, side, key, database, redis_url)
+        return
     side.env = {
         "PYTHONPATH": str(side.code),
         "MESSAGING_DATABASE_URL": database,
@@ -128,6 +141,23 @@ def start_side(
         side.metrics_urls.append(f"http://127.0.0.1:{metrics_port}")
 
 
+def start_reference(procs: Processes, side: Side, key: str, database: str, redis_url: str) -> None:
+    servers.npm_ci()
+    for i in (1, 2):
+        port = servers.free_port()
+        proc = servers.start_reference(
+            f"{key}-{i}",
+            port=port,
+            database_url=database,
+            redis_url=redis_url,
+            jwt_secret=JWT_SECRET,
+            log_dir=procs.log_dir,
+        )
+        side.replicas.append(proc)
+        side.urls.append(f"http://127.0.0.1:{port}")
+        side.metrics_urls.append("")  # the reference has no /metrics
+
+
 WATCHED = (
     "messaging_group_commit_messages_sum",
     "messaging_group_commit_messages_count",
@@ -140,6 +170,8 @@ def scrape(side: Side) -> dict[str, float]:
     """The watched series summed over the replicas (metrics port, else the public port)."""
     totals = dict.fromkeys(WATCHED, 0.0)
     for public, private in zip(side.urls, side.metrics_urls, strict=True):
+        if not private:
+            continue
         for base in (private, public):
             try:
                 with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:  # noqa: S310
@@ -177,6 +209,8 @@ def run_once(
     ]
     if args.rate:
         argv += ["--rate", str(args.rate)]
+    if args.client != "python":
+        argv += ["--client", args.client]
     spy = None
     if profile is not None:
         fmt = {".txt": "raw", ".svg": "flamegraph"}.get(profile.suffix, "speedscope")
@@ -315,6 +349,34 @@ def print_statements(pg: servers.Postgres, sides: list[Side]) -> None:
         print(pg.psql(f"side{i}", STATEMENTS), flush=True)
 
 
+def print_medians(sides: list[Side], *, handshakes: bool) -> None:
+    """Per side the medians of its rounds; beside a reference side, the ratio to it."""
+    for side in sides:
+        if handshakes:
+            took = statistics.median(r["seconds"] for r in side.runs)
+            cpu = statistics.median(r["cpu_ms_per_handshake_incl_close"] for r in side.runs)
+            print(f"median {side.ref:>10}: {took:.3f} s, {cpu:.3f} ms CPU each", flush=True)
+            continue
+        cpu = statistics.median(r["cpu_mean"] for r in side.runs)
+        rate = statistics.median(r["acked_per_s"] for r in side.runs)
+        print(f"median {side.ref:>10}: cpu {cpu:.4f} ms/msg, acked {rate:,.0f}/s", flush=True)
+    reference = next((s for s in sides if s.ref == REFERENCE), None)
+    if reference is not None and not handshakes:
+        base = statistics.median(r["acked_per_s"] for r in reference.runs)
+        for side in sides:
+            if side is not reference:
+                ratios = [
+                    a["acked_per_s"] / b["acked_per_s"]
+                    for a, b in zip(side.runs, reference.runs, strict=True)
+                ]
+                rate = statistics.median(r["acked_per_s"] for r in side.runs)
+                print(
+                    f"{side.ref:>10} / reference: {rate / base:.2f}x (medians), per round "
+                    + ", ".join(f"{r:.2f}x" for r in ratios),
+                    flush=True,
+                )
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -331,6 +393,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=0,
         help="instead of a load: this many new users connect to the first replica at once",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("python", "js"),
+        default="python",
+        help="the load generator: our client, or the official socket.io-client (Node.js)",
     )
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
@@ -354,6 +422,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     procs = Processes(workdir)
+    sides: list[Side] = []
     try:
         settings = {"fsync": "on"}
         if args.statements:
@@ -362,7 +431,6 @@ def main() -> int:
         settings.update(s.split("=", 1) for s in args.pg_setting)
         pg = procs.postgres(settings)
         redis = procs.redis()
-        sides = []
         for i, spec in enumerate(args.refs):
             ref, _, sql = spec.partition("+")
             sides.append(Side(spec, export(ref, workdir / f"src{i}"), post_sql=sql))
@@ -391,16 +459,12 @@ def main() -> int:
                 print(f"round {rnd} {side.ref:>10}: {json.dumps(row)}", flush=True)
         if args.statements:
             print_statements(pg, sides)
-        for side in sides:
-            if args.handshakes:
-                took = statistics.median(r["seconds"] for r in side.runs)
-                cpu = statistics.median(r["cpu_ms_per_handshake_incl_close"] for r in side.runs)
-                print(f"median {side.ref:>10}: {took:.3f} s, {cpu:.3f} ms CPU each", flush=True)
-                continue
-            cpu = statistics.median(r["cpu_mean"] for r in side.runs)
-            rate = statistics.median(r["acked_per_s"] for r in side.runs)
-            print(f"median {side.ref:>10}: cpu {cpu:.4f} ms/msg, acked {rate:,.0f}/s", flush=True)
+        print_medians(sides, handshakes=bool(args.handshakes))
     finally:
+        for side in sides:
+            if side.ref == REFERENCE:  # not spawned through procs: stopped here
+                for proc in side.replicas:
+                    proc.stop()
         procs.keep_logs(OUT / "logs")
         procs.close()
         shutil.rmtree(workdir, ignore_errors=True)

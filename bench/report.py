@@ -121,7 +121,9 @@ def render_markdown(summary: dict[str, Any], plot_name: str | None) -> str:
         f"flight per sender. {settings['warmup']} s warm-up, then {settings['duration']} s "
         "measured (rates count events inside the measured window; latencies count messages "
         "sent inside it). Load generator: "
-        f"{settings['procs']} process(es) of the lean client.",
+        f'{settings["procs"]} process(es) of the lean client; the loads marked "JS client" '
+        "are driven by the official socket.io-client under Node.js instead "
+        "(`messaging bench --client js`), so no figure depends on our own client.",
         "- PostgreSQL: "
         + (
             ", ".join(f"{k}={v}" for k, v in settings.get("postgres", {}).items())

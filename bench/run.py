@@ -27,7 +27,7 @@ from typing import Any
 from bench import report, servers
 from bench.cluster import BENCH_RATE_LIMITS
 from bench.servers import REPO, Postgres, Proc, Redis, ServerError
-from messaging.bench import probes
+from messaging.bench import js_client, probes
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 MESSAGING = REPO / ".venv" / "bin" / "messaging"
@@ -45,9 +45,11 @@ class Load:
     rate: float | None
     duration: float
     warmup: float
+    client: str = "python"  # who drives it: our Python client or the official JS client
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "client": self.client,
             "key": self.key,
             "name": self.name,
             "kind": self.kind,
@@ -75,6 +77,11 @@ def plan_loads(args: argparse.Namespace) -> list[Load]:
     duration, warmup = (5.0, 1.0) if args.quick else (args.duration, args.warmup)
     loads = [
         Load(f"w{w}", f"window {w}", "window", w, None, duration, warmup) for w in args.windows
+    ]
+    # The same windows driven by the official socket.io-client (a second load generator).
+    loads += [
+        Load(f"js-w{w}", f"window {w}, JS client", "window", w, None, duration, warmup, "js")
+        for w in args.js_windows
     ]
     rates = args.rates or ([1000.0, 3000.0, 6000.0] if args.quick else None)
     if rates is None:
@@ -288,6 +295,8 @@ def run_load(
     ]
     if load.rate is not None:
         argv += ["--rate", str(load.rate)]
+    if load.client != "python":
+        argv += ["--client", load.client]
     waited = wait_quiet(everyone)
     if waited > 5:
         print(f"  (waited {waited:.0f}s for the replicas to go idle)", flush=True)
@@ -451,6 +460,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short runs, a 3-point sweep")
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--windows", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--js-windows",
+        type=int,
+        nargs="*",
+        default=[1, 4],
+        help="windows also driven by the official socket.io-client (none: only our client)",
+    )
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--rates", type=float, nargs="*", default=None, help="sweep (msgs/s)")
@@ -518,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     servers.ensure_packages()
     loads = plan_loads(args)
     notes: list[str] = []
+    if any(load.client == "js" for load in loads) and (
+        missing := js_client.check_installed(js_client.default_node_modules())
+    ):
+        notes.append(f"The loads of the JS client were not run: {missing}.")
+        loads = [load for load in loads if load.client != "js"]
     wanted = ["reference", "project"] if args.only is None else [args.only]
     if "project" in wanted and (why := project_available()) is not None:
         if args.require_project or args.only == "project":

@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 
 
@@ -160,7 +161,8 @@ messages = Table(
     Column("client_message_id", String(64), nullable=True),
     # The cluster-wide stream position of schema 0001, written only by pods of that release during
     # a rolling upgrade (a trigger of migration 0002 logs their messages); NULL for newer rows.
-    Column("stream_pos", BigInteger(), nullable=True, unique=True),
+    # Unique where set (partial indexes since 0008: the NULLs of new rows are not indexed).
+    Column("stream_pos", BigInteger(), nullable=True),
     # Set by an edit (the content is replaced; no earlier version is kept) and by a delete (the
     # content is erased to "" and the row stays as a tombstone). Schema 0003.
     Column("edited_at", UTCDateTime(), nullable=True),
@@ -169,7 +171,20 @@ messages = Table(
     CheckConstraint("status IN ('sent', 'delivered', 'read')", name="known_status"),
     # History pages: newest first within a conversation, keyset on (created_at, id).
     Index("ix_messages_conversation_id_created_at", "conversation_id", "created_at", "id"),
-    Index(None, "conversation_id", "stream_pos"),
+    Index(
+        "uq_messages_stream_pos",
+        "stream_pos",
+        unique=True,
+        postgresql_where=text("stream_pos IS NOT NULL"),
+        sqlite_where=text("stream_pos IS NOT NULL"),
+    ),
+    Index(
+        "ix_messages_conversation_id_stream_pos",
+        "conversation_id",
+        "stream_pos",
+        postgresql_where=text("stream_pos IS NOT NULL"),
+        sqlite_where=text("stream_pos IS NOT NULL"),
+    ),
 )
 
 # Schema 0001's one-row counter, kept only for pods of that release during a rolling upgrade: the
@@ -199,12 +214,10 @@ user_changes = Table(
     metadata,
     Column("user_id", USER_ID, primary_key=True),
     Column("position", BigInteger(), primary_key=True),
-    Column(
-        "message_id",
-        Uuid(),
-        ForeignKey("messages.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    # A message's id, without a foreign key since 0008 (it cost a locking lookup per log row
+    # while the counter rows are held; messages are never deleted, and every read joins
+    # ``messages``).
+    Column("message_id", Uuid(), nullable=False),
     Column("kind", String(16), nullable=False),
     # Who made the change (the author for "created", the marker for a status).
     Column("actor_id", USER_ID, nullable=True),

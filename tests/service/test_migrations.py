@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from messaging import tables
@@ -177,3 +178,66 @@ async def test_upgrading_to_the_outbox_keeps_todays_data_and_new_messages_emit_e
     assert heads == {ALICE: 2, BOB: 2}
     assert [(r.event_type, str(new.id) in r.body) for r in rows] == [("message.created", True)]
     assert [(c.message_id, c.user_id) for c in checks] == [(new.id, ALICE)]
+
+
+_SEND_PATH_SCHEMA = """
+SELECT 'fk' AS kind, conname AS name, '' AS definition FROM pg_constraint
+WHERE conrelid = 'user_changes'::regclass AND contype = 'f'
+UNION ALL
+SELECT 'index', indexname, indexdef FROM pg_indexes
+WHERE tablename = 'messages' AND indexname LIKE '%stream_pos%'
+ORDER BY 1, 2
+"""
+
+
+async def test_the_lean_send_path_migration_keeps_legacy_positions_unique_and_downgrades(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Migration 0008 (PostgreSQL): no key check per log row, the legacy stream_pos indexes
+    only over the rows that have one (still unique), and a downgrade restores 0007's schema."""
+    url = empty_database("postgres", request, tmp_path)
+    config = alembic_config(url)
+    await asyncio.to_thread(command.upgrade, config, "0001")
+    _, conversation_id = await _write_with_schema_0001(url)
+    await asyncio.to_thread(command.upgrade, config, "0008")
+    engine = create_async_engine(url)
+    now = datetime.now(UTC)
+    try:
+        async with engine.connect() as conn:
+            upgraded = (await conn.execute(text(_SEND_PATH_SCHEMA))).all()
+        async with engine.begin() as conn:  # today's code: no stream_pos, logged as before
+            [(message, stored)] = await store.insert_messages(
+                conn, [store.NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")]
+            )
+        duplicate_refused = False
+        try:
+            async with engine.begin() as conn:  # a pod of release 0001 reusing a position
+                await conn.execute(
+                    tables.messages.insert().values(
+                        id=uuid.uuid4(),
+                        conversation_id=conversation_id,
+                        author_id=ALICE,
+                        content="dup",
+                        status="sent",
+                        created_at=now,
+                        stream_pos=4,
+                    )
+                )
+        except IntegrityError as exc:
+            duplicate_refused = "uq_messages_stream_pos" in str(exc)
+        await engine.dispose()
+        await asyncio.to_thread(command.downgrade, config, "0007")
+        async with engine.connect() as conn:
+            downgraded = (await conn.execute(text(_SEND_PATH_SCHEMA))).all()
+    finally:
+        await engine.dispose()
+    assert stored
+    assert dict(message.positions) == {ALICE: 5, BOB: 4}
+    assert duplicate_refused
+    assert [(k, n) for k, n, _ in upgraded] == [
+        ("index", "ix_messages_conversation_id_stream_pos"),
+        ("index", "uq_messages_stream_pos"),
+    ]
+    assert all("WHERE (stream_pos IS NOT NULL)" in d for _, _, d in upgraded)
+    assert [k for k, _, _ in downgraded] == ["fk", "index", "index"]
+    assert not any("WHERE" in d for _, _, d in downgraded)

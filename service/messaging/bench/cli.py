@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from messaging.bench import probes
+from messaging.bench import js_client, probes
 from messaging.bench.accounting import (
     Tally,
     load_result,
@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--content-chars", type=int, default=64, help="padding per message")
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
     parser.add_argument(
+        "--client",
+        choices=("python", "js"),
+        default="python",
+        help="who drives the load: our lean Python client, or the official socket.io-client "
+        "under Node.js (load mode only; a second load generator to check the first)",
+    )
+    parser.add_argument(
+        "--node-modules",
+        default=js_client.default_node_modules(),
+        help=f"with --client js: a node_modules holding socket.io-client "
+        f"(default: ${js_client.NODE_MODULES_ENV}, else this checkout's tests/node)",
+    )
+    parser.add_argument(
         "--jwt-secret",
         default=os.environ.get("MESSAGING_JWT_SECRET", ""),
         help="HS256 secret for minting tokens (default: $MESSAGING_JWT_SECRET)",
@@ -127,6 +140,12 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error("give one --pid per replica URL, in the same order")
     if args.metrics_url and len(args.metrics_url) != len(args.urls):
         parser.error("give one --metrics-url per replica URL, in the same order")
+    if args.client == "js":
+        if args.mode != "load":
+            parser.error("--client js drives load runs only")
+        missing = js_client.check_installed(args.node_modules)
+        if missing:
+            parser.error(missing)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         ack_timeout_s=args.ack_timeout,
         drain_s=args.drain,
         connect_concurrency=args.connect_concurrency,
+        client=args.client,
+        node_modules=args.node_modules,
     )
     progress = None if args.quiet else sys.stderr
     try:
@@ -190,6 +211,8 @@ def _worker_entry(
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
 
     async def body() -> dict[str, Any]:
+        if plan.client == "js":
+            return await js_client.JsWorker(plan, report).run_load(wait_go)
         worker = Worker(plan, report)
         if plan.mode == "idle":
             return await worker.run_idle(wait_go)
@@ -365,6 +388,7 @@ def _run_load(plan: WorkerPlan, args: argparse.Namespace, stream: TextIO | None)
         "warmup_s": plan.warmup_s,
         "content_chars": plan.content_chars,
         "procs": plan.workers,
+        "client": plan.client,
         "senders": plan.users,
     }
     result = load_result(
@@ -472,7 +496,8 @@ def render_summary(result: dict[str, Any]) -> str:
         f"unanswered {totals['unanswered']}  lost {totals['lost']}  "
         f"duplicated {totals['duplicated']}  misrouted {totals['misrouted']}",
         f"load generator: {result['loadgen']['cpu_ms_per_message']} ms CPU per message "
-        f"({result['loadgen']['procs']} procs)",
+        f"({result['loadgen']['procs']} procs, "
+        f"{result['config'].get('client', 'python')} client)",
     ]
     lines.extend(
         f"server {s['name']} (pid {s['pid']}): {s['cpu_ms_per_message']} ms CPU per message"

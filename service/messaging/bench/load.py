@@ -47,6 +47,8 @@ class WorkerPlan:
     connect_timeout_s: float = 15.0
     token_ttl_s: int = 86_400
     jwt_algorithm: str = "HS256"
+    client: Literal["python", "js"] = "python"  # js: the official socket.io-client (js_client)
+    node_modules: str = ""  # with client "js": where socket.io-client is installed
 
 
 def user_id(run_id: str, user: int) -> str:
