@@ -206,8 +206,8 @@ async def test_the_lean_send_path_migration_keeps_legacy_positions_unique_and_do
         async with engine.connect() as conn:
             upgraded = (await conn.execute(text(_SEND_PATH_SCHEMA))).all()
         async with engine.begin() as conn:  # today's code: no stream_pos, logged as before
-            [(message, stored)] = await store.insert_messages(
-                conn, [store.NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")]
+            [(message, stored)] = await message_sql.insert_messages(
+                conn, [NewMessage(uuid.uuid4(), conversation_id, BOB, "new", now, "k")]
             )
         duplicate_refused = False
         try:
