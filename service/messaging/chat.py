@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from messaging import metrics, outbox, receipts, store
+from messaging import metrics, outbox, receipts, store, tracing
 from messaging.attachments import Attachments, NewUpload
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
@@ -729,7 +729,8 @@ class Chat:
         committed_at: float | None = None,
     ) -> None:
         try:
-            await self._delivery.logged(events, skip_sid=skip_sid, committed_at=committed_at)
+            with tracing.span("messaging.fanout", attributes={"messaging.events": len(events)}):
+                await self._delivery.logged(events, skip_sid=skip_sid, committed_at=committed_at)
         except Exception:
             # The request succeeded; devices heal from the change log.
             log.exception("delivery failed", extra={"event": events[0].event if events else ""})
