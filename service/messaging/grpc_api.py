@@ -141,8 +141,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
         async def traced(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             """The call in a SERVER span that continues the caller's ``traceparent``."""
-            if not tracing.enabled():
-                return await call(raw, context)
             parent = tracing.extract(dict(context.invocation_metadata() or ()))
             with tracing.span(span_name, kind=tracing.SERVER, attributes=attributes, parent=parent):
                 try:
@@ -152,7 +150,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     status = code.value[0] if isinstance(code, grpc.StatusCode) else 0
                     tracing.set_attribute("rpc.grpc.status_code", status)
 
-        return traced
+        return traced if tracing.enabled() else call
 
 
 class MessagingServicer(pb_grpc.MessagingServiceServicer):
