@@ -294,3 +294,33 @@ print(sorted(m for m in sys.modules if m.startswith(("opentelemetry.sdk.trace",
     # (redis-py imports the SDK's metrics module when it is installed; the tracer and the
     # exporter stay unloaded, and no exporter thread runs.)
     assert done.stdout.strip() == "[] ['MainThread']", done.stdout
+
+
+async def test_a_zero_ratio_records_no_new_trace_but_follows_a_callers_sampled_one(
+    cluster: Cluster, receiver: tuple[Receiver, int]
+) -> None:
+    spans, port = receiver
+    replica = cluster.add(otel_endpoint=f"http://127.0.0.1:{port}", otel_sample_ratio="0")
+    replica.env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
+    replica.start()
+    await replica.wait_ready()
+    alice, bob = unique("alice"), unique("bob")
+    with logs_on_failure(cluster):
+        async with devices_on(cluster, (alice, replica), (bob, replica)) as (a, _):
+            conversation = (await a.ok("createConversation", {"participantId": bob}))["id"]
+            await a.ok("sendMessage", {"conversationId": conversation, "content": "hi"})
+            async with grpc.aio.insecure_channel(replica.grpc_target) as channel:
+                stub = pb_grpc.MessagingServiceStub(channel)
+                await stub.SendMessage(
+                    pb.SendMessageRequest(conversation_id=conversation, content="hi"),
+                    metadata=(
+                        ("authorization", f"Bearer {cluster.token(alice)}"),
+                        ("traceparent", f"00-{INCOMING_TRACE}-{INCOMING_PARENT}-01"),
+                    ),
+                    timeout=10,
+                )
+            await _until(spans, GRPC_SEND, FANOUT, IS_CONNECTED)
+    replica.stop()  # flushes whatever else was buffered
+    assert {_hex(s.trace_id) for s in spans.spans} == {INCOMING_TRACE}
+    assert not spans.named(SOCKET_SEND)
+    assert not spans.named(BATCH)  # batches start traces of their own: the ratio leaves them out
