@@ -68,6 +68,7 @@ class Side:
     replicas: list[Proc] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     post_sql: str = ""  # run on the side's database after migrating (an experiment's schema)
+    extra_env: dict[str, str] = field(default_factory=dict)  # --side-env, e.g. tracing on
 
 
 REFERENCE = "reference"  # the side that runs bench/reference (Node.js), not a revision
@@ -99,6 +100,7 @@ def start_side(
         "MESSAGING_LOG_LEVEL": "WARNING",
         "MESSAGING_TERMINATION_MESSAGE_PATH": str(procs.workdir / f"termination-{key}"),
         **BENCH_RATE_LIMITS,
+        **side.extra_env,
     }
     done = subprocess.run(
         [*SERVICE, "migrate"],
@@ -377,6 +379,19 @@ def print_medians(sides: list[Side], *, handshakes: bool) -> None:
                 )
 
 
+def make_sides(refs: list[str], side_env: list[str], workdir: Path) -> list[Side]:
+    """One side per ref (``REF+SQL``: SQL after migrating), with ``N:NAME=VALUE`` env items."""
+    sides = []
+    for i, spec in enumerate(refs):
+        ref, _, sql = spec.partition("+")
+        sides.append(Side(spec, export(ref, workdir / f"src{i}"), post_sql=sql))
+    for item in side_env:
+        index, _, pair = item.partition(":")
+        name, _, value = pair.partition("=")
+        sides[int(index)].extra_env[name] = value
+    return sides
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -412,6 +427,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--pg-setting", action="append", default=[], help="name=value")
     parser.add_argument(
+        "--side-env",
+        action="append",
+        default=[],
+        help="N:NAME=VALUE, an environment variable of side N's processes (0-based), e.g. "
+        "1:MESSAGING_OTEL_ENDPOINT=http://127.0.0.1:4317 with `python -m bench.otlp_sink`",
+    )
+    parser.add_argument(
         "--statements", action="store_true", help="pg_stat_statements per side at the end"
     )
     return parser.parse_args()
@@ -431,9 +453,7 @@ def main() -> int:
         settings.update(s.split("=", 1) for s in args.pg_setting)
         pg = procs.postgres(settings)
         redis = procs.redis()
-        for i, spec in enumerate(args.refs):
-            ref, _, sql = spec.partition("+")
-            sides.append(Side(spec, export(ref, workdir / f"src{i}"), post_sql=sql))
+        sides = make_sides(args.refs, args.side_env, workdir)
         for i, side in enumerate(sides):
             start_side(procs, side, f"side{i}", pg, redis.url, cprofile=args.cprofile)
         pids = [p.pid for s in sides for p in s.replicas]

@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp
 
-from messaging import admin_ui, db, metrics
+from messaging import admin_ui, db, metrics, tracing
 from messaging.attachments import Attachments, limits_from
 from messaging.auth import TokenVerifier
 from messaging.blocking import Blocks
@@ -132,6 +132,7 @@ class Service:
         if self.settings.migrates_at_startup:
             await asyncio.to_thread(db.migrate, self.settings)
         db.observe_pool(self._engine)
+        tracing.start(self.settings)
         await self.verifier.start()
         await self.connections.start()
         if self.attachments is not None:
@@ -178,6 +179,7 @@ class Service:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.aclose()
         await self._engine.dispose()
+        await asyncio.to_thread(tracing.stop)  # exports the spans still buffered
 
     # --- readiness -----------------------------------------------------------------------------
 

@@ -21,10 +21,11 @@ import asyncio
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 
+from opentelemetry.trace import SpanContext
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging import metrics
+from messaging import metrics, tracing
 from messaging.errors import RateLimited
 from messaging.records import MessageRecord, NewMessage
 from messaging.storage import messages as message_sql
@@ -36,6 +37,7 @@ Connection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 Pending = tuple[NewMessage, "asyncio.Future[tuple[MessageRecord, bool]]"]
 # The webhook events of a batch (``outbox.Outbox.message_events``), written in its statement.
 Events = Callable[[Sequence[NewMessage]], BatchEvents | None]
+_BATCH_SPAN = "messaging.group_commit"
 
 
 def refused_for_its_data(exc: DBAPIError) -> bool:
@@ -67,6 +69,8 @@ class GroupCommitter:
         self._pending: list[Pending] = []
         self._worker: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
+        # id(message) -> its sender's span, while tracing (tracing.py): batches link to them.
+        self._senders: dict[int, SpanContext | None] = {}
 
     async def commit(self, message: NewMessage) -> tuple[MessageRecord, bool]:
         """Store ``message``; returns it (or the original of a repeated clientMessageId)."""
@@ -79,7 +83,13 @@ class GroupCommitter:
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain(), name="group-commit")
-        return await future
+        if not tracing.enabled():
+            return await future
+        self._senders[id(message)] = tracing.current()  # the batch's span links to it
+        try:
+            return await future
+        finally:
+            self._senders.pop(id(message), None)
 
     async def _drain(self) -> None:
         """Commit batches until the queue is empty, on one connection held for the whole run."""
@@ -158,7 +168,13 @@ class GroupCommitter:
         self, conn: AsyncConnection, messages: list[NewMessage]
     ) -> list[tuple[MessageRecord, bool]]:
         events = self._events(messages) if self._events is not None else None
-        return await message_sql.insert_messages(conn, messages, events=events)
+        if not tracing.enabled():
+            return await message_sql.insert_messages(conn, messages, events=events)
+        senders = [self._senders.get(id(m)) for m in messages]
+        # Its own trace (not a child of whichever sender woke the worker), linked to them all.
+        with tracing.span(_BATCH_SPAN, attributes={"messaging.batch.size": len(messages)},
+                          links=senders, parent=tracing.ROOT):  # fmt: skip
+            return await message_sql.insert_messages(conn, messages, events=events)
 
     async def _more_soon(self) -> bool:
         """Keep the connection a moment for the next sends (saves a checkout and its ping)."""

@@ -23,13 +23,16 @@ from typing import Literal
 
 import grpc
 
-from messaging import metrics
+from messaging import metrics, tracing
 from messaging.errors import Unavailable
 from messaging.proto.connections.v1 import connections_pb2, connections_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 TTL_JITTER = 0.2
+_SERVICE = connections_pb2.DESCRIPTOR.services_by_name["ConnectionsService"].full_name
+_IS_CONNECTED = f"{_SERVICE}/IsConnected"
+_RPC_ATTRIBUTES = {"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": "IsConnected"}
 
 Source = Literal["cache", "rpc", "error"]
 
@@ -141,7 +144,10 @@ class ConnectionsChecker:
         request = connections_pb2.IsConnectedRequest(user_id=user_id, other_user_id=other_user_id)
         started = time.perf_counter()
         try:
-            reply = await self._stub.IsConnected(request, timeout=self._timeout)
+            with tracing.span(_IS_CONNECTED, kind=tracing.CLIENT, attributes=_RPC_ATTRIBUTES):
+                reply = await self._stub.IsConnected(
+                    request, timeout=self._timeout, metadata=tracing.inject()
+                )
         except grpc.aio.AioRpcError as exc:
             metrics.CONNECTIONS_CHECKS.labels(result="error", source="error").inc()
             log.warning(

@@ -5,8 +5,11 @@ optional fields are the ones the handlers enforce; the reply side is written her
 checked against what ``payloads.message_json`` / ``conversation_json`` and the handlers really
 answer (tests/unit/test_contract.py). ``render_typescript`` turns both into the
 ``ClientToServerEvents`` / ``ServerToClientEvents`` declarations that socket.io-client's typed
-``Socket`` takes; ``python -m messaging.contract --check`` fails when the checked-in file
-(``clients/typescript/messaging-events.d.ts``) is not what the models give, so it cannot drift.
+``Socket`` takes; ``render_asyncapi`` turns the same models into an AsyncAPI 3.0 document for
+tools that are not TypeScript (code generators, documentation sites, contract testers).
+``python -m messaging.contract --check`` fails when either checked-in file
+(``clients/typescript/messaging-events.d.ts``, ``clients/asyncapi/messaging-events.asyncapi.yaml``)
+is not what the models give, so neither can drift.
 
 A new event is one line in ``CLIENT_EVENTS`` (or ``SERVER_EVENTS``); a test fails until the
 server's registered events and these lists agree.
@@ -20,13 +23,16 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, NotRequired
 
+import yaml
 from pydantic import BaseModel, TypeAdapter
 from typing_extensions import TypedDict
 
 from messaging import payloads
 from messaging.errors import ACK_CODES
 
-OUTPUT = Path(__file__).resolve().parents[2] / "clients" / "typescript" / "messaging-events.d.ts"
+_CLIENTS = Path(__file__).resolve().parents[2] / "clients"
+OUTPUT = _CLIENTS / "typescript" / "messaging-events.d.ts"
+ASYNCAPI_OUTPUT = _CLIENTS / "asyncapi" / "messaging-events.asyncapi.yaml"
 
 
 class Attachment(TypedDict):
@@ -372,24 +378,224 @@ def render_typescript() -> str:
     return "\n".join(parts)
 
 
+_ERROR_MEANINGS = {
+    "VALIDATION_FAILED": "the payload does not match the event's schema, or breaks a rule of it",
+    "UNAUTHORIZED": "no valid token (handshake, reauthenticate)",
+    "FORBIDDEN": "the caller may not do this (not connected, blocked, not the author)",
+    "NOT_FOUND": "no such conversation or message, or the caller cannot see it",
+    "RATE_LIMITED": "past the user's budget; details.retryAfterMs says when to retry",
+    "UNAVAILABLE": "a dependency is down; retry (with the same clientMessageId)",
+    "INTERNAL": "a bug; the message never carries a stack trace",
+}
+
+
+def _components_ref(node: Any) -> Any:
+    """Point pydantic's ``#/$defs/X`` references at the document's ``components/schemas``."""
+    if isinstance(node, dict):
+        return {
+            key: (
+                str(value).replace("#/$defs/", "#/components/schemas/")
+                if key == "$ref"
+                else _components_ref(value)
+            )
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_components_ref(item) for item in node]
+    return node
+
+
+def _ref(path: str) -> dict[str, str]:
+    return {"$ref": path}
+
+
+def asyncapi_document() -> dict[str, Any]:
+    """The AsyncAPI 3.0 description of the Socket.IO events, as a mapping (see ``render_asyncapi``).
+
+    The service is the document's subject: a client-to-server event is an operation the service
+    ``receive``s, with its acknowledgement as the operation's ``reply``; a server-to-client event
+    is one it ``send``s. Message names are the Socket.IO event names; the payload schemas are the
+    handlers' own pydantic models and the reply TypedDicts, as in the TypeScript declarations.
+    """
+    schemas: dict[str, Any] = {}
+
+    def schema(kind: Any, name: str) -> dict[str, str]:
+        body = _schema(kind)
+        for sub_name, sub in body.pop("$defs", {}).items():
+            schemas.setdefault(sub_name, _components_ref(sub))
+        schemas[name] = _components_ref(body)
+        return _ref(f"#/components/schemas/{name}")
+
+    codes = sorted(ACK_CODES)
+    schemas["ErrorCode"] = {
+        "type": "string",
+        "enum": codes,
+        "description": "; ".join(f"{code}: {_ERROR_MEANINGS[code]}" for code in codes),
+    }
+    schemas["AckError"] = {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": _ref("#/components/schemas/ErrorCode"),
+            "message": {"type": "string"},
+            "details": {},
+        },
+    }
+    schemas["AckFailure"] = {
+        "type": "object",
+        "required": ["ok", "error"],
+        "properties": {"ok": {"const": False}, "error": _ref("#/components/schemas/AckError")},
+    }
+    messages: dict[str, Any] = {}
+    channel_messages: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    channel = _ref("#/channels/socket")
+
+    def message(key: str, body: dict[str, Any]) -> dict[str, str]:
+        messages[key] = body
+        channel_messages[key] = _ref(f"#/components/messages/{key}")
+        return _ref(f"#/channels/socket/messages/{key}")
+
+    for event, (request, reply) in CLIENT_EVENTS.items():
+        reply_name = _name(reply)
+        data = schema(reply, reply_name)
+        request_message = message(
+            f"{event}Request",
+            {"name": event, "title": f"{event} (client to server)",
+             "payload": schema(request, _name(request, "Request"))},
+        )  # fmt: skip
+        ack_message = message(
+            f"{event}Ack",
+            {
+                "name": f"{event} acknowledgement",
+                "title": f"{event} acknowledgement",
+                "summary": "The answer to the event's acknowledgement callback.",
+                "payload": {
+                    "anyOf": [
+                        {"type": "object", "required": ["ok", "data"],
+                         "properties": {"ok": {"const": True}, "data": data}},
+                        _ref("#/components/schemas/AckFailure"),
+                    ]
+                },
+            },
+        )  # fmt: skip
+        operations[f"client.{event}"] = {
+            "action": "receive",
+            "channel": channel,
+            "summary": f"The client emits `{event}` with an acknowledgement callback.",
+            "messages": [request_message],
+            "reply": {"channel": channel, "messages": [ack_message]},
+        }
+    for event, payload in SERVER_EVENTS.items():
+        event_message = message(
+            f"{event}Event",
+            {"name": event, "title": f"{event} (server to client)",
+             "payload": schema(payload, _name(payload))},
+        )  # fmt: skip
+        operations[f"server.{event}"] = {
+            "action": "send",
+            "channel": channel,
+            "summary": f"The server emits `{event}` to the devices concerned.",
+            "messages": [event_message],
+        }
+    refused = message(
+        "connectError",
+        {
+            "name": "connect_error",
+            "title": "connect_error (handshake refused)",
+            "payload": {
+                "type": "object",
+                "required": ["message", "data"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "data": _ref("#/components/schemas/AckError"),
+                },
+            },
+        },
+    )
+    operations["server.connect_error"] = {
+        "action": "send",
+        "channel": channel,
+        "summary": "A refused handshake: UNAUTHORIZED (token) or RATE_LIMITED (too many sockets).",
+        "messages": [refused],
+    }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Messaging platform: Socket.IO events",
+            "version": "1.0.0",
+            "description": (
+                "Generated by `python -m messaging.contract` from service/messaging/payloads.py "
+                "and service/messaging/contract.py; do not edit (CI's `--check` fails when it is "
+                "stale). Socket.IO on the HTTP port at /socket.io, namespace `/`, websocket and "
+                "long-polling. Authenticate with `auth: {token: JWT}` in the handshake (or an "
+                "`Authorization: Bearer` header). Every client-to-server event takes an "
+                "acknowledgement callback, answered `{ok: true, data}` or `{ok: false, error}`."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "host": "localhost:8000",
+                "protocol": "ws",
+                "pathname": "/socket.io/",
+                "title": "messaging dev",
+                "description": "Socket.IO (Engine.IO 4); `messaging dev` serves it here.",
+                "security": [_ref("#/components/securitySchemes/jwt")],
+            }
+        },
+        "channels": {
+            "socket": {
+                "address": "/",
+                "title": "Socket.IO namespace /",
+                "description": "Every event flows over the one connection's default namespace.",
+                "servers": [_ref("#/servers/local")],
+                "messages": channel_messages,
+            }
+        },
+        "operations": operations,
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "messages": messages,
+            "securitySchemes": {
+                "jwt": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": (
+                        "A JWT with `sub` and `exp`, given as `auth: {token}` in the Socket.IO "
+                        "handshake or as an Authorization: Bearer header."
+                    ),
+                }
+            },
+        },
+    }
+
+
+def render_asyncapi() -> str:
+    """The AsyncAPI document as YAML, deterministic for the same models."""
+    return yaml.safe_dump(asyncapi_document(), sort_keys=False, allow_unicode=True, width=100)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m messaging.contract", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the file is not current")
+    parser.add_argument("--check", action="store_true", help="fail if the files are not current")
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--asyncapi-output", type=Path, default=ASYNCAPI_OUTPUT)
     args = parser.parse_args(argv)
-    text = render_typescript()
+    files = {args.output: render_typescript(), args.asyncapi_output: render_asyncapi()}
     if args.check:
-        current = args.output.read_text() if args.output.exists() else ""
-        if current != text:
-            print(
-                f"{args.output} is stale: run `python -m messaging.contract` and commit it",
-                file=sys.stderr,
-            )
-            return 1
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"wrote {args.output}")
+        stale = [
+            path for path, text in files.items() if not path.exists() or path.read_text() != text
+        ]
+        for path in stale:
+            print(f"{path} is stale: run `python -m messaging.contract` and commit it",
+                  file=sys.stderr)  # fmt: skip
+        return 1 if stale else 0
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

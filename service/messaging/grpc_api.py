@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from messaging import metrics
+from messaging import metrics, tracing
 from messaging.auth import TokenVerifier, bearer_token
 from messaging.chat import Chat
 from messaging.errors import INTERNAL_MESSAGE, MessagingError, ValidationFailed
@@ -116,6 +116,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     except DecodeError:
                         raise ValidationFailed("the request is not a valid protobuf") from None
                     with log_context(user=user_hash(user)):
+                        tracing.set_attribute("messaging.user", user_hash(user))
                         return await behavior(request, context)
             except MessagingError as exc:
                 code = exc.grpc_status
@@ -135,7 +136,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 metrics.GRPC_REQUESTS.labels(method=name, code=code.name).inc()
                 metrics.GRPC_SECONDS.labels(method=name).observe(time.perf_counter() - started)
 
-        return call
+        span_name = f"{SERVICE_NAME}/{name}"
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": name}
+
+        async def traced(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            """The call in a SERVER span that continues the caller's ``traceparent``."""
+            parent = tracing.extract(dict(context.invocation_metadata() or ()))
+            with tracing.span(span_name, kind=tracing.SERVER, attributes=attributes, parent=parent):
+                try:
+                    return await call(raw, context)
+                finally:
+                    code = context.code()
+                    status = code.value[0] if isinstance(code, grpc.StatusCode) else 0
+                    tracing.set_attribute("rpc.grpc.status_code", status)
+
+        return traced if tracing.enabled() else call
 
 
 class MessagingServicer(pb_grpc.MessagingServiceServicer):

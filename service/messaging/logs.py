@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
+from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
@@ -129,6 +130,12 @@ def log_context(**fields: str) -> Iterator[None]:
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = dict(_CONTEXT.get() or {})
+    # The span being recorded (tracing.py), so a trace and its log lines find each other. With
+    # tracing off no span is ever current and this adds nothing.
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        fields["trace_id"] = format(span.trace_id, "032x")
+        fields["span_id"] = format(span.span_id, "016x")
     fields.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
     return fields
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from messaging import tracing
 from messaging.cursor import encode_sync_token
 from messaging.delivery import Delivery, Logged
 from messaging.events import Event, LogEvent
@@ -78,9 +79,10 @@ class Publisher:
         committed_at: float | None = None,
     ) -> None:
         try:
-            await self._delivery.logged(
-                self.encode(events), skip_sid=skip_sid, committed_at=committed_at
-            )
+            with tracing.span("messaging.fanout", attributes={"messaging.events": len(events)}):
+                await self._delivery.logged(
+                    self.encode(events), skip_sid=skip_sid, committed_at=committed_at
+                )
         except Exception:
             # The request succeeded; devices heal from the change log.
             name = socket_event(events[0].event)[0] if events else ""

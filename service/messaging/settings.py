@@ -300,6 +300,13 @@ class Settings(BaseSettings):
     # follow a user across them. Empty: a random key per process.
     log_user_hash_secret: SecretStr = SecretStr("")
 
+    # OpenTelemetry tracing (tracing.py; docs/observability.md): the OTLP/gRPC collector, e.g.
+    # http://otel-collector:4317 (https:// for TLS). Empty: off, nothing is recorded or loaded.
+    otel_endpoint: str = ""
+    otel_service_name: str = Field("messaging", min_length=1, max_length=128)
+    # The share of new traces recorded; a caller's sampled traceparent is always followed.
+    otel_sample_ratio: float = Field(1.0, ge=0, le=1)
+
     # The demo web client at ``/`` and its ``POST /demo/token`` (mints tokens for the demo users):
     # ``messaging dev`` turns it on; production mode refuses it (anyone could sign in as anyone).
     demo_client: bool = False
@@ -388,6 +395,24 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str) -> str:
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str) -> str:
+        if not value:
+            return value
+        scheme, _, rest = value.partition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if (
+            scheme not in ("http", "https")
+            or not host
+            or not port.isdigit()
+            or "/" in rest.rstrip("/")
+        ):
+            raise ValueError(
+                "otel_endpoint must be http://host:port or https://host:port (OTLP/gRPC)"
+            )
         return value.rstrip("/")
 
     @field_validator("jwt_jwks_url")

@@ -24,7 +24,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from messaging import metrics, websocket_transport
+from messaging import metrics, tracing, websocket_transport
 from messaging.auth import TokenVerifier, bearer_token
 from messaging.blocking import Blocks
 from messaging.chat import Chat
@@ -283,6 +283,7 @@ class SocketEvents:
         limit = EVENT_LIMITS.get(event)
         # Sends hold a slot while they wait for their commit (the commit queue is shared).
         slot = limiter.in_flight if event == "sendMessage" else None
+        span_name = f"socket.io/{event}"
 
         async def endpoint(sid: str, *args: Any) -> dict[str, Any]:
             started = time.perf_counter()
@@ -292,7 +293,9 @@ class SocketEvents:
                 context["user"] = self._user_hashes.get(sid) or user_hash(user_id)
             chat.database.request_started()
             try:
-                with log_context(**context):
+                # The log context is safe to record (the user is hashed); no payload is.
+                with log_context(**context), tracing.span(span_name, kind=tracing.SERVER,
+                                                          fields=context):  # fmt: skip
                     if user_id is None:
                         raise Unauthorized("socket is not authenticated")
                     if len(args) != 1:
