@@ -57,6 +57,7 @@ from messaging.objectstore import (
 from messaging.outbox import Outbox
 from messaging.presence import Presence
 from messaging.ratelimit import RateLimiter
+from messaging.read_replica import ReplicaReads
 from messaging.reports import Reports, reported_event
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
@@ -100,8 +101,10 @@ class Service:
         redis: Redis | None,
         webhooks: Dispatcher | None = None,
         attachments: Attachments | None = None,
+        replica: ReplicaReads | None = None,
     ) -> None:
         self.settings = settings
+        self.replica = replica
         self.webhooks = webhooks
         self.verifier = verifier
         self.chat = chat
@@ -171,6 +174,8 @@ class Service:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.aclose()
         await self._engine.dispose()
+        if self.replica is not None:
+            await self.replica.dispose()
 
     # --- readiness -----------------------------------------------------------------------------
 
@@ -337,8 +342,17 @@ def build_service(settings: Settings) -> Service:
         if object_store is not None
         else None
     )
+    read_engine = db.create_read_engine(settings)
+    replica = (
+        ReplicaReads(
+            replica=read_engine, max_wait_seconds=settings.database_read_max_wait_ms / 1000
+        )
+        if read_engine is not None
+        else None
+    )
     chat = Chat(
         engine=engine,
+        replica=replica,
         connections=connections,
         delivery=delivery,
         presence=presence,
@@ -422,6 +436,7 @@ def build_service(settings: Settings) -> Service:
         redis=redis,
         webhooks=webhooks,
         attachments=attachments,
+        replica=replica,
     )
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -46,6 +46,7 @@ from messaging.payloads import (
     reaction_event_json,
 )
 from messaging.presence import Presence, PresenceInfo
+from messaging.read_replica import ReplicaReads
 from messaging.receipts import Receipts
 from messaging.storage import attachments as store_attachments
 from messaging.storage import message_changes as change_store
@@ -89,8 +90,11 @@ class Chat:
         blocks: Blocks,
         events: outbox.Outbox | None = None,
         attachments: Attachments | None = None,
+        replica: ReplicaReads | None = None,
     ) -> None:
         self._engine = engine
+        # History and conversation lists may be served by a read replica (None: the primary).
+        self._replica = replica
         # Webhook events, written in the transaction of each change (none configured: a no-op).
         self._outbox = events or outbox.Outbox([])
         # None when attachments are off (MESSAGING_ATTACHMENTS_BACKEND=off).
@@ -179,6 +183,14 @@ class Chat:
             self.database_ok = False
             raise
 
+    async def _read(self, kind: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` (reads only) on the read replica when it has everything acknowledged before
+        this call, else on the primary (read_replica.py); the primary without a replica."""
+        if self._replica is not None:
+            return await self._replica.read(kind, self._connection, work)
+        async with self._connection() as conn:
+            return await work(conn)
+
     def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection for the feature modules' reads (failures surface as ``UNAVAILABLE``)."""
         return self._connection()
@@ -260,11 +272,15 @@ class Chat:
     ) -> Page[store.ConversationSummary]:
         limit = _page_size(page_size)
         cursor = _Cursor(self._cursor_key, kind="conversations", scope=user_id)
-        async with self._connection() as conn:
+        before = cursor.decode(page_token)
+
+        async def read(conn: AsyncConnection) -> list[store.ConversationSummary]:
             rows = await store.list_conversations(
-                conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
+                conn, user_id=user_id, limit=limit + 1, before=before
             )
-            rows = await self._fill_summaries(conn, rows)
+            return await self._fill_summaries(conn, rows)
+
+        rows = await self._read("conversations", read)
         return cursor.page(rows, limit, lambda s: (s.activity_at, s.conversation.id))
 
     # --- messages ------------------------------------------------------------------------------
@@ -693,15 +709,19 @@ class Chat:
         if conversation.kind == "group":  # a member sees messages from the moment it joined
             joined_at = (await self.groups.require_member(user_id, conversation_id)).joined_at
         cursor = _Cursor(self._cursor_key, kind="history", scope=str(conversation_id))
-        async with self._connection() as conn:
+        before = cursor.decode(page_token)
+
+        async def read(conn: AsyncConnection) -> list[MessageRecord]:
             rows = await store.history_page(
                 conn,
                 conversation_id=conversation_id,
                 limit=limit + 1,
-                before=cursor.decode(page_token),
+                before=before,
                 not_before=joined_at,
             )
-            rows = await self.fill(conn, rows)
+            return await self.fill(conn, rows)
+
+        rows = await self._read("history", read)
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 
     async def _deliver(
