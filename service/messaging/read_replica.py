@@ -15,7 +15,8 @@ is never an error for the client: the primary answers.
 The bound costs one tiny statement on the primary, shared by every read that arrives while one
 is in flight (single flight: a probe that started before a read arrived cannot bound it, so
 those reads take the next one). The primary still sees one round trip per batch of reads instead
-of the reads themselves (a history page is three statements: rows, reactions, attachments).
+of the reads themselves (a history page is three or four statements). docs/read-replicas.md
+states the guarantee for operators.
 """
 
 from __future__ import annotations
