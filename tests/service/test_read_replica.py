@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import grpc
@@ -322,3 +322,51 @@ async def test_a_read_url_that_is_not_a_standby_reads_the_primary(
         await replica.dispose()
     assert in_recovery is False
     assert delta == {("conversations", "primary", "not_a_standby"): 1}
+
+
+async def test_a_read_arriving_while_a_bound_is_being_taken_waits_for_a_later_one(
+    replica_database: str, postgres_server: PostgresServer, postgres_replica: PostgresReplica
+) -> None:
+    """The shared probe of the primary's position: a probe that began before a read arrived may
+    predate a commit acknowledged before that read, so the read must not use it."""
+    primary = create_async_engine(postgres_server.dsn(replica_database))
+    replica = ReplicaReads(
+        replica=create_async_engine(postgres_replica.dsn(replica_database)),
+        max_wait_seconds=0.2,
+    )
+    table = f"probe_{uuid.uuid4().hex[:8]}"
+    gate, first_probe_done = asyncio.Event(), asyncio.Event()
+
+    @asynccontextmanager
+    async def held_after_use() -> AsyncIterator[AsyncConnection]:
+        """The primary, but the first probe hangs on after its statement, still in flight."""
+        async with primary.connect() as conn:
+            yield conn
+        if not gate.is_set():
+            first_probe_done.set()
+            await gate.wait()
+
+    async def count(conn: AsyncConnection) -> int:
+        return int((await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one())
+
+    try:
+        async with primary.begin() as conn:
+            await conn.execute(text(f"CREATE TABLE {table} (x int)"))
+        earlier = asyncio.create_task(replica.read("history", held_after_use, count))
+        await first_probe_done.wait()
+        # The replica has everything up to the first probe's position, and no more from now on.
+        await asyncio.to_thread(postgres_replica.wait_caught_up)
+        with replay_paused(postgres_replica):
+            async with primary.begin() as conn:
+                await conn.execute(text(f"INSERT INTO {table} VALUES (1)"))  # acknowledged
+            later = asyncio.create_task(replica.read("history", held_after_use, count))
+            await asyncio.sleep(0.2)  # the later read is waiting for its bound
+            gate.set()
+            seen_later = await later
+            await earlier
+    finally:
+        async with primary.begin() as conn:
+            await conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        await primary.dispose()
+        await replica.dispose()
+    assert seen_later == 1
