@@ -42,6 +42,7 @@ from messaging.bench.accounting import LatencySummary
 from messaging.chat import Chat
 from messaging.cursor import encode_page_token
 from messaging.ids import uuid7_at
+from messaging.metrics import READ_REPLICA_READS
 from messaging.settings import Settings
 from messaging.storage import message_changes as change_store
 
@@ -218,6 +219,14 @@ async def main(reads: int, rounds: int) -> dict[str, Any]:  # noqa: PLR0915 - on
                     + ", ".join(f"{k} {v:.2f}" for k, v in sorted(per_read.items()))
                     + f"; latency ms p50 {summary.p50_ms:.2f} p99 {summary.p99_ms:.2f}"
                 )
+        served = {
+            f"{sample.labels['served_by']}/{sample.labels['reason']}": sample.value
+            for metric in READ_REPLICA_READS.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels["read"] == "history"
+        }
+        result["with_replica_served"] = served
+        print(f"with_replica reads by where served and why (warm-up included): {served}")
         print(f"load average (1 min) during the run: {loads}")
         for svc in (plain, routed):
             await svc.engine.dispose()
