@@ -247,6 +247,8 @@ def messaging_env(owner: Owner, spec: ClusterSpec) -> list[Body]:
         {"name": "MESSAGING_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         _secret_env("MESSAGING_DATABASE_URL", spec.postgres.dsn_secret_ref),
     ]
+    if spec.postgres.read_dsn_secret_ref is not None:
+        env.append(_secret_env("MESSAGING_DATABASE_READ_URL", spec.postgres.read_dsn_secret_ref))
     if spec.redis.managed is not None:
         env.append(
             {

@@ -30,6 +30,8 @@ def decode(secret: Mapping[str, Any] | None, key: str) -> str | None:
 def secret_refs(spec: ClusterSpec) -> dict[str, SecretKeyRef]:
     """Every Secret key the pods read, by the label the config hash and messages use."""
     refs = {"dsn": spec.postgres.dsn_secret_ref}
+    if spec.postgres.read_dsn_secret_ref is not None:
+        refs["readDsn"] = spec.postgres.read_dsn_secret_ref
     if spec.auth.jwt_secret_ref is not None:
         refs["jwt"] = spec.auth.jwt_secret_ref
     if spec.auth.public_key_secret_ref is not None:

@@ -94,6 +94,8 @@ class Redis(_Model):
 
 class Postgres(_Model):
     dsn_secret_ref: SecretKeyRef
+    # A streaming replica for history and conversation lists (MESSAGING_DATABASE_READ_URL).
+    read_dsn_secret_ref: SecretKeyRef | None = None
 
 
 JwtAlgorithm = Literal["HS256", "RS256", "ES256"]

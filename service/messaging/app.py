@@ -61,6 +61,7 @@ from messaging.outbox import Outbox
 from messaging.presence import Presence
 from messaging.publishing import Publisher
 from messaging.ratelimit import RateLimiter
+from messaging.read_replica import ReplicaReads
 from messaging.receipts import Receipts
 from messaging.records import MessageRecord
 from messaging.reports import Reports, reported_event
@@ -107,8 +108,10 @@ class Service:
         redis: Redis | None,
         webhooks: Dispatcher | None = None,
         attachments: Attachments | None = None,
+        replica: ReplicaReads | None = None,
     ) -> None:
         self.settings = settings
+        self.replica = replica
         self.webhooks = webhooks
         self.verifier = verifier
         self.chat = chat
@@ -180,6 +183,8 @@ class Service:
                 await self.redis.aclose()
         await self._engine.dispose()
         await asyncio.to_thread(tracing.stop)  # exports the spans still buffered
+        if self.replica is not None:
+            await self.replica.dispose()
 
     # --- readiness -----------------------------------------------------------------------------
 
@@ -348,7 +353,15 @@ def build_service(settings: Settings) -> Service:
     )
     # The rules' domain events, encoded for Socket.IO and fanned out (publishing.py).
     publisher = Publisher(delivery=delivery, cursor_key=settings.cursor_key)
-    database = Database(engine)
+    read_engine = db.create_read_engine(settings)
+    replica = (
+        ReplicaReads(
+            replica=read_engine, max_wait_seconds=settings.database_read_max_wait_ms / 1000
+        )
+        if read_engine is not None
+        else None
+    )
+    database = Database(engine, replica=replica)
     # A block either way keeps a user out of a group; group rules run in the same transactions.
     groups = Groups(
         database=database,
@@ -461,6 +474,7 @@ def build_service(settings: Settings) -> Service:
         redis=redis,
         webhooks=webhooks,
         attachments=attachments,
+        replica=replica,
     )
 
 

@@ -127,11 +127,15 @@ class Conversations:
     ) -> pages.Page[ConversationSummary]:
         limit = pages.page_size(page_size)
         cursor = pages.PageCursor(self._cursor_key, kind="conversations", scope=user_id)
-        async with self._database.connection() as conn:
+        before = cursor.decode(page_token)
+
+        async def read(conn: AsyncConnection) -> list[ConversationSummary]:
             rows = await sql.list_conversations(
-                conn, user_id=user_id, limit=limit + 1, before=cursor.decode(page_token)
+                conn, user_id=user_id, limit=limit + 1, before=before
             )
-            rows = await self._fill_summaries(conn, rows)
+            return await self._fill_summaries(conn, rows)
+
+        rows = await self._database.read("conversations", read)
         return cursor.page(rows, limit, lambda s: (s.activity_at, s.conversation.id))
 
     async def _fill_summaries(

@@ -24,19 +24,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 def create_engine(settings: Settings) -> AsyncEngine:
     """An engine for the configured database; it connects lazily, on first use."""
     if settings.uses_postgres:
-        engine = create_async_engine(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            max_overflow=settings.database_pool_size,
-            pool_recycle=1800,
-            pool_timeout=5,
-            echo=settings.database_echo,
-            # Errors and echo lines never quote parameters: they are users' messages and ids.
-            hide_parameters=True,
-            connect_args={"timeout": 5, "command_timeout": 15},
-        )
-        _ping_when_idle(engine)
-        return engine
+        return _postgres_engine(settings, settings.database_url)
     # SQLite allows one writer at a time: one pooled connection makes transactions queue in
     # the pool instead of failing with "database is locked".
     engine = create_async_engine(
@@ -57,6 +45,35 @@ def create_engine(settings: Settings) -> AsyncEngine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    return engine
+
+
+def create_read_engine(settings: Settings) -> AsyncEngine | None:
+    """The read replica's engine (``MESSAGING_DATABASE_READ_URL``), or None when none is set.
+
+    Shorter timeouts than the primary's: a replica that does not answer costs a read only the
+    time to notice, then the primary serves it (read_replica.py).
+    """
+    if not settings.database_read_url:
+        return None
+    return _postgres_engine(settings, settings.database_read_url, pool_timeout=1, connect_timeout=2)
+
+
+def _postgres_engine(
+    settings: Settings, url: str, *, pool_timeout: float = 5, connect_timeout: float = 5
+) -> AsyncEngine:
+    engine = create_async_engine(
+        url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_recycle=1800,
+        pool_timeout=pool_timeout,
+        echo=settings.database_echo,
+        # Errors and echo lines never quote parameters: they are users' messages and ids.
+        hide_parameters=True,
+        connect_args={"timeout": connect_timeout, "command_timeout": 15},
+    )
+    _ping_when_idle(engine)
     return engine
 
 

@@ -436,15 +436,19 @@ class Messages:
         if conversation.kind == "group":  # a member sees messages from the moment it joined
             joined_at = (await self._groups.require_member(user_id, conversation_id)).joined_at
         cursor = pages.PageCursor(self._cursor_key, kind="history", scope=str(conversation_id))
-        async with self._database.connection() as conn:
+        before = cursor.decode(page_token)
+
+        async def read(conn: AsyncConnection) -> list[MessageRecord]:
             rows = await sql.history_page(
                 conn,
                 conversation_id=conversation_id,
                 limit=limit + 1,
-                before=cursor.decode(page_token),
+                before=before,
                 not_before=joined_at,
             )
-            rows = await self._views.fill(conn, rows)
+            return await self._views.fill(conn, rows)
+
+        rows = await self._database.read("history", read)
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))
 
     def logged(self, changes: Sequence[Change], event: MessageEvent) -> list[LogEvent]:

@@ -128,6 +128,27 @@ DB_POOL_CONNECTIONS = Gauge(
     "Database connections of this process's pool by state.",
     ["state"],
 )
+READ_REPLICA_READS = Counter(
+    "messaging_read_replica_reads_total",
+    "History and conversation-list reads with a read replica configured, by where they were "
+    "served (replica, or primary: fallen back) and why (caught_up, waited for replay; lagging past "
+    "the wait, replica_down, replica_error, not_a_standby).",
+    ["read", "served_by", "reason"],
+)
+READ_REPLICA_LAG_BYTES = Gauge(
+    "messaging_read_replica_lag_bytes",
+    "How far the read replica's replay was behind the primary's WAL position when the last read "
+    "checked it (bytes of WAL).",
+)
+READ_REPLICA_WAIT = Histogram(
+    "messaging_read_replica_wait_seconds",
+    "Time a read waited for the read replica to replay up to the read's bound (0 when caught up).",
+    buckets=LATENCY_BUCKETS,
+)
+READ_REPLICA_UP = Gauge(
+    "messaging_read_replica_up",
+    "0 while the read replica is considered away (reads go to the primary), else 1.",
+)
 GROUP_COMMIT_SIZE = Histogram(
     "messaging_group_commit_messages",
     "Messages committed together in one transaction.",

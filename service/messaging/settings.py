@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./messaging.db"
     database_pool_size: int = Field(10, ge=1, le=200)
     database_echo: bool = False
+    # A PostgreSQL streaming replica (hot standby) for history pages and conversation lists;
+    # empty: every read on the primary. Reads wait at most database_read_max_wait_ms for the
+    # replica to replay what was committed before them, then read the primary (read_replica.py).
+    database_read_url: str = ""
+    database_read_max_wait_ms: int = Field(50, ge=0, le=10_000)
     # Run migrations at start-up. Unset means: yes on SQLite (the embedded default), no on
     # PostgreSQL, where `messaging migrate` runs once per release (the operator's Job).
     auto_migrate: bool | None = None
@@ -435,6 +440,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("database_read_url")
+    @classmethod
+    def _known_read_database(cls, value: str) -> str:
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):
+                value = "postgresql+asyncpg://" + value.removeprefix(plain)
+        if value and not value.startswith("postgresql+asyncpg://"):
+            raise ValueError(
+                "database_read_url must be a postgresql:// URL of a streaming replica (or empty)"
+            )
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _known_redis(cls, value: str) -> str:
@@ -488,6 +505,13 @@ class Settings(BaseSettings):
             raise ValueError("MESSAGING_DEMO_CLIENT mints tokens for anyone: dev mode only")
         if self.mode == "production" and self.database_url.startswith("sqlite"):
             raise ValueError("production mode needs a PostgreSQL MESSAGING_DATABASE_URL")
+        if self.database_read_url and not self.uses_postgres:
+            raise ValueError(
+                "MESSAGING_DATABASE_READ_URL needs a PostgreSQL MESSAGING_DATABASE_URL (the "
+                "replica streams from that primary)"
+            )
+        if self.database_read_url and self.database_read_url == self.database_url:
+            raise ValueError("MESSAGING_DATABASE_READ_URL must name the replica, not the primary")
         if self.metrics_port == self.http_port != 0:
             raise ValueError("MESSAGING_METRICS_PORT must differ from MESSAGING_HTTP_PORT")
         if self.shutdown_deadline_seconds <= self.drain_window_seconds:

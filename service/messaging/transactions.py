@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -21,15 +22,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from messaging import store
 from messaging.errors import Unavailable
 from messaging.logs import describe_error
+from messaging.read_replica import ReplicaReads
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Database:
     """Connections and transactions over one engine, and the requests in flight."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, replica: ReplicaReads | None = None) -> None:
         self._engine = engine
+        # History and conversation lists may be served by a read replica (None: the primary).
+        self._replica = replica
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -40,6 +46,14 @@ class Database:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    async def read(self, kind: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """``work`` (reads only) on the read replica when it has everything acknowledged before
+        this call, else on the primary (read_replica.py); the primary without a replica."""
+        if self._replica is not None:
+            return await self._replica.read(kind, self._connection, work)
+        async with self._connection() as conn:
+            return await work(conn)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from messaging_operator import builders
+from messaging_operator import builders, observe
 from messaging_operator.builders import Owner
 from messaging_operator.spec import parse_spec
 from tests.operator.samples import MINIMAL_SPEC, PRODUCTION_SPEC, cluster_body
@@ -302,5 +302,30 @@ def test_without_the_optional_fields_attachments_are_off_and_nothing_else_is_set
     env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
     assert env["MESSAGING_ATTACHMENTS_BACKEND"] == "off"
     assert env["MESSAGING_CORS_ALLOWED_ORIGINS"] == "[]"
-    for name in ("MESSAGING_WEBHOOKS", "MESSAGING_REDIS_CLUSTER", "MESSAGING_GRPC_TLS_CERT_FILE"):
+    for name in (
+        "MESSAGING_WEBHOOKS",
+        "MESSAGING_REDIS_CLUSTER",
+        "MESSAGING_GRPC_TLS_CERT_FILE",
+        "MESSAGING_DATABASE_READ_URL",
+    ):
         assert name not in env
+
+
+def test_a_read_replica_dsn_reaches_the_pods_by_secret_reference_and_rolls_them() -> None:
+    raw = {
+        **MINIMAL_SPEC,
+        "postgres": {
+            **MINIMAL_SPEC["postgres"],
+            "readDsnSecretRef": {"name": "chat-db-replica", "key": "dsn"},
+        },
+    }
+    spec = parse_spec(raw)
+    dep = builders.messaging_deployment(OWNER, spec, image="img:1", replicas=2, secrets_hash="x")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    [read_url] = [e for e in container["env"] if e["name"] == "MESSAGING_DATABASE_READ_URL"]
+    assert read_url == {
+        "name": "MESSAGING_DATABASE_READ_URL",
+        "valueFrom": {"secretKeyRef": {"name": "chat-db-replica", "key": "dsn"}},
+    }
+    # Part of the Secrets the operator checks and hashes into the pod template.
+    assert observe.secret_refs(spec)["readDsn"].name == "chat-db-replica"

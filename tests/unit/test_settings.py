@@ -154,3 +154,40 @@ def test_cors_origins_are_read_as_a_json_list_or_comma_separated(
 ) -> None:
     monkeypatch.setenv("MESSAGING_CORS_ALLOWED_ORIGINS", text)
     assert Settings().cors_allowed_origins == ["https://a.example", "http://localhost:3000"]
+
+
+def test_no_read_replica_by_default() -> None:
+    assert Settings().database_read_url == ""
+
+
+def test_a_plain_postgres_read_dsn_means_asyncpg() -> None:
+    settings = Settings(
+        database_url="postgresql://primary/messaging",
+        database_read_url="postgres://replica/messaging",
+    )
+    assert settings.database_read_url == "postgresql+asyncpg://replica/messaging"
+
+
+def test_a_sqlite_read_url_is_refused() -> None:
+    with pytest.raises(ValidationError, match="streaming replica"):
+        Settings(
+            database_url="postgresql://primary/messaging",
+            database_read_url="sqlite+aiosqlite:///./replica.db",
+        )
+
+
+def test_a_read_url_without_a_postgres_primary_is_refused() -> None:
+    with pytest.raises(ValidationError, match="needs a PostgreSQL MESSAGING_DATABASE_URL"):
+        Settings(database_read_url="postgresql://replica/messaging")
+
+
+def test_a_read_url_naming_the_primary_is_refused() -> None:
+    with pytest.raises(ValidationError, match="not the primary"):
+        Settings(
+            database_url="postgresql://db/messaging", database_read_url="postgres://db/messaging"
+        )
+
+
+def test_a_negative_read_wait_is_refused() -> None:
+    with pytest.raises(ValidationError, match="database_read_max_wait_ms"):
+        Settings(database_read_max_wait_ms=-1)
