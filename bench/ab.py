@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import servers
 from bench.cluster import (
     BENCH_RATE_LIMITS,
     JWT_SECRET,
@@ -45,9 +44,10 @@ from bench.cluster import (
     export_service,
     wait_quiet,
 )
-from bench.servers import REPO, Proc
 from messaging.bench.client import SocketClient
 from messaging.bench.load import mint_token
+from tests.support import servers
+from tests.support.servers import REPO, PostgresServer, Proc
 
 SERVICE = [sys.executable, "-m", "messaging.cli"]
 OUT = REPO / "bench" / "results" / "ab"  # profiles and the processes' logs of the last run
@@ -75,9 +75,10 @@ def export(ref: str, target: Path) -> Path:
 
 
 def start_side(
-    procs: Processes, side: Side, key: str, pg: servers.Postgres, redis_url: str, *, cprofile: bool
+    procs: Processes, side: Side, key: str, pg: PostgresServer, redis_url: str, *, cprofile: bool
 ) -> None:
-    database = pg.create_database(key)
+    pg.create_database(key)
+    database = pg.url(key)
     side.env = {
         "PYTHONPATH": str(side.code),
         "MESSAGING_DATABASE_URL": database,
@@ -307,7 +308,7 @@ ORDER BY total_exec_time DESC LIMIT 8
 """
 
 
-def print_statements(pg: servers.Postgres, sides: list[Side]) -> None:
+def print_statements(pg: PostgresServer, sides: list[Side]) -> None:
     """The top statements of each side's database (calls, mean ms, rows, WAL per call)."""
     for i, side in enumerate(sides):
         print(f"== statements of {side.ref}", flush=True)

@@ -63,7 +63,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bench import cluster
-from bench.servers import ServerError
 from messaging import db, store
 from messaging.auth import mint_token
 from messaging.bench.accounting import LatencySummary
@@ -72,6 +71,7 @@ from messaging.ids import uuid7_at
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.settings import Settings
+from tests.support.servers import ServerError
 
 PAGE_SIZE = 50
 TARGET_P99_MS = 10.0
@@ -643,7 +643,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured_revision = procs.export_service(args.service_from)
             print(f"service code: {measured_revision}\nstarting PostgreSQL ...", flush=True)
             pg = procs.postgres()
-            database_url = pg.create_database("history")
+            pg.create_database("history")
+            database_url = pg.url("history")
             asyncpg_url = database_url.replace("postgresql://", "postgresql+asyncpg://")
             connections = procs.connections()
             env = cluster.service_env(

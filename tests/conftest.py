@@ -8,6 +8,6 @@ pytest.register_assert_rewrite("tests.support")
 pytest_plugins: list[str] = [
     "tests.support.k8s",
     "tests.support.replicas",
-    "tests.support.servers",
+    "tests.support.fixtures",
     "tests.support.service",
 ]
