@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import servers
+from bench import node_reference
 from bench.cluster import (
     BENCH_RATE_LIMITS,
     JWT_SECRET,
@@ -50,9 +50,10 @@ from bench.cluster import (
     export_service,
     wait_quiet,
 )
-from bench.servers import REPO, Proc
 from messaging.bench.client import SocketClient
 from messaging.bench.load import mint_token
+from tests.support import servers
+from tests.support.servers import REPO, PostgresServer, Proc
 
 SERVICE = [sys.executable, "-m", "messaging.cli"]
 OUT = REPO / "bench" / "results" / "ab"  # profiles and the processes' logs of the last run
@@ -76,7 +77,7 @@ REFERENCE = "reference"  # the side that runs bench/reference (Node.js), not a r
 
 def export(ref: str, target: Path) -> Path:
     if ref == REFERENCE:
-        return servers.REFERENCE_DIR
+        return node_reference.REFERENCE_DIR
     if ref == "working":
         shutil.copytree(REPO / "service", target / "service")
         return target / "service"
@@ -86,9 +87,10 @@ def export(ref: str, target: Path) -> Path:
 
 
 def start_side(
-    procs: Processes, side: Side, key: str, pg: servers.Postgres, redis_url: str, *, cprofile: bool
+    procs: Processes, side: Side, key: str, pg: PostgresServer, redis_url: str, *, cprofile: bool
 ) -> None:
-    database = pg.create_database(key)
+    pg.create_database(key)
+    database = pg.url(key)
     if side.ref == REFERENCE:
         start_reference(procs, side, key, database, redis_url)
         return
@@ -144,10 +146,10 @@ def start_side(
 
 
 def start_reference(procs: Processes, side: Side, key: str, database: str, redis_url: str) -> None:
-    servers.npm_ci()
+    node_reference.npm_ci()
     for i in (1, 2):
         port = servers.free_port()
-        proc = servers.start_reference(
+        proc = node_reference.start_reference(
             f"{key}-{i}",
             port=port,
             database_url=database,
@@ -343,7 +345,7 @@ ORDER BY total_exec_time DESC LIMIT 8
 """
 
 
-def print_statements(pg: servers.Postgres, sides: list[Side]) -> None:
+def print_statements(pg: PostgresServer, sides: list[Side]) -> None:
     """The top statements of each side's database (calls, mean ms, rows, WAL per call)."""
     for i, side in enumerate(sides):
         print(f"== statements of {side.ref}", flush=True)

@@ -1,8 +1,8 @@
 """Processes for bench/history.py and bench/fanout.py: a tuned PostgreSQL, the service, its helpers.
 
-Built on bench/servers.py (spawn, Proc, Postgres, Redis, wait_until); what this adds is the
-benchmark settings for PostgreSQL and ``Processes``, one owner that stops everything it started,
-in reverse order, however the run ends (error, Ctrl-C or SIGTERM).
+Built on the harness (tests/support/servers.py: spawn, Proc, PostgreSQL, Redis, wait_until); what
+this adds is the benchmark settings for PostgreSQL and ``Processes``, one owner that stops
+everything it started, in reverse order, however the run ends (error, Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from bench import servers
-from bench.servers import REPO, Postgres, Proc, Redis, ServerError
 from messaging.bench import probes
+from tests.support import servers
+from tests.support.servers import REPO, PostgresServer, Proc, RedisControl, ServerError
 
 JWT_SECRET = "benchmark-only-secret-0123456789abcdef0123456789"  # noqa: S105 - private servers
 T = TypeVar("T")
 RESULTS_DIR = REPO / "bench" / "results"
 SERVICE = [sys.executable, "-m", "messaging.cli"]
+BENCH_PG_USER = "bench"  # the role of the benchmark databases (trust auth, loopback only)
 
 # Settings for a benchmark database on one machine. fsync/full_page_writes/synchronous_commit off:
 # these benchmarks measure the query path and the fan-out, not this VM's disk flush latency
@@ -110,15 +111,19 @@ class Processes:
             with contextlib.suppress(OSError):
                 shutil.copy(log, target / log.name)
 
-    def postgres(self, settings: Mapping[str, str] | None = None) -> Postgres:
-        pg = Postgres(self.workdir / "pg", settings=dict(settings or BENCH_PG_SETTINGS))
+    def postgres(self, settings: Mapping[str, str] | None = None) -> PostgresServer:
+        pg = PostgresServer(
+            self.workdir / "pg",
+            user=BENCH_PG_USER,
+            # Room for a benchmark's pools (the default 100 is not), unless the settings say.
+            settings={"max_connections": "200", **(settings or BENCH_PG_SETTINGS)},
+        )
         self._stack.callback(pg.stop)
         pg.start()
         return pg
 
-    def redis(self) -> Redis:
-        redis = Redis(self.workdir / "redis")
-        redis.workdir.mkdir(parents=True, exist_ok=True)
+    def redis(self) -> RedisControl:
+        redis = RedisControl(self.workdir / "redis")
         self._stack.callback(redis.stop)
         redis.start()
         return redis

@@ -52,8 +52,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import cluster
 from bench.fanout_load import Population, SetupError, Step, StepOutcome
-from bench.servers import Postgres, Redis, ServerError
 from messaging.bench.accounting import LatencySummary, rate
+from tests.support.servers import PostgresServer, RedisControl, ServerError
 
 DESIGNS = {
     "targeted": None,  # messaging serve
@@ -232,8 +232,8 @@ async def idle_baseline(deployment: Deployment, seconds: float) -> dict[str, flo
 @dataclass
 class Context:
     procs: cluster.Processes
-    pg: Postgres
-    redis: Redis
+    pg: PostgresServer
+    redis: RedisControl
     connections: str
     args: argparse.Namespace
     steps: list[Step]
@@ -260,7 +260,8 @@ async def quiet(deployment: Deployment) -> None:
 
 async def run_design(ctx: Context, design: str, number: int) -> dict[str, Any]:
     args = ctx.args
-    database = await asyncio.to_thread(ctx.pg.create_database, f"fanout_{design}")
+    await asyncio.to_thread(ctx.pg.create_database, f"fanout_{design}")
+    database = ctx.pg.url(f"fanout_{design}")
     env = cluster.service_env(
         database_url=database,
         connections=ctx.connections,

@@ -39,7 +39,7 @@ from bench.fanout import (
     start_replicas,
 )
 from bench.fanout_load import Population, SetupError, Step
-from bench.servers import ServerError
+from tests.support.servers import ServerError
 
 ACTIVE_REPLICAS = 3
 
@@ -89,7 +89,8 @@ async def run(args: argparse.Namespace, procs: cluster.Processes) -> dict[str, A
     ]
     steps.append(Step("closed loop w1", None, 1, args.duration, args.warmup))
     ctx = Context(procs, pg, redis, connections, args, steps, steps[0])
-    database = await asyncio.to_thread(pg.create_database, "fanout_group")
+    await asyncio.to_thread(pg.create_database, "fanout_group")
+    database = pg.url("fanout_group")
     env = cluster.service_env(
         database_url=database,
         connections=connections,

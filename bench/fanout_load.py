@@ -6,6 +6,8 @@ through Redis (never on the replica that took the send). Idle users hold one soc
 replicas that carry no conversation at all. Sockets are ``messaging.bench``'s lean wire client
 (raw websocket, Engine.IO/Socket.IO framing by hand, callbacks from ``data_received``), and the
 bookkeeping is its ``Ledger``: expected deliveries per message, losses, duplicates, latencies.
+The send loop itself (closed or open loop, ack timeouts, the drain) is ``messaging.bench``'s
+``SendLoop``, one per step; what this adds is the placement and the steps.
 """
 
 from __future__ import annotations
@@ -15,14 +17,11 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
-from messaging.bench.accounting import Ledger, Tally, ack_error
+from messaging.bench.accounting import Tally
 from messaging.bench.client import ConnectRefusedError, SocketClient
-from messaging.bench.load import mint_token
-
-_RATE_TICK_SECONDS = 0.002
-_DRAIN_TICK_SECONDS = 0.05
+from messaging.bench.load import Sender, SendLoop, mint_token
 
 
 class SetupError(Exception):
@@ -52,15 +51,14 @@ class Device:
         self.client = SocketClient()
 
 
-class Sender:
-    __slots__ = ("conversation_id", "device", "expected", "inflight", "recipient")
+class PairSender(Sender):
+    """A sender of a pair (its recipient's conversation is created by ``make_conversations``)."""
+
+    __slots__ = ("recipient",)
 
     def __init__(self, device: Device, recipient: str, expected: frozenset[int]) -> None:
-        self.device = device
+        super().__init__(device, "", expected)
         self.recipient = recipient
-        self.expected = expected
-        self.conversation_id = ""
-        self.inflight = 0
 
 
 @dataclass
@@ -81,16 +79,9 @@ class Population:
     run_id: str
     devices: list[Device] = field(default_factory=list)
     senders: list[Sender] = field(default_factory=list)
+    pair_senders: list[PairSender] = field(default_factory=list)
     disconnects: int = 0
     foreign: int = 0
-    _ledger: Ledger = field(default_factory=Ledger)
-    _prefix: str = ""
-    _sending: bool = False
-    _seq_sender: dict[int, Sender] = field(default_factory=dict)
-    _skipped: int = 0
-    _window: int = 1
-    _closed_loop: bool = True
-    _padding: str = "x" * 64
 
     def user(self, kind: str, number: int) -> str:
         return f"fan-{self.run_id}-{kind}{number}"
@@ -113,7 +104,9 @@ class Population:
                 self._device(recipient, (home + 1) % active_replicas),
                 self._device(recipient, (home + 2) % active_replicas),
             ]
-            self.senders.append(Sender(sender, recipient, frozenset(d.index for d in devices)))
+            paired = PairSender(sender, recipient, frozenset(d.index for d in devices))
+            self.senders.append(paired)
+            self.pair_senders.append(paired)
             added += [sender, *devices]
         return added
 
@@ -131,7 +124,7 @@ class Population:
         creator, *others = self.senders
         answer = await creator.device.client.call(
             "createConversation",
-            {"participantIds": [s.device.user for s in others], "title": title},
+            {"participantIds": [cast(Device, s.device).user for s in others], "title": title},
             limit_s=30.0,
         )
         if not (isinstance(answer, dict) and answer.get("ok")):
@@ -153,7 +146,7 @@ class Population:
         failures: list[str] = []
 
         async def open_one(device: Device) -> None:
-            device.client.on_event = self._event_handler(device.index)
+            # Events are counted from the first step on (run_step installs its loop's handler).
             device.client.on_close = self._closed
             async with gate:
                 try:
@@ -172,7 +165,7 @@ class Population:
     async def make_conversations(self, concurrency: int = 64) -> None:
         gate = asyncio.Semaphore(concurrency)
 
-        async def create(sender: Sender) -> None:
+        async def create(sender: PairSender) -> None:
             async with gate:
                 answer = await sender.device.client.call(
                     "createConversation", {"participantId": sender.recipient}, limit_s=30.0
@@ -181,7 +174,7 @@ class Population:
                 raise SetupError(f"createConversation failed: {answer!r}")
             sender.conversation_id = answer["data"]["id"]
 
-        await asyncio.gather(*(create(s) for s in self.senders))
+        await asyncio.gather(*(create(s) for s in self.pair_senders))
 
     def close(self) -> None:
         for device in self.devices:
@@ -193,49 +186,8 @@ class Population:
     def connected(self) -> int:
         return sum(1 for d in self.devices if d.client.connected)
 
-    # --- hot path -------------------------------------------------------------------------
-
-    def _event_handler(self, device_index: int) -> Callable[[str, Any, int], None]:
-        def on_event(name: str, data: Any, now: int) -> None:
-            if name != "newMessage" or not isinstance(data, dict):
-                return
-            cmid = data.get("clientMessageId")
-            prefix = self._prefix
-            if isinstance(cmid, str) and prefix and cmid.startswith(prefix):
-                self._ledger.delivered(int(cmid[len(prefix) :]), device_index, now)
-            else:
-                self.foreign += 1  # a straggler of an earlier step, or someone else's
-
-        return on_event
-
     def _closed(self, _client: SocketClient) -> None:
         self.disconnects += 1
-
-    def _send(self, sender: Sender) -> None:
-        now = time.monotonic_ns()
-        seq = self._ledger.sent(now, sender.expected)
-        sender.inflight += 1
-        self._seq_sender[seq] = sender
-        payload = {
-            "conversationId": sender.conversation_id,
-            "content": f"{now} {self._padding}",
-            "clientMessageId": f"{self._prefix}{seq}",
-        }
-        try:
-            sender.device.client.emit("sendMessage", payload, lambda a: self._acked(seq, a))
-        except ConnectionError:
-            self._seq_sender.pop(seq, None)
-            sender.inflight -= 1
-            self._ledger.answered(seq, now, "DISCONNECTED")
-
-    def _acked(self, seq: int, answer: Any) -> None:
-        fresh = self._ledger.answered(seq, time.monotonic_ns(), ack_error(answer))
-        sender = self._seq_sender.pop(seq, None)
-        if not fresh or sender is None:
-            return
-        sender.inflight -= 1
-        if self._sending and self._closed_loop:
-            self._send(sender)
 
     # --- one step -------------------------------------------------------------------------
 
@@ -247,45 +199,43 @@ class Population:
         on_window_end: Callable[[], None],
     ) -> StepOutcome:
         """Send for warm-up + duration, then wait for stragglers; the callbacks mark the window."""
-        self._ledger = Ledger()
-        self._prefix = f"{self.run_id}.{step_number}."
-        self._seq_sender = {}
-        self._skipped = 0
-        self._window = step.window
-        self._closed_loop = step.rate is None
-        foreign_before, disconnects_before = self.foreign, self.disconnects
+        loop = SendLoop(
+            f"{self.run_id}.{step_number}.",
+            window=step.window,
+            closed_loop=step.rate is None,
+            content_chars=64,
+        )
+        for device in self.devices:
+            device.client.on_event = loop.event_handler(device.index)
+        disconnects_before = self.disconnects
         for sender in self.senders:
             sender.inflight = 0
         start = time.monotonic_ns()
         measure_from = start + int(step.warmup_s * 1e9)
         end = measure_from + int(step.duration_s * 1e9)
-        self._ledger.set_window(measure_from, end)
-        self._sending = True
+        loop.ledger.set_window(measure_from, end)
+        loop.sending = True
         marks = asyncio.create_task(self._marks(measure_from, end, on_window_start, on_window_end))
-        sweeper = asyncio.create_task(self._sweep(step.ack_timeout_s))
+        sweeper = asyncio.create_task(loop.sweep_timeouts(step.ack_timeout_s))
         try:
             if step.rate is None:
-                for sender in self.senders:
-                    for _ in range(step.window):
-                        self._send(sender)
+                loop.fill_windows(self.senders)
                 await asyncio.sleep(max(0.0, (end - time.monotonic_ns()) / 1e9))
             else:
-                await self._paced(start, end, step.rate)
-            self._sending = False
+                await loop.paced(self.senders, start, end, step.rate)
+            loop.sending = False
             await marks
-            for _ in range(max(1, int(step.drain_s / _DRAIN_TICK_SECONDS))):
-                if not (self._ledger.in_flight or self._ledger.undelivered()):
-                    break
-                await asyncio.sleep(_DRAIN_TICK_SECONDS)
+            await loop.drain(step.drain_s)
         finally:
-            self._sending = False
+            loop.sending = False
             marks.cancel()
             sweeper.cancel()
+        self.foreign += loop.foreign
         return StepOutcome(
-            tally=self._ledger.close(),
+            tally=loop.ledger.close(),
             measured_s=step.duration_s,
-            skipped_by_window=self._skipped,
-            foreign_events=self.foreign - foreign_before,
+            skipped_by_window=loop.skipped,
+            foreign_events=loop.foreign,
             disconnects=self.disconnects - disconnects_before,
         )
 
@@ -297,34 +247,3 @@ class Population:
         at_start()
         await asyncio.sleep(max(0.0, (end_ns - time.monotonic_ns()) / 1e9))
         at_end()
-
-    async def _paced(self, start_ns: int, end_ns: int, rate: float) -> None:
-        """Open loop: ``rate`` sends per second round-robin; a sender at its window skips."""
-        senders = self.senders
-        issued = 0
-        turn = 0
-        while (now := time.monotonic_ns()) < end_ns:
-            due = int(rate * (now - start_ns) / 1e9) - issued
-            for _ in range(due):
-                issued += 1
-                for _ in range(len(senders)):
-                    sender = senders[turn]
-                    turn = (turn + 1) % len(senders)
-                    if sender.inflight < self._window:
-                        self._send(sender)
-                        break
-                else:
-                    self._skipped += 1
-            await asyncio.sleep(_RATE_TICK_SECONDS)
-
-    async def _sweep(self, timeout_s: float) -> None:
-        timeout_ns = int(timeout_s * 1e9)
-        while True:
-            await asyncio.sleep(0.5)
-            for seq in self._ledger.overdue(time.monotonic_ns() - timeout_ns):
-                self._ledger.timed_out(seq)
-                sender = self._seq_sender.pop(seq, None)
-                if sender is not None:
-                    sender.inflight -= 1
-                    if self._sending and self._closed_loop:
-                        self._send(sender)

@@ -63,7 +63,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bench import cluster
-from bench.servers import ServerError
 from messaging import db
 from messaging.auth import mint_token
 from messaging.bench.accounting import LatencySummary
@@ -73,6 +72,7 @@ from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.settings import Settings
 from messaging.storage import messages as message_sql
+from tests.support.servers import ServerError
 
 PAGE_SIZE = 50
 TARGET_P99_MS = 10.0
@@ -645,7 +645,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured_revision = procs.export_service(args.service_from)
             print(f"service code: {measured_revision}\nstarting PostgreSQL ...", flush=True)
             pg = procs.postgres()
-            database_url = pg.create_database("history")
+            pg.create_database("history")
+            database_url = pg.url("history")
             asyncpg_url = database_url.replace("postgresql://", "postgresql+asyncpg://")
             connections = procs.connections()
             env = cluster.service_env(

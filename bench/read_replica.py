@@ -35,7 +35,6 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench import cluster
-from bench.servers import free_port, pg_bin_dir
 from messaging.app import build_service
 from messaging.bench.accounting import LatencySummary
 from messaging.chat import Chat
@@ -47,6 +46,7 @@ from messaging.settings import Settings
 from messaging.storage import conversations as conversation_sql
 from messaging.storage import message_changes as change_store
 from messaging.storage import messages as message_sql
+from tests.support.servers import free_port, postgres_bin_dir
 
 MESSAGES = 2_000
 PAGE = 50
@@ -64,7 +64,7 @@ def _as_owner(argv: list[str]) -> list[str]:
 
 
 def start_replica(primary_port: int, workdir: Path) -> tuple[int, Path]:
-    bin_dir = pg_bin_dir()
+    bin_dir = postgres_bin_dir()
     assert bin_dir is not None
     data = workdir / "replica"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def start_replica(primary_port: int, workdir: Path) -> tuple[int, Path]:
 
 
 def stop_replica(data: Path) -> None:
-    bin_dir = pg_bin_dir()
+    bin_dir = postgres_bin_dir()
     assert bin_dir is not None
     subprocess.run(
         _as_owner([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),

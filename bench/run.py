@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -24,15 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report, servers
-from bench.cluster import BENCH_RATE_LIMITS
-from bench.servers import REPO, Postgres, Proc, Redis, ServerError
+from bench import node_reference, report
+from bench.cluster import BENCH_PG_USER, BENCH_RATE_LIMITS
 from messaging.bench import js_client, probes
+from tests.support import servers
+from tests.support.servers import REPO, PostgresServer, Proc, RedisControl, ServerError
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 MESSAGING = REPO / ".venv" / "bin" / "messaging"
 JWT_SECRET = "benchmark-only-secret-0123456789abcdef0123456789"  # noqa: S105 - private servers
 WEBHOOK_SECRET = "whsec_YmVuY2htYXJrLXdlYmhvb2stc2VjcmV0LTMyYnl0ZXM="  # noqa: S105 - private
+PG_GLOB = "/usr/lib/postgresql/*/bin/postgres"
 EXIT_CODES_WITH_RESULT = (0, 3)  # 3: the run finished but found lost/duplicated deliveries
 
 
@@ -105,13 +109,14 @@ def plan_loads(args: argparse.Namespace) -> list[Load]:
 # --- systems -----------------------------------------------------------------------------
 
 
-def start_reference(pg: Postgres, redis: Redis, log_dir: Path) -> System:
-    servers.npm_ci()
-    database = pg.create_database("reference")
+def start_reference(pg: PostgresServer, redis: RedisControl, log_dir: Path) -> System:
+    node_reference.npm_ci()
+    pg.create_database("reference")
+    database = pg.url("reference")
     system = System("reference", "reference (Node.js)")
     for i in (1, 2):
         port = servers.free_port()
-        proc = servers.start_reference(
+        proc = node_reference.start_reference(
             f"reference-{i}",
             port=port,
             database_url=database,
@@ -139,9 +144,10 @@ def project_available() -> str | None:
 
 
 def start_project(
-    pg: Postgres, redis: Redis, log_dir: Path, *, webhook_url: str | None = None
+    pg: PostgresServer, redis: RedisControl, log_dir: Path, *, webhook_url: str | None = None
 ) -> System:
-    database = pg.create_database("messaging")
+    pg.create_database("messaging")
+    database = pg.url("messaging")
     system = System("project", "project (Python)")
     connections_port = servers.free_port()
     base_env = {
@@ -407,8 +413,8 @@ def machine_info() -> dict[str, Any]:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             mem_kb = int(line.split()[1])
-    pg_bin = servers.pg_bin_dir()
-    lock = json.loads((servers.REFERENCE_DIR / "package-lock.json").read_text())["packages"]
+    pg_bin = servers.postgres_bin_dir() if glob.glob(PG_GLOB) else None
+    lock = json.loads((node_reference.REFERENCE_DIR / "package-lock.json").read_text())["packages"]
     versions = ", ".join(
         [
             f"Python {platform.python_version()}",
@@ -519,19 +525,41 @@ def revision() -> str:
     return f"{head} (with uncommitted changes under service/)" if dirty else head
 
 
+def ensure_packages() -> None:
+    """apt-get install PostgreSQL, Redis and Node.js when they are missing (as root only): the
+    benchmark may run on a machine hack/test.sh never prepared."""
+    missing = []
+    if not glob.glob(PG_GLOB):
+        missing.append("postgresql")
+    if shutil.which("redis-server") is None:
+        missing.append("redis-server")
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        missing.extend(["nodejs", "npm"])
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise ServerError(f"missing {', '.join(missing)} and not root to apt-get install them")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
+    # Debian starts the packaged services; the benchmark runs its own private ones.
+    for service in ("postgresql", "redis-server"):
+        subprocess.run(["service", service, "stop"], check=False, capture_output=True)
+
+
 def load_average() -> float:
     """The machine's 1-minute load average: other work competing for the cores shows here."""
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat script of steps
     args = parse_args(argv)
     if args.from_summary is not None:
         write_report(json.loads(args.from_summary.read_text()), args.results, args.markdown)
         return 0
     load_at_start = load_average()
     measured_revision = revision()
-    servers.ensure_packages()
+    ensure_packages()
     loads = plan_loads(args)
     notes: list[str] = []
     if any(load.client == "js" for load in loads) and (
@@ -552,8 +580,11 @@ def main(argv: list[str] | None = None) -> int:
     for stale in [*results_dir.glob("*.json"), *log_dir.glob("*.log")]:
         stale.unlink()  # only what an earlier run of this script wrote
     systems: list[dict[str, Any]] = []
-    with servers.workspace() as work:
-        pg, redis = Postgres(work, settings=dict(args.pg_setting)), Redis(work)
+    with servers.workspace("messaging-bench-") as work:
+        pg = PostgresServer(
+            work, user=BENCH_PG_USER, settings={"max_connections": "200", **dict(args.pg_setting)}
+        )
+        redis = RedisControl(work)
         try:
             pg.start()
             redis.start()

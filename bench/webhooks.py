@@ -39,10 +39,11 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench import cluster, servers
+from bench import cluster
 from messaging.outbox import Outbox, endpoints_from, message_reported
 from messaging.records import MessageRecord
 from messaging.settings import Settings
+from tests.support import servers
 
 SECRET = "whsec_" + base64.b64encode(b"benchmark-webhook-secret-32bytes").decode()
 
@@ -145,7 +146,8 @@ async def run(args: argparse.Namespace, procs: cluster.Processes) -> dict[str, A
         async def fresh(**more: str) -> dict[str, str]:
             """A new migrated database per run: no run inherits another's outbox or checks."""
             name = f"webhooks_{next(databases)}"
-            url = await asyncio.to_thread(pg.create_database, name)
+            await asyncio.to_thread(pg.create_database, name)
+            url = pg.url(name)
             env = cluster.service_env(
                 database_url=url, connections=connections, workdir=procs.workdir
             )

@@ -5,7 +5,9 @@
 # Kubernetes release, etcd 3.5, kwok (simulated nodes) and helm 3.
 #
 # The binaries are cached outside the repo, in a directory keyed by every pinned version, so only
-# the first run on a machine pays for the build; later runs return at once.
+# the first run on a machine pays for the build; later runs return at once. The caching (a lock
+# per key, a scratch build moved into place once verified) is hack/lib/cached-go-build.sh, shared
+# with hack/s3-server.sh.
 #
 # Usage:
 #   hack/k8s-tools.sh                  build if needed; the last line of stdout is the bin dir
@@ -28,6 +30,8 @@
 #   kwok+helm builds run side by side: each is mostly one long compile, and the overlap fills
 #   the idle time of downloads and single-threaded links.
 set -euo pipefail
+# shellcheck source=hack/lib/cached-go-build.sh
+source "$(dirname "$0")/lib/cached-go-build.sh"
 
 # Bump when the way the tools are built changes, so old caches are not reused.
 readonly SCRIPT_VERSION=2
@@ -39,71 +43,19 @@ readonly HELM_VERSION=v3.22.0
 readonly K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 readonly ALL_BINARIES=("${K8S_BINARIES[@]}" etcd kwok helm)
 
-readonly KEY="k8s-${K8S_VERSION#v}_etcd-${ETCD_VERSION#v}_kwok-${KWOK_VERSION#v}_helm-${HELM_VERSION#v}_s${SCRIPT_VERSION}"
-readonly ROOT="${MESSAGING_K8S_TOOLS_DIR:-${HOME}/.cache/messaging-platform/k8s-tools}"
-readonly DEST="${ROOT}/${KEY}"
-readonly BIN_DIR="${DEST}/bin"
-readonly STAMP="${DEST}/.complete"
-
-log() { printf 'k8s-tools: %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+TOOL=k8s-tools
+KEY="k8s-${K8S_VERSION#v}_etcd-${ETCD_VERSION#v}_kwok-${KWOK_VERSION#v}_helm-${HELM_VERSION#v}_s${SCRIPT_VERSION}"
+ROOT="${MESSAGING_K8S_TOOLS_DIR:-${HOME}/.cache/messaging-platform/k8s-tools}"
+RESULT="${ROOT}/${KEY}/bin"
+PRINT_FLAG=--print-bin-dir
 
 is_complete() {
-  [[ -f "${STAMP}" ]] || return 1
   local name
   for name in "${ALL_BINARIES[@]}"; do
-    [[ -x "${BIN_DIR}/${name}" ]] || return 1
+    [[ -x "${DEST}/bin/${name}" ]] || return 1
   done
   [[ -f "${DEST}/share/kwok/stages.yaml" ]]
 }
-
-rebuild=0
-case "${1:-}" in
-  "") ;;
-  --print-bin-dir) printf '%s\n' "${BIN_DIR}"; exit 0 ;;
-  --rebuild) rebuild=1 ;;
-  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) die "unknown argument: $1 (try --help)" ;;
-esac
-
-if [[ "${rebuild}" == 0 ]] && is_complete; then
-  printf '%s\n' "${BIN_DIR}"
-  exit 0
-fi
-
-command -v go >/dev/null || die "go is not on PATH; the tools are built from Go modules"
-mkdir -p "${ROOT}"
-
-# Two test runs starting together must not build twice into the same place.
-exec 9>"${ROOT}/.${KEY}.lock"
-if ! flock -n 9; then
-  log "another build of ${KEY} is running; waiting for it"
-  flock 9
-fi
-if [[ "${rebuild}" == 0 ]] && is_complete; then
-  printf '%s\n' "${BIN_DIR}"
-  exit 0
-fi
-
-started=${SECONDS}
-WORK="$(mktemp -d "${ROOT}/.build-XXXXXX")"
-readonly WORK
-on_exit() {
-  local rc=$?
-  rm -rf "${WORK}"
-  if [[ "${rc}" != 0 ]]; then
-    log "FAILED (exit ${rc}) after $((SECONDS - started))s; nothing was cached"
-  fi
-}
-trap on_exit EXIT
-OUT="${WORK}/out"
-mkdir -p "${OUT}/bin" "${OUT}/share/kwok" "${WORK}/logs"
-
-# The module proxy is the only way out; toolchains too come through it when a go.mod asks for a
-# newer Go than the local one (GOTOOLCHAIN=auto).
-export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN="${GOTOOLCHAIN_OVERRIDE:-auto}" GOFLAGS=-buildvcs=false
-log "building ${KEY} with $(go env GOVERSION) into ${DEST}"
-log "GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
 
 # Prints one path field (GoMod, Dir, Info) of `go mod download -json MODULE@VERSION`; exits
 # non-zero when the module cannot be had or the path does not exist.
@@ -257,42 +209,35 @@ run_group() {
   done
 }
 
-prepare_kubernetes
-prepare_etcd
-prepare_kwok_helm
+build() {
+  mkdir -p "${OUT}/share/kwok" "${WORK}/logs"
+  log "GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
+  prepare_kubernetes
+  prepare_etcd
+  prepare_kwok_helm
 
-run_group kubernetes build_kubernetes &
-k8s_pid=$!
-run_group others build_etcd build_kwok_helm &
-others_pid=$!
-failed=0
-wait "${k8s_pid}" || failed=1
-wait "${others_pid}" || failed=1
-[[ "${failed}" == 0 ]] || die "the build failed (see the log lines above)"
-
-# Prove each binary runs and carries the pinned version before the cache is marked complete.
-expect() {
-  local binary=$1 needle=$2 output
-  shift 2
-  output="$("${OUT}/bin/${binary}" "$@" 2>&1)" || die "${binary} $* failed: ${output}"
-  grep -qF -- "${needle}" <<<"${output}" || die "${binary} $* printed '${output}', expected '${needle}'"
+  run_group kubernetes build_kubernetes &
+  local k8s_pid=$! others_pid failed=0
+  run_group others build_etcd build_kwok_helm &
+  others_pid=$!
+  wait "${k8s_pid}" || failed=1
+  wait "${others_pid}" || failed=1
+  [[ "${failed}" == 0 ]] || die "the build failed (see the log lines above)"
 }
-expect kube-apiserver "Kubernetes ${K8S_VERSION}" --version
-expect kube-controller-manager "Kubernetes ${K8S_VERSION}" --version
-expect kube-scheduler "Kubernetes ${K8S_VERSION}" --version
-expect kubectl "Client Version: ${K8S_VERSION}" version --client
-expect etcd "etcd Version: ${ETCD_VERSION#v}" --version
-expect kwok "${KWOK_VERSION#v}" --version
-expect helm "${HELM_VERSION}" version --short
 
-{
+verify() {
+  expect kube-apiserver "Kubernetes ${K8S_VERSION}" --version
+  expect kube-controller-manager "Kubernetes ${K8S_VERSION}" --version
+  expect kube-scheduler "Kubernetes ${K8S_VERSION}" --version
+  expect kubectl "Client Version: ${K8S_VERSION}" version --client
+  expect etcd "etcd Version: ${ETCD_VERSION#v}" --version
+  expect kwok "${KWOK_VERSION#v}" --version
+  expect helm "${HELM_VERSION}" version --short
+}
+
+build_info() {
   printf 'kubernetes %s\netcd %s\nkwok %s\nhelm %s\nscript %s\n' \
     "${K8S_VERSION}" "${ETCD_VERSION}" "${KWOK_VERSION}" "${HELM_VERSION}" "${SCRIPT_VERSION}"
-  printf 'go %s\nbuilt %s in %ss\n' "$(go env GOVERSION)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$((SECONDS - started))"
-} >"${OUT}/BUILD-INFO"
-touch "${OUT}/.complete"
+}
 
-rm -rf "${DEST}"
-mv "${OUT}" "${DEST}"
-log "built ${KEY} in $((SECONDS - started))s ($(du -sh "${BIN_DIR}" | cut -f1) in ${BIN_DIR})"
-printf '%s\n' "${BIN_DIR}"
+cached_go_build "$@"

@@ -11,7 +11,9 @@
 # files in a directory, so a test server is one process in a temp dir.
 #
 # The binary is cached outside the repo, in a directory keyed by the pinned version, so only the
-# first run on a machine pays for the build; later runs return at once.
+# first run on a machine pays for the build; later runs return at once. The caching (a lock per
+# key, a scratch build moved into place once verified) is hack/lib/cached-go-build.sh, shared
+# with hack/k8s-tools.sh.
 #
 # Usage:
 #   hack/s3-server.sh                  build if needed; the last line of stdout is the binary
@@ -22,85 +24,31 @@
 #   MESSAGING_S3_SERVER_DIR  cache root (default: $HOME/.cache/messaging-platform/s3-server)
 #   GOMODCACHE, GOCACHE      honoured as usual
 set -euo pipefail
+# shellcheck source=hack/lib/cached-go-build.sh
+source "$(dirname "$0")/lib/cached-go-build.sh"
 
 # Bump when the way the server is built changes, so old caches are not reused.
 readonly SCRIPT_VERSION=1
 readonly VERSITYGW_VERSION=v1.8.0
 readonly MODULE=github.com/versity/versitygw
 
-readonly KEY="versitygw-${VERSITYGW_VERSION#v}_s${SCRIPT_VERSION}"
-readonly ROOT="${MESSAGING_S3_SERVER_DIR:-${HOME}/.cache/messaging-platform/s3-server}"
-readonly DEST="${ROOT}/${KEY}"
-readonly BINARY="${DEST}/bin/versitygw"
-readonly STAMP="${DEST}/.complete"
+TOOL=s3-server
+KEY="versitygw-${VERSITYGW_VERSION#v}_s${SCRIPT_VERSION}"
+ROOT="${MESSAGING_S3_SERVER_DIR:-${HOME}/.cache/messaging-platform/s3-server}"
+RESULT="${ROOT}/${KEY}/bin/versitygw"
+PRINT_FLAG=--print-binary
 
-log() { printf 's3-server: %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+is_complete() { [[ -x "${RESULT}" ]]; }
 
-is_complete() { [[ -f "${STAMP}" && -x "${BINARY}" ]]; }
-
-rebuild=0
-case "${1:-}" in
-  "") ;;
-  --print-binary) printf '%s\n' "${BINARY}"; exit 0 ;;
-  --rebuild) rebuild=1 ;;
-  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) die "unknown argument: $1 (try --help)" ;;
-esac
-
-if [[ "${rebuild}" == 0 ]] && is_complete; then
-  printf '%s\n' "${BINARY}"
-  exit 0
-fi
-
-command -v go >/dev/null || die "go is not on PATH; the server is built from Go modules"
-mkdir -p "${ROOT}"
-
-# Two test runs starting together must not build twice into the same place.
-exec 9>"${ROOT}/.${KEY}.lock"
-if ! flock -n 9; then
-  log "another build of ${KEY} is running; waiting for it"
-  flock 9
-fi
-if [[ "${rebuild}" == 0 ]] && is_complete; then
-  printf '%s\n' "${BINARY}"
-  exit 0
-fi
-
-started=${SECONDS}
-WORK="$(mktemp -d "${ROOT}/.build-XXXXXX")"
-readonly WORK
-on_exit() {
-  local rc=$?
-  rm -rf "${WORK}"
-  if [[ "${rc}" != 0 ]]; then
-    log "FAILED (exit ${rc}) after $((SECONDS - started))s; nothing was cached"
-  fi
+build() {
+  # The version stamp is what upstream's Makefile sets (main.Version); -s -w as its release builds.
+  GOBIN="${OUT}/bin" go install -trimpath \
+    -ldflags "-s -w -X main.Version=${VERSITYGW_VERSION} -X main.Build=module" \
+    "${MODULE}/cmd/versitygw@${VERSITYGW_VERSION}"
 }
-trap on_exit EXIT
-OUT="${WORK}/out"
-mkdir -p "${OUT}/bin"
 
-# The module proxy is the only way out; a newer Go, if the module asks for one, comes through it.
-export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN="${GOTOOLCHAIN_OVERRIDE:-auto}" GOFLAGS=-buildvcs=false
-log "building ${KEY} with $(go env GOVERSION) into ${DEST}"
-# The version stamp is what upstream's Makefile sets (main.Version); -s -w as its release builds.
-GOBIN="${OUT}/bin" go install -trimpath \
-  -ldflags "-s -w -X main.Version=${VERSITYGW_VERSION} -X main.Build=module" \
-  "${MODULE}/cmd/versitygw@${VERSITYGW_VERSION}"
+verify() { expect versitygw "${VERSITYGW_VERSION}" --version; }
 
-# Prove it runs and carries the pinned version before the cache is marked complete.
-output="$("${OUT}/bin/versitygw" --version 2>&1)" || die "versitygw --version failed: ${output}"
-grep -qF -- "${VERSITYGW_VERSION}" <<<"${output}" ||
-  die "versitygw --version printed '${output}', expected '${VERSITYGW_VERSION}'"
+build_info() { printf 'versitygw %s\nscript %s\n' "${VERSITYGW_VERSION}" "${SCRIPT_VERSION}"; }
 
-{
-  printf 'versitygw %s\nscript %s\n' "${VERSITYGW_VERSION}" "${SCRIPT_VERSION}"
-  printf 'go %s\nbuilt %s in %ss\n' "$(go env GOVERSION)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$((SECONDS - started))"
-} >"${OUT}/BUILD-INFO"
-touch "${OUT}/.complete"
-
-rm -rf "${DEST}"
-mv "${OUT}" "${DEST}"
-log "built ${KEY} in $((SECONDS - started))s ($(du -sh "${BINARY}" | cut -f1))"
-printf '%s\n' "${BINARY}"
+cached_go_build "$@"

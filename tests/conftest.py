@@ -9,6 +9,6 @@ pytest_plugins: list[str] = [
     "tests.support.k8s",
     "tests.support.pg_replica",
     "tests.support.replicas",
-    "tests.support.servers",
+    "tests.support.fixtures",
     "tests.support.service",
 ]

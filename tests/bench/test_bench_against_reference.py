@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from bench import servers
+from bench import node_reference
 from messaging.bench import main
-from tests.support.servers import PostgresServer, RedisControl
+from tests.support.servers import PostgresServer, Proc, RedisControl, free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -34,19 +34,16 @@ def reference(
     redis_server: RedisControl,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[list[Replica]]:
-    servers.npm_ci()
+    node_reference.npm_ci()
     postgres_server.create_database("bench_reference")
-    database_url = (
-        f"postgresql://{postgres_server.user}@{postgres_server.host}:{postgres_server.port}"
-        "/bench_reference"
-    )
+    database_url = postgres_server.url("bench_reference")
     log_dir = tmp_path_factory.mktemp("reference-logs")
-    procs: list[servers.Proc] = []
+    procs: list[Proc] = []
     replicas = []
     try:
         for i in (1, 2):
-            port = servers.free_port()
-            proc = servers.start_reference(
+            port = free_port()
+            proc = node_reference.start_reference(
                 f"reference-{i}",
                 port=port,
                 database_url=database_url,

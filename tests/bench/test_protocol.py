@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,15 +11,7 @@ from messaging.bench import protocol as p
 
 def server_frame(payload: bytes, opcode: int = p.OP_TEXT, fin: bool = True) -> bytes:
     """An unmasked frame as a server sends it."""
-    head = bytes(((0x80 if fin else 0) | opcode,))
-    n = len(payload)
-    if n < 126:
-        head += bytes((n,))
-    elif n < 1 << 16:
-        head += struct.pack("!BH", 126, n)
-    else:
-        head += struct.pack("!BQ", 127, n)
-    return head + payload
+    return p.encode_frame(payload, opcode, masked=False, fin=fin)
 
 
 def test_client_frames_are_masked_and_unmask_to_the_payload() -> None:

@@ -35,6 +35,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 VENV_IN_IMAGE = "/opt/messaging"
+# The image fixture builds a virtualenv from PyPI (a minute): under pytest-xdist
+# (`--dist loadgroup`) the module stays on one worker, so it is built once.
+pytestmark = pytest.mark.xdist_group("chart-image")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,6 +23,7 @@ import yaml
 
 from tests.operator.kubeapi import Kube
 from tests.support.k8s import K8sCluster, wait_until
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "messagingclusters.messaging.platform.io.yaml"
@@ -36,12 +36,6 @@ RESYNC_SECONDS = 3
 POD_METRICS_PORT = 0
 # Short leader-election timings, so a takeover in the tests takes seconds, not half a minute.
 LEASE_ARGS = ("--lease-seconds", "8", "--renew-deadline-seconds", "6", "--retry-seconds", "2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

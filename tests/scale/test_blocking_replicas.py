@@ -6,24 +6,10 @@ so only the invalidation through the backplane can make a replica see a change i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
-from tests.support.replicas import Cluster, Replica, logs_on_failure
-from tests.support.service import Device, unique
+from tests.support.replicas import Cluster, devices_on, logs_on_failure
+from tests.support.service import unique
 
 CACHED_FOR_AN_HOUR = {"blocks_cache_ttl_seconds": "3600"}
-
-
-@contextlib.asynccontextmanager
-async def on(cluster: Cluster, *placed: tuple[str, Replica]) -> AsyncIterator[list[Device]]:
-    connected = [Device(replica.url, cluster.token(user)) for user, replica in placed]
-    try:
-        await asyncio.gather(*(d.connect() for d in connected))
-        yield connected
-    finally:
-        await asyncio.gather(*(d.disconnect() for d in connected), return_exceptions=True)
 
 
 def send(conversation: str, content: str) -> dict[str, str]:
@@ -36,7 +22,7 @@ async def test_a_block_made_on_one_replica_refuses_a_send_through_another_at_onc
     one, two = await cluster.start(2, **CACHED_FOR_AN_HOUR)
     alice, bob = unique("alice"), unique("bob")
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, one), (bob, two)) as [a, b]:
+        async with devices_on(cluster, (alice, one), (bob, two)) as [a, b]:
             conversation = (await a.ok("createConversation", {"participantId": bob}))["id"]
             await b.ok("sendMessage", send(conversation, "warms replica two's cache"))
             await b.ok("sendMessage", send(conversation, "answered from that cache"))
@@ -74,7 +60,7 @@ async def test_a_replica_that_lost_redis_reads_blocks_through_and_forgets_its_ca
     alice, bob = unique("alice"), unique("bob")
     assert cluster.redis is not None
     with logs_on_failure(cluster):
-        async with on(cluster, (alice, one), (bob, two)) as [a, b]:
+        async with devices_on(cluster, (alice, one), (bob, two)) as [a, b]:
             conversation = (await a.ok("createConversation", {"participantId": bob}))["id"]
             await b.ok("sendMessage", send(conversation, "cached"))
             cluster.redis.stop()

@@ -9,12 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from messaging import contract
 from tests.support.service import RunningService, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = ROOT / "tests" / "node"
 TSC = NODE / "node_modules" / ".bin" / "tsc"
+
+# tsc writes tests/node/dist/ in the working tree: under pytest-xdist (`--dist loadgroup`) these
+# tests run on one worker, so two compilations never write the same file at once.
+pytestmark = pytest.mark.xdist_group("tests-node-dist")
 
 
 def _tsc(*args: str) -> subprocess.CompletedProcess[str]:

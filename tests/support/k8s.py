@@ -39,7 +39,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -56,6 +55,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.servers import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_SCRIPT = REPO_ROOT / "hack" / "k8s-tools.sh"
@@ -239,6 +240,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _needs_cluster(item):
             item.add_marker(pytest.mark.k8s)
+            # Under pytest-xdist (`--dist loadgroup`) every test of the cluster runs on one
+            # worker: one control plane per run, not one per worker (each costs ~1 GiB and a
+            # core while it starts), and kwok's pod IPs (POD_CIDR) are fixed, so two planes'
+            # pods would take the same loopback addresses.
+            item.add_marker(pytest.mark.xdist_group("k8s"))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -463,18 +469,6 @@ def write_kubeconfig(path: Path, *, server: str, pki: Pki) -> None:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel considers free right now; all sockets are held until every port is
-    chosen so that one call never returns the same port twice."""
-    with contextlib.ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 def _die_with_parent() -> None:
     """Runs in the child before exec: if pytest is killed outright (no finalizer, no atexit), the
     kernel still kills the component instead of leaving it bound to its ports."""
@@ -607,7 +601,7 @@ def start_control_plane(bin_dir: Path, work_dir: Path) -> tuple[K8sCluster, Cont
     log_dir.mkdir(parents=True, exist_ok=True)
     for sub in ("etcd", "controller-manager", "scheduler"):
         (work_dir / sub).mkdir(mode=0o700, exist_ok=True)
-    etcd_port, etcd_peer_port, api_port, kcm_port, scheduler_port, kwok_port = _free_ports(6)
+    etcd_port, etcd_peer_port, api_port, kcm_port, scheduler_port, kwok_port = free_ports(6)
     server = f"https://127.0.0.1:{api_port}"
     kubeconfig = work_dir / "kubeconfig"
     write_kubeconfig(kubeconfig, server=server, pki=pki)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import PostgresServer, _as_postgres_user, free_port
+from tests.support.servers import PostgresServer, as_user
 
 
 @dataclass(frozen=True)
@@ -85,41 +85,37 @@ class PostgresReplica:
 
 @pytest.fixture(scope="session")
 def postgres_replica(postgres_server: PostgresServer) -> Iterator[PostgresReplica]:
-    prefix, uid, gid = _as_postgres_user()
     root = Path(tempfile.mkdtemp(prefix="messaging-pg-replica-"))
-    data = root / "data"
-    if uid is not None and gid is not None:
-        os.chown(root, uid, gid)
+    run_as = "postgres" if os.geteuid() == 0 else None
+    data = root / "pgdata"  # where PostgresServer(root) keeps its cluster
+    data.mkdir()
+    if run_as is not None:
+        root.chmod(0o755)  # the postgres user must reach its directory
+        shutil.chown(data, run_as)
+    data.chmod(0o700)
     slot = f"test_replica_{uuid.uuid4().hex[:8]}"
-    bin_dir = postgres_server.bin_dir
     subprocess.run(
-        [*prefix, str(bin_dir / "pg_basebackup"), "-h", postgres_server.host,
+        [str(postgres_server.bin_dir / "pg_basebackup"), "-h", postgres_server.host,
          "-p", str(postgres_server.port), "-U", postgres_server.user, "-D", str(data),
          "-R", "-X", "stream", "-C", "-S", slot, "-c", "fast", "--no-sync"],
-        check=True, capture_output=True,
+        check=True, capture_output=True, **as_user(run_as),
     )  # fmt: skip
-    port = free_port()
     # A hot standby needs max_connections at least the primary's.
-    options = (
-        f"-p {port} -k {root} -h 127.0.0.1 -c fsync=off -c max_connections=300"
-        " -c hot_standby=on -c hot_standby_feedback=on -c cluster_name=messaging-test-replica"
-    )
     server = PostgresServer(
-        host="127.0.0.1",
-        port=port,
+        root,
         user=postgres_server.user,
-        bin_dir=bin_dir,
-        data_dir=data,
-        options=options,
-        run_as=tuple(prefix),
+        settings={
+            "fsync": "off",
+            "max_connections": "300",
+            "hot_standby": "on",
+            "hot_standby_feedback": "on",
+            "cluster_name": "messaging-test-replica",
+        },
     )
     replica = PostgresReplica(primary=postgres_server, server=server)
 
     def stop() -> None:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False, capture_output=True,
-        )  # fmt: skip
+        server.kill()
         # The slot would hold WAL on the primary for ever; its walsender exits shortly after.
         for _ in range(50):
             try:

@@ -32,7 +32,7 @@ from messaging.db import migrate
 from messaging.dev_connections import ConnectionGraph, start_connections_server
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.settings import Settings
-from tests.support.servers import PostgresServer, RedisControl, free_port
+from tests.support.servers import PostgresServer, RedisControl, free_ports
 from tests.support.service import JWT_SECRET, Device
 
 
@@ -164,12 +164,7 @@ class Cluster:
 
     def add(self, **settings: str) -> Replica:
         name = f"replica-{len(self.replicas)}-{uuid.uuid4().hex[:4]}"
-        http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-        # The kernel may hand out a just-released port again.
-        while grpc_port == http_port:
-            grpc_port = free_port()
-        while metrics_port in (http_port, grpc_port):
-            metrics_port = free_port()
+        http_port, grpc_port, metrics_port = free_ports(3)
         env = dict(os.environ)
         env.update(
             {

@@ -1,8 +1,15 @@
-"""Real PostgreSQL and Redis servers for the tests, on private ports and temporary directories.
+"""The harness's server processes: PostgreSQL, Redis and the S3-compatible object store.
 
-Each starts once per test session and is stopped at the end, also when the run fails or is
-interrupted. Nothing here installs packages: hack/test.sh does that; if a server binary is
-missing the fixture fails loudly instead of skipping.
+One launcher for the tests, the benchmarks (`bench/`) and the fault suites alike, so that what a
+benchmark measures runs the way the tests run it. Everything listens on a loopback port chosen
+at start, keeps its files in one directory and is stopped by the handle that started it; nothing
+touches a system service. The classes are plain (``start``/``stop``, and a restart on the same
+port, which the fault suites use to take a server away and bring it back); the ``running_*``
+context managers stop them however the block ends, also at interpreter exit. The pytest fixtures
+(`tests/support/fixtures.py`) are thin wrappers over these.
+
+Nothing here installs packages: hack/test.sh does. A missing binary is a ``ServerError`` (the
+fixtures fail loudly instead of skipping).
 """
 
 from __future__ import annotations
@@ -18,119 +25,334 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import pytest
+REPO = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+
+
+class ServerError(RuntimeError):
+    """A server could not be found or started (its log tail is in the message)."""
+
+
+# --- ports and processes -------------------------------------------------------------------------
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel considers free right now; every socket is held until all are chosen, so
+    one call never returns the same port twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            sockets.append(sock)
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def port_open(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback http
+            return bool(200 <= response.status < 300)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Proc:
+    """A started process with its log; ``stop`` ends exactly this process (and its group)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=grace)
+
+
+def spawn(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    *,
+    user: str | None = None,
+) -> Proc:
+    """Start ``argv`` in a session of its own (``stop`` reaches its children too), its output
+    appended to ``log_dir/name.log``; as ``user`` when given (we are root then)."""
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+            **as_user(user),
+        )
+    return Proc(name, popen, log_path)
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run a child as ``user`` (its group, no others), or as us."""
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def wait_until(
+    check: Callable[[], bool], what: str, proc: Proc | None = None, timeout: float = 60.0
+) -> None:
+    """Poll ``check`` until it holds; fail early, with its log, when ``proc`` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and not proc.alive():
+            raise ServerError(f"{proc.name} exited while waiting for {what}:\n{proc.log_tail()}")
+        time.sleep(0.05)
+    tail = "" if proc is None else "\n" + proc.log_tail()
+    raise ServerError(f"timed out waiting for {what}{tail}")
 
 
 def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+    wait_until(lambda: port_open(port, host), f"{host}:{port} to listen", None, timeout)
 
 
-def _postgres_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+@contextlib.contextmanager
+def workspace(prefix: str = "messaging-") -> Iterator[Path]:
+    """A temporary directory, removed with everything in it when the block ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stopped_at_exit(stop: Callable[[], None]) -> Iterator[None]:
+    """Run ``stop`` when the block ends, and at interpreter exit should it never end (a run
+    interrupted inside a session fixture): no server outlives the process that started it."""
+    atexit.register(stop)
+    try:
+        yield
+    finally:
+        stop()
+        atexit.unregister(stop)
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+
+def postgres_bin_dir() -> Path:
+    """The newest installed PostgreSQL's bin directory (Debian layout)."""
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+        key=lambda p: int(n) if (n := Path(p).parents[1].name).isdigit() else 0,
+    )
     if not found:
-        raise RuntimeError("PostgreSQL server binaries not found: run hack/test.sh (installs them)")
+        raise ServerError("PostgreSQL server binaries not found: run hack/test.sh (installs them)")
     return Path(found[-1]).parent
 
 
-def _as_postgres_user() -> tuple[list[str], int | None, int | None]:
-    """PostgreSQL refuses to run as root: drop to the `postgres` system user when we are root."""
-    if os.geteuid() != 0:
-        return [], None, None
-    entry = pwd.getpwnam("postgres")
-    return ["runuser", "-u", "postgres", "--"], entry.pw_uid, entry.pw_gid
-
-
-@dataclass(frozen=True)
 class PostgresServer:
-    host: str
-    port: int
-    user: str
-    bin_dir: Path
-    data_dir: Path | None = None
-    options: str = ""
-    run_as: tuple[str, ...] = ()
+    """A throw-away PostgreSQL cluster: trust auth for ``user``, one loopback port, its files
+    under ``workdir``; ``settings`` are extra ``-c name=value`` options.
 
-    def _pg_ctl(self, *args: str) -> None:
-        assert self.data_dir is not None
+    ``start`` creates the cluster the first time and (re)starts the server on the same port;
+    ``stop`` is a fast shutdown (clients are disconnected), as an operator's would be; ``kill``
+    an immediate one. PostgreSQL refuses to run as root, so as root it runs as the packaged
+    ``postgres`` user.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        user: str = "postgres",
+        settings: Mapping[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.host = LOOPBACK
+        self.port = port or free_port()
+        self.user = user
+        self.settings = dict(settings or {})
+        self.bin_dir = postgres_bin_dir()
+        self.data_dir = workdir / "pgdata"
+        self.proc: Proc | None = None
+        self._run_as = "postgres" if os.geteuid() == 0 else None
+
+    def _init(self) -> None:
+        self.data_dir.mkdir(parents=True)
+        if self._run_as is not None:
+            self.workdir.chmod(0o755)  # the postgres user must reach its directory
+            shutil.chown(self.data_dir, self._run_as)
         subprocess.run(
-            [*self.run_as, str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args],
-            check=True, capture_output=True,
+            [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.user,
+             "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True, cwd=self.workdir, **as_user(self._run_as),
         )  # fmt: skip
-
-    def stop(self) -> None:
-        """Stop the server the way an operator would (fast: clients are disconnected)."""
-        self._pg_ctl("-m", "fast", "-w", "stop")
 
     def start(self) -> None:
-        assert self.data_dir is not None
-        self._pg_ctl("-o", self.options, "-l", str(self.data_dir.parent / "postgres.log"),
-                     "-w", "start")  # fmt: skip
+        if self.proc is not None and self.proc.alive():
+            return
+        if not self.data_dir.exists():
+            self._init()
+        options = {"listen_addresses": self.host, **self.settings}
+        self.proc = spawn(
+            "postgres",
+            [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
+             "-k", str(self.data_dir),
+             *(arg for k, v in options.items() for arg in ("-c", f"{k}={v}"))],
+            self.workdir, cwd=self.workdir, user=self._run_as,
+        )  # fmt: skip
+        wait_until(lambda: port_open(self.port), "PostgreSQL to listen", self.proc)
+        wait_until(
+            lambda: self.psql("postgres", "SELECT 1", check=False) == "1",
+            "PostgreSQL to accept queries",
+            self.proc,
+        )
+
+    def _shutdown(self, sig: int) -> None:
+        # The postmaster alone: it ends its backends the way the mode says (a signal to the whole
+        # group would also cancel their queries first, which no real shutdown does).
+        if self.proc is None or not self.proc.alive():
+            return
+        self.proc.popen.send_signal(sig)
+        try:
+            self.proc.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.stop(signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Fast shutdown: clients are disconnected, the data is kept for ``start``."""
+        self._shutdown(signal.SIGINT)
+
+    def kill(self) -> None:
+        """Immediate shutdown (the crash-recovery kind): for throw-away clusters at the end."""
+        self._shutdown(signal.SIGQUIT)
+
+    def url(self, database: str = "postgres") -> str:
+        """A libpq URL (psql, Node.js, ``MESSAGING_DATABASE_URL``)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
 
     def dsn(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL the service's engine takes."""
         return f"postgresql+asyncpg://{self.user}@{self.host}:{self.port}/{database}"
 
-    def psql(self, database: str, sql: str) -> str:
-        out = subprocess.run(
+    def psql(self, database: str, sql: str, check: bool = True) -> str:
+        done = subprocess.run(
             [str(self.bin_dir / "psql"), "-h", self.host, "-p", str(self.port), "-U", self.user,
              "-d", database, "-v", "ON_ERROR_STOP=1", "-Atc", sql],
-            check=True, capture_output=True, text=True,
+            check=check, capture_output=True, text=True,
         )  # fmt: skip
-        return out.stdout
+        return done.stdout.strip()
 
     def create_database(self, name: str) -> str:
+        """Create ``name``; returns its ``dsn``."""
         self.psql("postgres", f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
 
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server not found: run hack/test.sh (installs it)")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-        start_new_session=True,
-    )  # fmt: skip
-    wait_for_port("127.0.0.1", port)
-    return proc
+@contextlib.contextmanager
+def running_postgres(
+    workdir: Path | None = None,
+    *,
+    user: str = "postgres",
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[PostgresServer]:
+    """A started ``PostgresServer`` (in a fresh temporary directory unless ``workdir``), killed
+    and its files removed when the block ends."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(workspace("messaging-pg-"))
+        server = PostgresServer(workdir, user=user, settings=settings)
+        stack.enter_context(stopped_at_exit(server.kill))
+        server.start()
+        yield server
+
+
+# --- Redis ---------------------------------------------------------------------------------------
 
 
 class RedisControl:
-    """The test Redis, with a handle to stop and restart it on the same port."""
+    """A private Redis (no persistence), with a handle to stop and restart it on the same port."""
 
-    def __init__(self, port: int, workdir: Path) -> None:
-        self.host = "127.0.0.1"
-        self.port = port
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        self.host = LOOPBACK
+        self.port = port or free_port()
         self.workdir = workdir
-        self.process = _start_redis(port, workdir)
+        self.proc: Proc | None = None
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(10)
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The running server's process (the fault suites freeze it with SIGSTOP)."""
+        assert self.proc is not None
+        return self.proc.popen
 
     def start(self) -> None:
-        if self.process.poll() is not None:
-            self.process = _start_redis(self.port, self.workdir)
+        """Start it, or again after ``stop`` (a no-op while it runs)."""
+        if self.proc is not None and self.proc.alive():
+            return
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServerError("redis-server not found: run hack/test.sh (installs it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = spawn(
+            "redis",
+            [binary, "--port", str(self.port), "--bind", self.host, "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            self.workdir,
+        )  # fmt: skip
+        wait_until(lambda: port_open(self.port, self.host), "Redis to listen", self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM)
 
     def cli(self, *args: str) -> str:
         return subprocess.run(
@@ -139,62 +361,16 @@ class RedisControl:
         ).stdout.strip()  # fmt: skip
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    bin_dir = _postgres_bin()
-    prefix, uid, gid = _as_postgres_user()
-    root = Path(tempfile.mkdtemp(prefix="messaging-pg-"))
-    data = root / "data"
-    if uid is not None and gid is not None:
-        os.chown(root, uid, gid)
-    port = free_port()
-    subprocess.run(
-        [*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-         "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    options = f"-p {port} -k {root} -h 127.0.0.1 -c fsync=off -c full_page_writes=off"
-    options += " -c max_connections=300"
-    subprocess.run(
-        [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-         str(root / "postgres.log"), "-w", "start"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-
-    def stop() -> None:
-        subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False, capture_output=True,
-        )  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
-
-    atexit.register(stop)
-    try:
-        yield PostgresServer(
-            host="127.0.0.1",
-            port=port,
-            user="postgres",
-            bin_dir=bin_dir,
-            data_dir=data,
-            options=options,
-            run_as=tuple(prefix),
-        )
-    finally:
-        stop()
-        atexit.unregister(stop)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisControl]:
-    workdir = Path(tempfile.mkdtemp(prefix="messaging-redis-"))
-    control = RedisControl(free_port(), workdir)
-    atexit.register(control.stop)
-    try:
-        yield control
-    finally:
-        control.stop()
-        atexit.unregister(control.stop)
-        shutil.rmtree(workdir, ignore_errors=True)
+@contextlib.contextmanager
+def running_redis(workdir: Path | None = None) -> Iterator[RedisControl]:
+    """A started ``RedisControl``, stopped and its files removed when the block ends."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(workspace("messaging-redis-"))
+        server = RedisControl(workdir)
+        stack.enter_context(stopped_at_exit(server.stop))
+        server.start()
+        yield server
 
 
 # --- the S3-compatible object store (attachments) ------------------------------------------------
@@ -204,69 +380,61 @@ S3_SECRET_ACCESS_KEY = "messaging-test-secret-0123456789"
 S3_REGION = "us-east-1"
 
 
-@dataclass(frozen=True)
-class S3Server:
-    """versitygw (built by hack/s3-server.sh) with its POSIX backend in a temporary directory."""
-
-    endpoint_url: str
-    access_key_id: str
-    secret_access_key: str
-    region: str
-    data_dir: Path
-
-
-def _s3_server_binary() -> Path:
+def s3_server_binary() -> Path:
     """The binary hack/s3-server.sh built (hack/test.sh runs it; it is cached by version)."""
-    script = Path(__file__).resolve().parents[2] / "hack" / "s3-server.sh"
     printed = subprocess.run(
-        [str(script), "--print-binary"], check=True, capture_output=True, text=True
-    ).stdout.strip()
+        [str(REPO / "hack" / "s3-server.sh"), "--print-binary"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
     binary = Path(os.environ.get("MESSAGING_S3_SERVER_BINARY", printed))
     if not binary.is_file():
-        raise RuntimeError(
+        raise ServerError(
             f"the S3 test server is not built ({binary}): run hack/s3-server.sh "
             "(hack/test.sh does; the first build takes a few minutes)"
         )
     return binary
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    binary = _s3_server_binary()
-    root = Path(tempfile.mkdtemp(prefix="messaging-s3-"))
-    data, sidecar = root / "data", root / "meta"
-    data.mkdir()
-    sidecar.mkdir()
-    port = free_port()
-    with (root / "versitygw.log").open("wb") as log_file:
+class S3Server:
+    """versitygw (built by hack/s3-server.sh) with its POSIX backend under ``workdir``."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.endpoint_url = f"http://{LOOPBACK}:{self.port}"
+        self.access_key_id = S3_ACCESS_KEY_ID
+        self.secret_access_key = S3_SECRET_ACCESS_KEY
+        self.region = S3_REGION
+        self.data_dir = workdir / "data"
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        binary = s3_server_binary()
+        sidecar = self.workdir / "meta"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        sidecar.mkdir(exist_ok=True)
         # Metadata in a sidecar directory rather than xattrs: works on any filesystem.
-        proc = subprocess.Popen(
-            [str(binary), "--access", S3_ACCESS_KEY_ID, "--secret", S3_SECRET_ACCESS_KEY,
-             "--region", S3_REGION, "--port", f"127.0.0.1:{port}", "--quiet",
-             "posix", "--sidecar", str(sidecar), str(data)],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        self.proc = spawn(
+            "versitygw",
+            [str(binary), "--access", self.access_key_id, "--secret", self.secret_access_key,
+             "--region", self.region, "--port", f"{LOOPBACK}:{self.port}", "--quiet",
+             "posix", "--sidecar", str(sidecar), str(self.data_dir)],
+            self.workdir,
         )  # fmt: skip
+        wait_until(lambda: port_open(self.port), "versitygw to listen", self.proc, timeout=30)
 
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM)
 
-    atexit.register(stop)
-    try:
-        wait_for_port("127.0.0.1", port)
-        yield S3Server(
-            endpoint_url=f"http://127.0.0.1:{port}",
-            access_key_id=S3_ACCESS_KEY_ID,
-            secret_access_key=S3_SECRET_ACCESS_KEY,
-            region=S3_REGION,
-            data_dir=data,
-        )
-    finally:
-        stop()
-        atexit.unregister(stop)
+
+@contextlib.contextmanager
+def running_s3(workdir: Path | None = None) -> Iterator[S3Server]:
+    """A started ``S3Server``, stopped and its files removed when the block ends."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(workspace("messaging-s3-"))
+        server = S3Server(workdir)
+        stack.enter_context(stopped_at_exit(server.stop))
+        server.start()
+        yield server

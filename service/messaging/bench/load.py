@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import jwt
 
@@ -85,33 +85,146 @@ class _Device:
         self.client = SocketClient()
 
 
-class _Sender:
+class HasClient(Protocol):
+    client: SocketClient
+
+
+class Sender:
+    """One sending socket: its conversation, the devices each message must reach, its window."""
+
     __slots__ = ("conversation_id", "device", "expected", "inflight")
 
-    def __init__(self, device: _Device, conversation_id: str, expected: frozenset[int]) -> None:
+    def __init__(self, device: HasClient, conversation_id: str, expected: frozenset[int]) -> None:
         self.device = device
         self.conversation_id = conversation_id
         self.expected = expected
         self.inflight = 0
 
 
+class SendLoop:
+    """The hot path every load generator shares (``Worker`` here, bench/fanout_load.py's steps):
+    sends tagged ``prefix + seq`` so deliveries are matched to the ledger, closed loop (each ack
+    sends again, ``window`` in flight per sender) or open loop (``paced``), ack timeouts, and the
+    drain that waits for stragglers."""
+
+    def __init__(self, prefix: str, *, window: int, closed_loop: bool, content_chars: int) -> None:
+        self.ledger = Ledger()
+        self.prefix = prefix
+        self.window = window
+        self.closed_loop = closed_loop
+        self.sending = False
+        self.skipped = 0
+        self.foreign = 0
+        self._seq_sender: dict[int, Sender] = {}
+        self._padding = "x" * content_chars
+
+    def event_handler(self, device_index: int) -> Callable[[str, Any, int], None]:
+        ledger = self.ledger
+        prefix = self.prefix
+        cut = len(prefix)
+
+        def on_event(name: str, data: Any, now: int) -> None:
+            if name != "newMessage" or not isinstance(data, dict):
+                return
+            cmid = data.get("clientMessageId")
+            if isinstance(cmid, str) and cmid.startswith(prefix):
+                ledger.delivered(int(cmid[cut:]), device_index, now)
+            else:
+                self.foreign += 1  # a straggler of an earlier run or step, or someone else's
+
+        return on_event
+
+    def send(self, sender: Sender) -> None:
+        now = time.monotonic_ns()
+        seq = self.ledger.sent(now, sender.expected)
+        sender.inflight += 1
+        self._seq_sender[seq] = sender
+        payload = {
+            "conversationId": sender.conversation_id,
+            "content": f"{now} {self._padding}",
+            "clientMessageId": f"{self.prefix}{seq}",
+        }
+        try:
+            sender.device.client.emit(
+                "sendMessage", payload, lambda answer: self._acked(seq, answer)
+            )
+        except ConnectionError:
+            self._seq_sender.pop(seq, None)
+            sender.inflight -= 1
+            self.ledger.answered(seq, now, "DISCONNECTED")
+
+    def _acked(self, seq: int, answer: Any) -> None:
+        fresh = self.ledger.answered(seq, time.monotonic_ns(), ack_error(answer))
+        sender = self._seq_sender.pop(seq, None)
+        if not fresh or sender is None:
+            return
+        sender.inflight -= 1
+        if self.sending and self.closed_loop:
+            self.send(sender)
+
+    def fill_windows(self, senders: list[Sender]) -> None:
+        """Closed loop: ``window`` sends from every sender; each ack sends the next."""
+        for sender in senders:
+            for _ in range(self.window):
+                self.send(sender)
+
+    async def paced(self, senders: list[Sender], start_ns: int, end_ns: int, rate: float) -> None:
+        """Open-loop sending at ``rate``, spread round-robin; a sender at its window skips."""
+        window = self.window
+        issued = 0
+        turn = 0
+        while (now := time.monotonic_ns()) < end_ns:
+            due = int(rate * (now - start_ns) / 1e9) - issued
+            for _ in range(due):
+                issued += 1
+                for _ in range(len(senders)):
+                    sender = senders[turn]
+                    turn = (turn + 1) % len(senders)
+                    if sender.inflight < window:
+                        self.send(sender)
+                        break
+                else:
+                    self.skipped += 1
+            await asyncio.sleep(_RATE_TICK_SECONDS)
+
+    async def sweep_timeouts(self, timeout_s: float) -> None:
+        """Count unanswered sends as timed out after ``timeout_s`` (closed loop: send again)."""
+        timeout_ns = int(timeout_s * 1e9)
+        while True:
+            await asyncio.sleep(0.5)
+            for seq in self.ledger.overdue(time.monotonic_ns() - timeout_ns):
+                self.ledger.timed_out(seq)
+                sender = self._seq_sender.pop(seq, None)
+                if sender is not None:
+                    sender.inflight -= 1
+                    if self.sending and self.closed_loop:
+                        self.send(sender)
+
+    async def drain(self, drain_s: float) -> None:
+        """Wait up to ``drain_s`` for the acks and deliveries still outstanding."""
+        for _ in range(max(1, int(drain_s / _DRAIN_TICK_SECONDS))):
+            if not (self.ledger.in_flight or self.ledger.undelivered()):
+                break
+            await asyncio.sleep(_DRAIN_TICK_SECONDS)
+
+
 class Worker:
     def __init__(self, plan: WorkerPlan, report: Report) -> None:
         self.plan = plan
         self.report = report
-        self.ledger = Ledger()
+        self.loop = SendLoop(
+            f"{plan.run_id}.{plan.worker}.",
+            window=plan.window,
+            closed_loop=plan.rate is None,
+            content_chars=plan.content_chars,
+        )
+        self.ledger = self.loop.ledger
         self.devices: list[_Device] = []
         self.by_user: dict[int, list[_Device]] = {}
-        self.senders: list[_Sender] = []
-        self.prefix = f"{plan.run_id}.{plan.worker}."
-        self.sending = False
-        self.skipped = 0
-        self.foreign = 0
+        self.senders: list[Sender] = []
         self.disconnects = 0
         self.connect_failures: dict[str, int] = {}
         self.first_failure = ""
-        self._seq_sender: dict[int, _Sender] = {}
-        self._padding = "x" * plan.content_chars
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -139,7 +252,7 @@ class Worker:
         gate = asyncio.Semaphore(plan.connect_concurrency)
 
         async def open_one(device: _Device) -> bool:
-            device.client.on_event = self._event_handler(device.index)
+            device.client.on_event = self.loop.event_handler(device.index)
             device.client.on_close = self._closed
             async with gate:
                 try:
@@ -179,58 +292,12 @@ class Worker:
                 expected = frozenset(d.index for d in self.by_user[other]) | frozenset(
                     d.index for d in own[1:]
                 )
-                self.senders.append(_Sender(own[0], conversation_id, expected))
+                self.senders.append(Sender(own[0], conversation_id, expected))
 
         await asyncio.gather(*(pair_up(u) for u in sorted(self.by_user) if u % 2 == 0))
 
-    # --- hot path -------------------------------------------------------------------------
-
-    def _event_handler(self, device_index: int) -> Callable[[str, Any, int], None]:
-        ledger = self.ledger
-        prefix = self.prefix
-        cut = len(prefix)
-
-        def on_event(name: str, data: Any, now: int) -> None:
-            if name != "newMessage" or not isinstance(data, dict):
-                return
-            cmid = data.get("clientMessageId")
-            if isinstance(cmid, str) and cmid.startswith(prefix):
-                ledger.delivered(int(cmid[cut:]), device_index, now)
-            else:
-                self.foreign += 1
-
-        return on_event
-
     def _closed(self, _client: SocketClient) -> None:
         self.disconnects += 1
-
-    def _send(self, sender: _Sender) -> None:
-        now = time.monotonic_ns()
-        seq = self.ledger.sent(now, sender.expected)
-        sender.inflight += 1
-        self._seq_sender[seq] = sender
-        payload = {
-            "conversationId": sender.conversation_id,
-            "content": f"{now} {self._padding}",
-            "clientMessageId": f"{self.prefix}{seq}",
-        }
-        try:
-            sender.device.client.emit(
-                "sendMessage", payload, lambda answer: self._acked(seq, answer)
-            )
-        except ConnectionError:
-            self._seq_sender.pop(seq, None)
-            sender.inflight -= 1
-            self.ledger.answered(seq, now, "DISCONNECTED")
-
-    def _acked(self, seq: int, answer: Any) -> None:
-        fresh = self.ledger.answered(seq, time.monotonic_ns(), ack_error(answer))
-        sender = self._seq_sender.pop(seq, None)
-        if not fresh or sender is None:
-            return
-        sender.inflight -= 1
-        if self.sending and self.plan.rate is None:
-            self._send(sender)
 
     # --- phases ---------------------------------------------------------------------------
 
@@ -251,24 +318,20 @@ class Worker:
         measure_from = start + int(plan.warmup_s * 1e9)
         end = measure_from + int(plan.duration_s * 1e9)
         self.ledger.set_window(measure_from, end)
-        self.sending = True
-        sweeper = asyncio.create_task(self._sweep_timeouts())
+        loop = self.loop
+        loop.sending = True
+        sweeper = asyncio.create_task(loop.sweep_timeouts(plan.ack_timeout_s))
         progress = asyncio.create_task(self._progress())
         try:
             if plan.rate is None:
-                for sender in self.senders:
-                    for _ in range(plan.window):
-                        self._send(sender)
+                loop.fill_windows(self.senders)
                 await asyncio.sleep((end - time.monotonic_ns()) / 1e9)
             else:
-                await self._paced(start, end, plan.rate)
-            self.sending = False
-            for _ in range(max(1, int(plan.drain_s / _DRAIN_TICK_SECONDS))):
-                if not (self.ledger.in_flight or self.ledger.undelivered()):
-                    break
-                await asyncio.sleep(_DRAIN_TICK_SECONDS)
+                await loop.paced(self.senders, start, end, plan.rate)
+            loop.sending = False
+            await loop.drain(plan.drain_s)
         finally:
-            self.sending = False
+            loop.sending = False
             sweeper.cancel()
             progress.cancel()
         cpu_seconds = time.process_time() - cpu_start
@@ -280,42 +343,10 @@ class Worker:
             "tally": tally.to_wire(),
             "cpu_seconds": cpu_seconds,
             "sockets": connected,
-            "skipped": self.skipped,
-            "foreign": self.foreign,
+            "skipped": loop.skipped,
+            "foreign": loop.foreign,
             "disconnects": self.disconnects,
         }
-
-    async def _paced(self, start_ns: int, end_ns: int, rate: float) -> None:
-        """Open-loop sending at ``rate``, spread round-robin; a sender at its window skips."""
-        senders = self.senders
-        window = self.plan.window
-        issued = 0
-        turn = 0
-        while (now := time.monotonic_ns()) < end_ns:
-            due = int(rate * (now - start_ns) / 1e9) - issued
-            for _ in range(due):
-                issued += 1
-                for _ in range(len(senders)):
-                    sender = senders[turn]
-                    turn = (turn + 1) % len(senders)
-                    if sender.inflight < window:
-                        self._send(sender)
-                        break
-                else:
-                    self.skipped += 1
-            await asyncio.sleep(_RATE_TICK_SECONDS)
-
-    async def _sweep_timeouts(self) -> None:
-        timeout_ns = int(self.plan.ack_timeout_s * 1e9)
-        while True:
-            await asyncio.sleep(0.5)
-            for seq in self.ledger.overdue(time.monotonic_ns() - timeout_ns):
-                self.ledger.timed_out(seq)
-                sender = self._seq_sender.pop(seq, None)
-                if sender is not None:
-                    sender.inflight -= 1
-                    if self.sending and self.plan.rate is None:
-                        self._send(sender)
 
     async def _progress(self) -> None:
         while True:

@@ -56,18 +56,29 @@ def apply_mask(payload: bytes, mask: bytes) -> bytes:
     return bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def encode_frame(payload: bytes, opcode: int = OP_TEXT, mask: bytes | None = None) -> bytes:
-    """One final, masked client frame (RFC 6455 section 5.2: clients always mask)."""
+def encode_frame(
+    payload: bytes,
+    opcode: int = OP_TEXT,
+    mask: bytes | None = None,
+    *,
+    masked: bool = True,
+    fin: bool = True,
+) -> bytes:
+    """One client frame, masked (RFC 6455 section 5.2: clients always mask); ``masked=False``
+    gives a frame as a server sends it, and ``fin=False`` a fragment (the bench's own tests)."""
+    length = len(payload)
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    bit = 0x80 if masked else 0
+    if length < 126:
+        head += bytes((bit | length,))
+    elif length < 1 << 16:
+        head += struct.pack("!BH", bit | 126, length)
+    else:
+        head += struct.pack("!BQ", bit | 127, length)
+    if not masked:
+        return head + payload
     if mask is None:
         mask = os.urandom(4)
-    length = len(payload)
-    head = bytes((0x80 | opcode,))
-    if length < 126:
-        head += bytes((0x80 | length,))
-    elif length < 1 << 16:
-        head += struct.pack("!BH", 0x80 | 126, length)
-    else:
-        head += struct.pack("!BQ", 0x80 | 127, length)
     return head + mask + apply_mask(payload, mask)
 
 
