@@ -224,3 +224,78 @@ def contention_share(runnable_wait_s: float, cpu_s: float) -> float:
     """Of the time a process wanted a core, the share it spent waiting for one (0..1)."""
     wanted = runnable_wait_s + cpu_s
     return 0.0 if wanted <= 0 else runnable_wait_s / wanted
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _runs(values: Sequence[float | None], fmt: str) -> str:
+    return " / ".join("-" if v is None else format(v, fmt) for v in values)
+
+
+# Statements the table names by what they are (the JSON keeps the statement's own words): the
+# first whose words appear in the waiting statement.
+KNOWN_STATEMENTS = {
+    "UPDATE message_stream": "UPDATE message_stream",
+    "WITH incoming AS": "store.py's batch INSERT",
+}
+
+
+def short_lock(key: str) -> str:
+    head, sep, rest = key.partition(' in "')
+    if not sep:
+        return key
+    statement, _, mode = rest.rpartition('" ')
+    for words, name in KNOWN_STATEMENTS.items():
+        if words in statement:
+            return f"{head} in {name} {mode}"
+    return key
+
+
+def summary_table(steps: Sequence[Mapping[str, Any]]) -> str:
+    """The markdown table of a ``bench.scaleout`` run: one row per revision, replica count and
+    load, each cell the rounds' values in order ("run 1 / run 2")."""
+    groups: dict[tuple[str, int, str], list[Mapping[str, Any]]] = {}
+    refs: list[str] = []
+    for step in steps:
+        if step["ref"] not in refs:
+            refs.append(step["ref"])
+        groups.setdefault((step["ref"], step["replicas"], step["load"]), []).append(step)
+    lines = [
+        "| revision | replicas | load | acked/s | send->receive p50 ms | p99 ms "
+        "| lock waits (samples) | lock wait ms per message | waited on | replica CPU ms/msg "
+        "| replicas' run-queue wait ms/msg | run-queue share | load avg |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    order = sorted(groups, key=lambda k: (refs.index(k[0]), k[1], k[2]))
+    for ref, replicas, load in order:
+        runs = groups[(ref, replicas, load)]
+        locks: Counter[str] = Counter()
+        for s in runs:
+            locks.update(s["lock_waits"]["locks_not_granted"])
+        top = locks.most_common(1)[0][0] if locks else "-"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(ref),
+                    str(replicas),
+                    str(load),
+                    _runs([s["acked_per_s"] for s in runs], ",.0f"),
+                    _runs([s["send_to_receive_ms"]["p50"] for s in runs], ".0f"),
+                    _runs([s["send_to_receive_ms"]["p99"] for s in runs], ".0f"),
+                    _runs([s["lock_waits"]["lock_waits"] for s in runs], "d"),
+                    _runs([s["lock_waits"]["lock_wait_ms_per_message"] for s in runs], ".3f"),
+                    short_lock(top).replace("|", "\\|"),
+                    _runs([s["window"].get("replicas_cpu_ms_per_message") for s in runs], ".3f"),
+                    _runs(
+                        [s["window"].get("replicas_runqueue_wait_ms_per_message") for s in runs],
+                        ".2f",
+                    ),
+                    _runs([s["window"].get("replicas_runqueue_share") for s in runs], ".0%"),
+                    _runs([s["load1"][0] for s in runs], ".1f"),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)

@@ -151,3 +151,56 @@ def test_the_delivery_split_needs_two_different_fan_outs() -> None:
 def test_contention_share_is_the_waiting_part_of_the_wanted_time() -> None:
     assert lockwaits.contention_share(1.0, 3.0) == 0.25
     assert lockwaits.contention_share(0.0, 0.0) == 0.0
+
+
+def _step(ref: str, replicas: int, acked: float, waits: int, lock: str) -> dict[str, object]:
+    return {
+        "ref": ref,
+        "replicas": replicas,
+        "load": "closed w2",
+        "acked_per_s": acked,
+        "send_to_receive_ms": {"p50": 10.0, "p99": 100.0},
+        "lock_waits": {
+            "lock_waits": waits,
+            "lock_wait_ms_per_message": 0.5,
+            "locks_not_granted": {lock: waits},
+        },
+        "window": {
+            "replicas_cpu_ms_per_message": 0.3,
+            "replicas_runqueue_wait_ms_per_message": 1.5,
+            "replicas_runqueue_share": 0.8,
+        },
+        "load1": [12.0, 13.0],
+    }
+
+
+def test_the_table_has_a_row_per_revision_and_replica_count_with_the_runs_side_by_side() -> None:
+    batch = 'transactionid in "WITH incoming AS ( SELECT * FROM unnest(..." (ShareLock)'
+    table = lockwaits.summary_table(
+        [
+            _step("HEAD", 4, 900, 3, batch),
+            _step("old", 2, 700, 9, "transactionid on message_stream (ShareLock)"),
+            _step("HEAD", 2, 1000, 2, batch),
+            _step("HEAD", 2, 1100, 4, batch),
+        ]
+    )
+    rows = table.splitlines()[2:]
+    assert len(rows) == 3
+    assert rows[0].startswith(
+        "| HEAD | 2 | closed w2 | 1,000 / 1,100 | 10 / 10 | 100 / 100 | 2 / 4 |"
+    )
+    assert "transactionid in store.py's batch INSERT (ShareLock)" in rows[0]
+    assert rows[1].startswith("| HEAD | 4 |")
+    assert rows[2].startswith("| old | 2 |")
+    assert "message_stream" in rows[2]
+    assert "80% / 80%" not in rows[1] and "80%" in rows[1]
+
+
+def test_known_statements_are_named_in_the_table_and_others_kept_whole() -> None:
+    old = 'transactionid in "WITH counter AS ( UPDATE message_stream SET po..." (ShareLock)'
+    assert lockwaits.short_lock(old) == "transactionid in UPDATE message_stream (ShareLock)"
+    other = 'transactionid in "DELETE FROM x" (ShareLock)'
+    assert lockwaits.short_lock(other) == other
+    assert lockwaits.short_lock("tuple on user_streams (ExclusiveLock)") == (
+        "tuple on user_streams (ExclusiveLock)"
+    )
