@@ -7,6 +7,7 @@ pytest.register_assert_rewrite("tests.support")
 
 pytest_plugins: list[str] = [
     "tests.support.k8s",
+    "tests.support.redis_cluster",
     "tests.support.replicas",
     "tests.support.servers",
     "tests.support.service",
