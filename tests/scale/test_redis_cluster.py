@@ -126,3 +126,23 @@ async def test_a_users_rate_limit_is_one_budget_across_replicas_on_the_cluster(
             node = redis_cluster.node(_owner(redis_cluster, key))
             assert node.cli("EXISTS", key) == "1"
             assert _slot_of(key) == _slot_of(f"user-sockets:{{{alice}}}")
+
+
+async def test_a_block_reaches_every_replica_through_classic_pub_sub_on_the_cluster(
+    replicas_on_redis_cluster: ClusterDeployment,
+) -> None:
+    """Block changes are cluster-wide notices: classic channels, heard by every replica."""
+    cluster = replicas_on_redis_cluster
+    one, two = await cluster.start(2, blocks_cache_ttl_seconds="3600")
+    alice, bob = unique("alice"), unique("bob")
+    with logs_on_failure(cluster):
+        async with devices_on(cluster, (alice, one), (bob, two)) as [a, b]:
+            conversation = (await a.ok("createConversation", {"participantId": bob}))["id"]
+            message = {"conversationId": conversation, "content": "warms replica two's cache"}
+            await b.ok("sendMessage", message)
+            await a.next("newMessage")
+            await a.ok("blockUser", {"userId": bob})
+            refused = await b.call("sendMessage", {**message, "content": "after the block"})
+            acked = await one.metric('messaging_block_invalidations_total{outcome="acked"}')
+    assert refused["ok"] is False and refused["error"]["code"] == "FORBIDDEN"
+    assert acked >= 1  # replica two confirmed it dropped the pair before the block's ack

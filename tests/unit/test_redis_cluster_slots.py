@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from messaging.backplane import (
+    Backplane,
+    ClusterChanged,
     SlotMap,
     by_node_and_slot,
     channel_user,
@@ -118,3 +121,17 @@ def test_a_redis_cluster_setting_that_cannot_work_fails_at_start(
 def test_a_redis_cluster_is_reached_through_one_nodes_url() -> None:
     for url in ("redis://node:6379", "redis://node:6379/0", "rediss://:pw@node:6380/"):
         assert Settings(redis_cluster=True, redis_url=url).redis_cluster is True
+
+
+async def test_a_sunsubscribe_nobody_asked_for_restarts_the_listener() -> None:
+    """The node gave a watched user's slot away (migrated, or it became a replica)."""
+    backplane = Backplane(Redis(), replica_id="r", cluster=True)
+    backplane._users.add("alice")
+    with pytest.raises(ClusterChanged):
+        await backplane._handle(A, [b"sunsubscribe", b"deliver:{alice}", 0])
+    # Our own SUNSUBSCRIBE's answer (the user left), and one for a user no longer here: fine.
+    backplane._unsubscribing["deliver:{alice}"] = 1
+    await backplane._handle(A, [b"sunsubscribe", b"deliver:{alice}", 0])
+    await backplane._handle(A, [b"sunsubscribe", b"deliver:{bob}", 0])
+    with pytest.raises(ClusterChanged):
+        await backplane._handle(A, ResponseError("MOVED 3999 10.0.0.2:7001"))
