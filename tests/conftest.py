@@ -8,6 +8,7 @@ pytest.register_assert_rewrite("tests.support")
 pytest_plugins: list[str] = [
     "tests.support.k8s",
     "tests.support.pg_replica",
+    "tests.support.redis_cluster",
     "tests.support.replicas",
     "tests.support.fixtures",
     "tests.support.service",

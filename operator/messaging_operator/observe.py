@@ -52,8 +52,12 @@ def secret_refs(spec: ClusterSpec) -> dict[str, SecretKeyRef]:
     return refs
 
 
-def redis_url_problem(url: str) -> str | None:
-    """Why a Redis URL cannot work, or None; pods given a bad one would only crash-loop."""
+def redis_url_problem(url: str, *, cluster: bool = False) -> str | None:
+    """Why a Redis URL cannot work, or None; pods given a bad one would only crash-loop.
+
+    A Redis Cluster (``spec.redis.external.cluster``) has only database 0; the service refuses
+    a cluster URL naming another.
+    """
     try:
         parts = urlsplit(url.strip())
         _ = parts.port  # raises on a non-numeric port
@@ -63,6 +67,8 @@ def redis_url_problem(url: str) -> str | None:
         return "not a redis:// or rediss:// URL"
     if not parts.hostname:
         return "the URL names no host"
+    if cluster and parts.path.strip("/") not in ("", "0"):
+        return "a Redis Cluster has only database 0"
     return None
 
 
@@ -80,7 +86,10 @@ class SecretReading:
 
 
 def secret_problems(
-    refs: Mapping[str, SecretKeyRef], secrets: Mapping[str, Mapping[str, Any] | None]
+    refs: Mapping[str, SecretKeyRef],
+    secrets: Mapping[str, Mapping[str, Any] | None],
+    *,
+    redis_cluster: bool = False,
 ) -> SecretReading:
     reading = SecretReading({}, [], [])
     for label, ref in refs.items():
@@ -90,7 +99,10 @@ def secret_problems(
             reading.missing.append(f"Secret {ref.name} does not exist (needed for key {ref.key})")
         elif value is None:
             reading.missing.append(f"Secret {ref.name} has no key {ref.key}")
-        elif label == "redisUrl" and (why := redis_url_problem(value)) is not None:
+        elif (
+            label == "redisUrl"
+            and (why := redis_url_problem(value, cluster=redis_cluster)) is not None
+        ):
             reading.invalid.append(f"Secret {ref.name} key {ref.key}: {why}")
         else:
             reading.values[label] = value

@@ -117,7 +117,10 @@ async def _read_secrets(run: Pass, spec: ClusterSpec) -> observe.SecretReading:
     refs = observe.secret_refs(spec)
     names = sorted({r.name for r in refs.values()})
     found = {n: await run.api.find(SECRET, run.namespace, n) for n in names}
-    return observe.secret_problems(refs, found)
+    external = spec.redis.external
+    return observe.secret_problems(
+        refs, found, redis_cluster=external is not None and external.cluster
+    )
 
 
 async def _reconcile_valid(

@@ -26,6 +26,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry  # the asyncio one: the sync Retry never retries a coroutine
 from redis.backoff import ExponentialBackoff
 from redis.driver_info import DriverInfo
@@ -38,6 +39,7 @@ from starlette.types import ASGIApp
 from messaging import admin_ui, db, metrics, tracing
 from messaging.attachments import Attachments, limits_from
 from messaging.auth import TokenVerifier
+from messaging.backplane import Backplane
 from messaging.blocking import Blocks
 from messaging.chat import Chat
 from messaging.connections import ClientTls, ConnectionsChecker
@@ -64,6 +66,7 @@ from messaging.ratelimit import RateLimiter
 from messaging.read_replica import ReplicaReads
 from messaging.receipts import Receipts
 from messaging.records import MessageRecord
+from messaging.redis_wire import RedisClient
 from messaging.reports import Reports, reported_event
 from messaging.settings import Settings
 from messaging.sockets import SocketEvents, build_socket_server
@@ -71,6 +74,7 @@ from messaging.storage.reports import ReportRecord
 from messaging.transactions import Database
 from messaging.views import MessageViews
 from messaging.webhooks import Dispatcher, Policy
+from messaging.websocket_transport import packet_sender
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +109,11 @@ class Service:
         delivery: Delivery,
         connections: ConnectionsChecker,
         grpc: GrpcServer | None,
-        redis: Redis | None,
+        redis: RedisClient | None,
         webhooks: Dispatcher | None = None,
         attachments: Attachments | None = None,
         replica: ReplicaReads | None = None,
+        backplane: Backplane | None = None,
     ) -> None:
         self.settings = settings
         self.replica = replica
@@ -121,6 +126,7 @@ class Service:
         self.connections = connections
         self.grpc = grpc
         self.redis = redis
+        self.backplane = backplane
         self.attachments = attachments
         self.readiness = Readiness(redis=redis is None)
         self._engine = chat.engine
@@ -147,8 +153,9 @@ class Service:
         self._spawn(self.delivery.run_healer(), "delivery-healer")
         if self.redis is not None:
             self._spawn(self.presence.run(), "presence")
-            self._spawn(self.delivery.run_publisher(), "backplane-publisher")
-            self._spawn(self.delivery.run_listener(), "backplane-listener")
+        if self.backplane is not None:
+            self._spawn(self.backplane.run_publisher(), "backplane-publisher")
+            self._spawn(self.backplane.run_listener(), "backplane-listener")
         if self.webhooks is not None:
             self._spawn(self.webhooks.run(), "webhook-dispatcher")
         if self.grpc is not None:
@@ -259,9 +266,27 @@ class Service:
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 3)})
 
 
-def build_redis(settings: Settings) -> Redis | None:
+def build_redis(settings: Settings) -> RedisClient | None:
+    """The command client: one Redis, or a Redis Cluster reached through the URL's node."""
     if not settings.uses_redis:
         return None
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            settings.redis_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
+            client_name=f"messaging:{settings.replica_id}",
+            decode_responses=True,
+            driver_info=DriverInfo(),
+        )
+    return build_redis_node(settings)
+
+
+def build_redis_node(settings: Settings) -> Redis:
+    """A client of the URL's Redis (with a cluster: of its node; the backplane's wires borrow
+    its settings, it is never connected then)."""
     return Redis.from_url(
         settings.redis_url,
         socket_timeout=2.0,
@@ -314,10 +339,22 @@ def build_service(settings: Settings) -> Service:
         heartbeat_seconds=settings.redis_heartbeat_seconds,
         replica_ttl_seconds=settings.redis_replica_ttl_seconds,
     )
+    backplane = (
+        Backplane(
+            build_redis_node(settings),
+            replica_id=settings.replica_id,
+            cluster=settings.redis_cluster,
+        )
+        if redis is not None
+        else None
+    )
+    if backplane is not None and settings.redis_cluster:
+        backplane.on_subscribed(presence.rewrite_soon)
     delivery = Delivery(
         server,
         replica_id=settings.replica_id,
-        redis=redis,
+        backplane=backplane,
+        send=packet_sender(server.eio),
         check_seconds=settings.delivery_check_seconds,
     )
     connections = ConnectionsChecker(
@@ -475,6 +512,7 @@ def build_service(settings: Settings) -> Service:
         webhooks=webhooks,
         attachments=attachments,
         replica=replica,
+        backplane=backplane,
     )
 
 

@@ -33,13 +33,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import metrics
 from messaging.delivery import Delivery
 from messaging.errors import Forbidden, ValidationFailed
+from messaging.redis_wire import RedisClient
 from messaging.storage import blocking as storage
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Blocks:
         self,
         *,
         delivery: Delivery,
-        redis: Redis | None,
+        redis: RedisClient | None,
         replica_id: str,
         cache_ttl_seconds: float,
         cache_size: int,

@@ -20,12 +20,9 @@ few seconds of a fault healing, without reconnecting. A socket joins its user's 
 very end of its handshake, after the replica knows the user's current position: it never gets a
 live event before its CONNECT, nor one past a change it was not sent (live or by its own sync).
 
-The listener is supervised: a dropped connection is noticed at once and a silent one within one
-ping interval (a ping unanswered by the next), after a freeze of the process it reads what Redis
-buffered before judging the link, and it resubscribes with jittered back-off that resets after a
-good subscription. Publishing never blocks a sender: events go through a bounded queue drained
-by one task that pipelines PUBLISH commands; a failed batch is retried for a while, then dropped
-and counted (the receivers heal from the log).
+The Redis side (per-user channels on one Redis or a Redis Cluster, the supervised listener, the
+publisher queue) is ``backplane.py``; this module decides what reaches which socket, in what
+order, and sends it through a send function the transport gives (``Send``).
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,36 +38,17 @@ from typing import Any
 import orjson
 import socketio
 from engineio import packet as eio_packet
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from messaging import metrics
-from messaging.redis_wire import RedisWire, command
-from messaging.websocket_transport import DirectSocket
+from messaging.backplane import STALL_SECONDS, SUBSCRIBE_WAIT_SECONDS, Backplane, jittered
 
 log = logging.getLogger(__name__)
 
-CHANNEL_PREFIX = "deliver:"
-PUBLISH_QUEUE_LIMIT = 50_000
-PUBLISH_BATCH = 512
-PUBLISH_TIMEOUT_SECONDS = 2.0
-SUBSCRIBE_WAIT_SECONDS = 1.0
-LISTENER_PING_SECONDS = 2.0
-# A wake-up this much later than asked means the process was frozen (SIGSTOP, a VM pause).
-STALL_SECONDS = 1.0
-BACKOFF_START_SECONDS = 0.1
-BACKOFF_CAP_SECONDS = 2.0  # a replica is ready again within seconds of Redis returning
-PUBLISH_RETRY_SECONDS = 15.0
 # How long an event that arrived ahead of its predecessor waits for it before the log is read.
 REORDER_WAIT_SECONDS = 0.5
 HEALER_TICK_SECONDS = 0.25
 HEADS_CHUNK = 500
 PENDING_LIMIT = 1000  # events waiting for a gap to be filled, per user
-
-
-def jittered(seconds: float) -> float:
-    """Between half and all of ``seconds``, so replicas that failed together retry apart."""
-    return seconds * random.uniform(0.5, 1.0)  # noqa: S311 - timing jitter, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +66,9 @@ class Logged:
 # position, and the events a user's devices missed after a position (a page of them, in order).
 LogHeads = Callable[[Sequence[str]], Awaitable[dict[str, int]]]
 LogEvents = Callable[[str, int], Awaitable[list[Logged]]]
+# Writes a packet to one Engine.IO socket: None when it was written at once, else what to await
+# (the transport's fast path costs no coroutine per socket).
+Send = Callable[[str, eio_packet.Packet], Awaitable[None] | None]
 
 
 @dataclass(slots=True)
@@ -108,10 +88,6 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
-def user_channel(user_id: str) -> str:
-    return f"{CHANNEL_PREFIX}{user_id}"
-
-
 def event_packet(event: str, data: Any) -> eio_packet.Packet:
     """The Engine.IO message carrying a Socket.IO EVENT for the default namespace."""
     return eio_packet.Packet(eio_packet.MESSAGE, data="2" + orjson.dumps([event, data]).decode())
@@ -125,45 +101,39 @@ class Delivery:
         server: socketio.AsyncServer,
         *,
         replica_id: str,
-        redis: Redis | None,
+        backplane: Backplane | None = None,
+        send: Send | None = None,
         check_seconds: float = 2.0,
     ) -> None:
         self._server = server
         self._replica_id = replica_id
-        self._redis = redis
+        self._backplane = backplane
+        self._send: Send = send or server.eio.send_packet
         self._check_seconds = check_seconds
-        self._queue: asyncio.Queue[tuple[list[str], bytes]] = asyncio.Queue(PUBLISH_QUEUE_LIMIT)
-        self._watched: set[str] = set()
         self._tracks: dict[str, _Track] = {}
         self._heads: LogHeads | None = None
         self._events: LogEvents | None = None
         self._wake_healer = asyncio.Event()
         self._check_all: str | None = None  # why every user's log must be checked, if it must
-        self._subscribed = False
-        self._pubsub: RedisWire | None = None
-        self._control = f"{CHANNEL_PREFIX}replica:{replica_id}"
         self._own_header = orjson.dumps({"o": replica_id})[:-1] + b","
-        self._pending: dict[str, asyncio.Future[None]] = {}
-        # Channels other parts of the service hear through this listener (``listen``), and what
-        # they are told when a subscription is (re)established (they may have missed messages).
-        self._channels: dict[bytes, Callable[[bytes], None]] = {}
-        self._on_subscribed: list[Callable[[], None]] = []
         self._head_reads: dict[str, asyncio.Future[int]] = {}  # see _head_of
         self._head_reader: asyncio.Task[None] | None = None
-        self._listener_healthy = asyncio.Event()
-        self._last_heard = 0.0
         # Metric series used per message, resolved once.
         self._delivered_local = metrics.COMMIT_TO_DELIVER.labels(path="local")
         self._delivered_remote = metrics.COMMIT_TO_DELIVER.labels(path="backplane")
-        self._published = metrics.BACKPLANE_PUBLISHED.labels(outcome="published")
+        if backplane is not None:
+            # Whatever was published while the backplane was not subscribed is in the log.
+            backplane.receive(
+                self._deliver_remote, subscribed=lambda: self.check_all("resubscribed")
+            )
 
     @property
     def uses_redis(self) -> bool:
-        return self._redis is not None
+        return self._backplane is not None
 
     @property
     def listener_healthy(self) -> bool:
-        return self._redis is None or self._listener_healthy.is_set()
+        return self._backplane is None or self._backplane.healthy
 
     def use_log(self, *, heads: LogHeads, events: LogEvents) -> None:
         """Where gaps are filled from (the rules layer, built after this object)."""
@@ -183,9 +153,8 @@ class Delivery:
         block); ``subscribed`` is called each time the subscription is (re)established, before
         ``listener_healthy`` is set. While ``listener_healthy`` is false messages may be missed.
         """
-        self._channels[channel.encode()] = handler
-        if subscribed is not None:
-            self._on_subscribed.append(subscribed)
+        if self._backplane is not None:
+            self._backplane.listen(channel, handler, subscribed=subscribed)
 
     async def to_users(
         self,
@@ -202,16 +171,12 @@ class Delivery:
         await self._emit_local(users, packet, skip_sid)
         if committed_at is not None:
             self._delivered_local.observe(time.time() - committed_at)
-        if self._redis is None:
+        if self._backplane is None:
             return
         header = orjson.dumps(
             {"o": self._replica_id, "s": skip_sid, "t": time.time(), "c": committed_at}
         )
-        envelope = header + b"\n" + packet.data.encode()
-        try:
-            self._queue.put_nowait((users, envelope))
-        except asyncio.QueueFull:
-            metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc()
+        self._backplane.publish(users, header + b"\n" + packet.data.encode())
 
     async def logged(
         self,
@@ -225,7 +190,7 @@ class Delivery:
         for item in events:
             packet = event_packet(item.event, item.data)
             await self._offer(item.user_id, item.first, item.last, packet, skip_sid)
-            if self._redis is None:
+            if self._backplane is None:
                 continue
             header = orjson.dumps(
                 {
@@ -237,10 +202,7 @@ class Delivery:
                     "l": item.last,
                 }
             )
-            try:
-                self._queue.put_nowait(([item.user_id], header + b"\n" + packet.data.encode()))
-            except asyncio.QueueFull:
-                metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc()
+            self._backplane.publish([item.user_id], header + b"\n" + packet.data.encode())
         if committed_at is not None and events:
             self._delivered_local.observe(time.time() - committed_at)
 
@@ -401,15 +363,13 @@ class Delivery:
     ) -> None:
         """Queue the packet on every local socket of ``users`` (their sockets' writers send it)."""
         rooms = [user_room(u) for u in users]
-        eio = self._server.eio
-        sockets = eio.sockets
+        send = self._send
         for sid, eio_sid in self._server.manager.get_participants("/", rooms):
             if sid == skip_sid:
                 continue
-            socket = sockets.get(eio_sid)
-            if type(socket) is DirectSocket and socket.send_now(packet):
-                continue
-            await eio.send_packet(eio_sid, packet)
+            pending = send(eio_sid, packet)
+            if pending is not None:
+                await pending
 
     # --- subscriptions -------------------------------------------------------------------------
 
@@ -421,21 +381,9 @@ class Delivery:
         live, or healed from the log. If Redis or the database is slow or away, the socket
         connects anyway; the healer catches up when they are back.
         """
-        self._watched.add(user_id)
         track = self._tracks.setdefault(user_id, _Track())
-        if self._pubsub is not None and self._listener_healthy.is_set():
-            channel = user_channel(user_id)
-            future = self._pending.get(channel)
-            if future is None:
-                future = asyncio.get_running_loop().create_future()
-                self._pending[channel] = future
-                try:
-                    self._pubsub.send([command("SUBSCRIBE", channel)])
-                except (RedisError, OSError) as exc:
-                    self._pending.pop(channel, None)
-                    log.warning("subscribe failed", extra={"error": repr(exc)})
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_WAIT_SECONDS)
+        if self._backplane is not None:
+            await self._backplane.subscribe(user_id)
         if self._heads is not None and track.last is None:
             try:
                 head = await asyncio.wait_for(self._head_of(user_id), SUBSCRIBE_WAIT_SECONDS)
@@ -479,190 +427,20 @@ class Delivery:
 
     async def unwatch(self, user_id: str) -> None:
         """Stop receiving ``user_id``'s events (their last socket here is gone)."""
-        self._watched.discard(user_id)
         self._tracks.pop(user_id, None)
-        if self._pubsub is None or not self._listener_healthy.is_set():
-            return
-        with contextlib.suppress(RedisError, OSError):
-            self._pubsub.send([command("UNSUBSCRIBE", user_channel(user_id))])
+        if self._backplane is not None:
+            self._backplane.unsubscribe(user_id)
 
-    # --- background tasks ----------------------------------------------------------------------
+    # --- the backplane's side ----------------------------------------------------------------
 
-    async def run_publisher(self) -> None:
-        """Drain the publish queue in pipelined batches, forever (one write per batch).
-
-        A batch that failed is sent again, first, once Redis answers (receivers drop what they
-        already had); one that kept failing for ``PUBLISH_RETRY_SECONDS`` is dropped and counted,
-        and the receivers fill the gap from the change log.
-        """
-        assert self._redis is not None
-        wire: RedisWire | None = None
-        carried: list[bytes] = []
-        failing_since = 0.0
-        backoff = BACKOFF_START_SECONDS
-        while True:
-            batch = [] if carried else [await self._queue.get()]
-            while len(batch) < PUBLISH_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            commands = carried + [
-                command("PUBLISH", user_channel(user_id), envelope)
-                for users, envelope in batch
-                for user_id in users
-            ]
-            try:
-                if wire is None or not wire.connected:
-                    wire = await RedisWire.open(self._redis)
-                await asyncio.wait_for(wire.execute(commands), PUBLISH_TIMEOUT_SECONDS)
-                if carried:
-                    metrics.BACKPLANE_PUBLISHED.labels(outcome="retried").inc(len(carried))
-                    log.info("backplane publishing again", extra={"retried": len(carried)})
-                self._published.inc(len(commands) - len(carried))
-                carried = []
-                backoff = BACKOFF_START_SECONDS
-            except (RedisError, OSError, TimeoutError) as exc:
-                if not carried:
-                    failing_since = time.monotonic()
-                    log.warning("backplane publish failed", extra={"error": repr(exc)})
-                metrics.BACKPLANE_PUBLISHED.labels(outcome="failed").inc(
-                    len(commands) - len(carried)
-                )
-                carried = commands[-PUBLISH_QUEUE_LIMIT:]
-                if time.monotonic() - failing_since > PUBLISH_RETRY_SECONDS:
-                    metrics.BACKPLANE_PUBLISHED.labels(outcome="dropped").inc(len(carried))
-                    log.warning("backplane publishes dropped", extra={"events": len(carried)})
-                    carried = []
-                if wire is not None:
-                    wire.close()
-                    wire = None
-                await asyncio.sleep(jittered(backoff))
-                backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
-
-    async def run_listener(self) -> None:
-        """Receive other replicas' events for our users, resubscribing whenever the link breaks."""
-        assert self._redis is not None
-        backoff = BACKOFF_START_SECONDS
-        while True:
-            self._subscribed = False
-            try:
-                await self._listen_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "backplane listener lost its subscription; resubscribing",
-                    extra={"error": repr(exc), "retry_in": backoff},
-                )
-            finally:
-                self._listener_healthy.clear()
-                metrics.BACKPLANE_LISTENER_UP.set(0)
-                await self._close_pubsub()
-            if self._subscribed:
-                backoff = BACKOFF_START_SECONDS  # it worked for a while: start over
-            metrics.BACKPLANE_LISTENER_RESTARTS.inc()
-            await asyncio.sleep(jittered(backoff))
-            backoff = min(backoff * 2, BACKOFF_CAP_SECONDS)
-
-    async def _listen_once(self) -> None:
-        """One subscription's life: read until the link breaks or goes quiet, then return."""
-        assert self._redis is not None
-        received: list[list[Any]] = []
-        arrived = asyncio.Event()
-
-        def on_push(reply: list[Any]) -> None:
-            # Called from the connection's data_received: queue, and wake the reader once for
-            # every message that arrived in this read. Hearing anything proves the link.
-            self._last_heard = time.monotonic()
-            received.append(reply)
-            arrived.set()
-
-        pubsub = await RedisWire.open(self._redis, on_push=on_push)
-        self._pubsub = pubsub
-        # The other channels first: when the control channel's confirmation arrives, they are
-        # subscribed too (one command).
-        channels = [
-            *(c.decode() for c in self._channels),
-            self._control,
-            *(user_channel(u) for u in self._watched),
-        ]
-        pubsub.send([command("SUBSCRIBE", *channels)])
-        self._last_heard = time.monotonic()
-        reader = asyncio.create_task(self._read(received, arrived), name="backplane-reader")
-        ping_sent: float | None = None
-        try:
-            while True:
-                asked = time.monotonic()
-                # Pinging twice per interval: a link that went silent is noticed within one.
-                done, _ = await asyncio.wait(
-                    {reader, pubsub.lost},
-                    timeout=LISTENER_PING_SECONDS / 2,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if reader in done:
-                    reader.result()  # raises what broke the subscription
-                if done:
-                    raise ConnectionError("the subscription ended")
-                if time.monotonic() - asked > LISTENER_PING_SECONDS / 2 + STALL_SECONDS:
-                    # This process was frozen: what Redis sent meanwhile is waiting in the
-                    # socket. Let it be read, and judge the link by a fresh ping.
-                    await asyncio.sleep(0.05)
-                    ping_sent = None
-                elif ping_sent is not None and self._last_heard < ping_sent:
-                    raise TimeoutError("no reply from Redis within one ping interval")
-                ping_sent = time.monotonic()
-                pubsub.send([command("PING")])  # the reply (a pong) counts as hearing from Redis
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-
-    async def _read(self, received: list[list[Any]], arrived: asyncio.Event) -> None:
-        while True:
-            await arrived.wait()
-            arrived.clear()
-            batch = received[:]
-            received.clear()
-            for reply in batch:
-                await self._handle(reply)
-
-    async def _handle(self, reply: list[Any]) -> None:
-        kind = reply[0]
-        if kind == b"message":
-            await self._deliver_remote(reply[1], reply[2])
-            return
-        if kind == b"pong":
-            metrics.BACKPLANE_LAST_HEARTBEAT.set(time.time())
-            return
-        if kind == b"subscribe":
-            channel = reply[1].decode()
-            if channel == self._control:
-                for subscribed in self._on_subscribed:
-                    subscribed()
-                self._listener_healthy.set()
-                self._subscribed = True
-                metrics.BACKPLANE_LISTENER_UP.set(1)
-                log.info("backplane listener subscribed", extra={"users": len(self._watched)})
-                # Whatever was published while we were not subscribed is in the log.
-                self.check_all("resubscribed")
-            future = self._pending.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
-
-    async def _deliver_remote(self, channel: bytes, data: bytes) -> None:
-        if not channel.startswith(b"deliver:"):
-            handler = self._channels.get(channel)
-            if handler is not None:
-                try:
-                    handler(data)
-                except Exception:
-                    log.exception("backplane handler failed", extra={"channel": channel.decode()})
-            return
+    async def _deliver_remote(self, user_id: str, data: bytes) -> None:
+        """An event another replica published on ``user_id``'s channel."""
         header, _, text = data.partition(b"\n")
         if header.startswith(self._own_header):
             return  # already delivered locally when it was published
         envelope = orjson.loads(header)
         metrics.BACKPLANE_RECEIVED.inc()
         metrics.BACKPLANE_LAG.observe(max(0.0, time.time() - envelope["t"]))
-        user_id = channel[len(CHANNEL_PREFIX) :].decode()
         packet = eio_packet.Packet(eio_packet.MESSAGE, data=text.decode())
         first = envelope.get("f")
         if first is None:
@@ -671,15 +449,6 @@ class Delivery:
             await self._offer(user_id, first, envelope["l"], packet, envelope["s"])
         if envelope["c"] is not None:
             self._delivered_remote.observe(max(0.0, time.time() - envelope["c"]))
-
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        for future in self._pending.values():
-            if not future.done():
-                future.cancel()
-        self._pending.clear()
-        if pubsub is not None:
-            pubsub.close()
 
 
 def _rest(item: Logged, delivered: int) -> dict[str, Any]:

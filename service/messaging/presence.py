@@ -10,6 +10,13 @@ expired and removes their sockets. A user therefore shows offline at most
 
 Registry writes that fail while Redis is away are not retried one by one: the replica marks
 itself dirty and rewrites its whole share of the registry on the next heartbeat that works.
+
+On a Redis Cluster the ids in those names are hash tags (``user-sockets:{<userId>}``, the braces
+literal), so a user's keys share the slot of their id; the writes are pipelined per node by
+redis-py's cluster client, and nothing here needs two keys in one command except reading the
+owners of many sockets, which goes through ``MGET`` split by slot (``mget_nonatomic``). A failover
+loses at most the writes the dead master had not replicated: the heartbeat's resync and the sweep
+rewrite them (a replica whose entry vanished rewrites its whole share).
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from messaging import metrics
 from messaging.errors import Unavailable
+from messaging.local_sockets import LocalSockets
+from messaging.redis_wire import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +46,48 @@ WRITE_BATCH = 1000
 COUNT_TIMEOUT_SECONDS = 0.5
 
 
-def user_sockets_key(user_id: str) -> str:
-    return f"user-sockets:{user_id}"
+def _tag(value: str, cluster: bool) -> str:
+    """On a Redis Cluster ids go in braces: the hash tag puts every key of one user (and their
+    backplane channel) on the slot of their id, so what is read together is on one node."""
+    return f"{{{value}}}" if cluster else value
 
 
-def socket_user_key(sid: str) -> str:
-    return f"socket-to-user:{sid}"
+def user_sockets_key(user_id: str, *, cluster: bool = False) -> str:
+    return f"user-sockets:{_tag(user_id, cluster)}"
 
 
-def replica_sockets_key(replica_id: str) -> str:
-    return f"replica-sockets:{replica_id}"
+def socket_user_key(sid: str, *, cluster: bool = False) -> str:
+    return f"socket-to-user:{_tag(sid, cluster)}"
 
 
-def last_seen_key(user_id: str) -> str:
-    return f"last-seen:{user_id}"
+def replica_sockets_key(replica_id: str, *, cluster: bool = False) -> str:
+    return f"replica-sockets:{_tag(replica_id, cluster)}"
+
+
+def last_seen_key(user_id: str, *, cluster: bool = False) -> str:
+    return f"last-seen:{_tag(user_id, cluster)}"
 
 
 REPLICAS_KEY = "replicas"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryKeys:
+    """The registry's key names, hash-tagged on a Redis Cluster."""
+
+    cluster: bool = False
+
+    def user_sockets(self, user_id: str) -> str:
+        return user_sockets_key(user_id, cluster=self.cluster)
+
+    def socket_user(self, sid: str) -> str:
+        return socket_user_key(sid, cluster=self.cluster)
+
+    def replica_sockets(self, replica_id: str) -> str:
+        return replica_sockets_key(replica_id, cluster=self.cluster)
+
+    def last_seen(self, user_id: str) -> str:
+        return last_seen_key(user_id, cluster=self.cluster)
 
 
 def _text(values: Iterable[Any]) -> list[str]:
@@ -68,24 +102,29 @@ class PresenceInfo:
 
 
 class Presence:
-    """This process's sockets, and (with Redis) its share of the cluster-wide registry."""
+    """This process's share of the cluster-wide registry (with Redis), and presence lookups.
+
+    ``local`` (``LocalSockets``) is the in-memory store of this process's sockets it keeps in
+    step; the transports read sessions from there.
+    """
 
     def __init__(
         self,
         *,
         replica_id: str,
-        redis: Redis | None,
+        redis: RedisClient | None,
         heartbeat_seconds: float = 5.0,
         replica_ttl_seconds: float = 15.0,
         clock: Callable[[], float] = time.time,
+        local: LocalSockets | None = None,
     ) -> None:
         self.replica_id = replica_id
         self._redis = redis
+        self._keys = RegistryKeys(cluster=isinstance(redis, RedisCluster))
         self._heartbeat = heartbeat_seconds
         self._ttl = replica_ttl_seconds
         self._clock = clock
-        self._sockets: dict[str, set[str]] = {}  # user id -> sids on this process
-        self._owner: dict[str, str] = {}  # sid -> user id
+        self.local = local if local is not None else LocalSockets()
         self._last_seen: dict[str, datetime] = {}  # without Redis only
         self._dirty = redis is not None
         self._writes: asyncio.Queue[tuple[str, str, str, str]] = asyncio.Queue(WRITE_QUEUE_LIMIT)
@@ -93,19 +132,7 @@ class Presence:
         self._member_reads: dict[str, asyncio.Future[list[Any] | None]] = {}
         self._member_reader: asyncio.Task[None] | None = None
 
-    # --- local state -------------------------------------------------------------------------
-
-    def user_of(self, sid: str) -> str | None:
-        return self._owner.get(sid)
-
-    def local_users(self) -> set[str]:
-        return set(self._sockets)
-
-    def socket_count(self) -> int:
-        return len(self._owner)
-
-    def sids_of(self, user_id: str) -> set[str]:
-        return set(self._sockets.get(user_id, ()))
+    # --- sockets coming and going ------------------------------------------------------------
 
     def register(self, user_id: str, sid: str) -> bool:
         """Record a new socket; True when it is the user's first socket on this process.
@@ -113,25 +140,15 @@ class Presence:
         Local state changes at once; the Redis registry is written by a background task, so a
         slow or absent Redis never delays a handshake.
         """
-        sids = self._sockets.setdefault(user_id, set())
-        first = not sids
-        sids.add(sid)
-        self._owner[sid] = user_id
-        self._update_gauges()
+        first = self.local.add(user_id, sid)
         self._enqueue(("add", user_id, sid, ""))
         return first
 
     def unregister(self, sid: str) -> tuple[str | None, bool]:
         """Forget a socket; returns its user and whether it was their last one on this process."""
-        user_id = self._owner.pop(sid, None)
+        user_id, last = self.local.remove(sid)
         if user_id is None:
             return None, False
-        sids = self._sockets.get(user_id, set())
-        sids.discard(sid)
-        last = not sids
-        if last:
-            self._sockets.pop(user_id, None)
-        self._update_gauges()
         now = datetime.fromtimestamp(self._clock(), tz=UTC)
         if self._redis is None:
             if last:
@@ -139,6 +156,12 @@ class Presence:
         else:
             self._enqueue(("remove", user_id, sid, now.isoformat()))
         return user_id, last
+
+    def rewrite_soon(self) -> None:
+        """Rewrite this replica's share at the next heartbeat: on a Redis Cluster, after the
+        backplane resubscribed (a master may have failed over and lost the writes it had not
+        replicated yet)."""
+        self._dirty = self._redis is not None
 
     def _enqueue(self, op: tuple[str, str, str, str]) -> None:
         if self._redis is None:
@@ -159,14 +182,14 @@ class Presence:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for kind, user_id, sid, seen in batch:
                         if kind == "add":
-                            pipe.sadd(user_sockets_key(user_id), sid)
-                            pipe.set(socket_user_key(sid), user_id)
-                            pipe.sadd(replica_sockets_key(self.replica_id), sid)
+                            pipe.sadd(self._keys.user_sockets(user_id), sid)
+                            pipe.set(self._keys.socket_user(sid), user_id)
+                            pipe.sadd(self._keys.replica_sockets(self.replica_id), sid)
                         else:
-                            pipe.srem(user_sockets_key(user_id), sid)
-                            pipe.delete(socket_user_key(sid))
-                            pipe.srem(replica_sockets_key(self.replica_id), sid)
-                            pipe.set(last_seen_key(user_id), seen, ex=LAST_SEEN_TTL_SECONDS)
+                            pipe.srem(self._keys.user_sockets(user_id), sid)
+                            pipe.delete(self._keys.socket_user(sid))
+                            pipe.srem(self._keys.replica_sockets(self.replica_id), sid)
+                            pipe.set(self._keys.last_seen(user_id), seen, ex=LAST_SEEN_TTL_SECONDS)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 self._registry_failed("write", exc)
@@ -175,23 +198,23 @@ class Presence:
         users = list(dict.fromkeys(user_ids))
         if self._redis is None:
             return {
-                u: PresenceInfo(online=u in self._sockets, last_seen_at=None)
-                if u in self._sockets
+                u: PresenceInfo(online=True, last_seen_at=None)
+                if self.local.has_user(u)
                 else PresenceInfo(online=False, last_seen_at=self._last_seen.get(u))
                 for u in users
             }
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for user_id in users:
-                    pipe.scard(user_sockets_key(user_id))
-                    pipe.get(last_seen_key(user_id))
+                    pipe.scard(self._keys.user_sockets(user_id))
+                    pipe.get(self._keys.last_seen(user_id))
                 replies = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise Unavailable("presence is unavailable while Redis is unreachable") from exc
         result = {}
         for index, user_id in enumerate(users):
             count, seen = replies[2 * index], replies[2 * index + 1]
-            online = bool(count) or user_id in self._sockets
+            online = bool(count) or self.local.has_user(user_id)
             last_seen = None
             if not online and seen:
                 last_seen = datetime.fromisoformat(seen)
@@ -204,7 +227,7 @@ class Presence:
         This replica's own sockets are counted from memory (its registry writes may still be
         queued), the others' from the registry.
         """
-        local = self._sockets.get(user_id, set())
+        local = self.local.sids_of(user_id)
         if self._redis is None:
             return len(local)
         try:
@@ -242,17 +265,13 @@ class Presence:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for user_id in batch:
-                        pipe.smembers(user_sockets_key(user_id))
+                        pipe.smembers(self._keys.user_sockets(user_id))
                     replies = await pipe.execute()
             except (RedisError, OSError):
                 replies = None
             for index, future in enumerate(batch.values()):
                 if not future.done():
                     future.set_result(None if replies is None else list(replies[index]))
-
-    def _update_gauges(self) -> None:
-        metrics.CONNECTED_SOCKETS.set(len(self._owner))
-        metrics.CONNECTED_USERS.set(len(self._sockets))
 
     def _registry_failed(self, what: str, exc: BaseException) -> None:
         self._dirty = True
@@ -290,23 +309,24 @@ class Presence:
 
     async def _resync(self) -> None:
         assert self._redis is not None
-        key = replica_sockets_key(self.replica_id)
+        key = self._keys.replica_sockets(self.replica_id)
         known = set(_text(await self._redis.smembers(key)))
-        stale = sorted(known - set(self._owner))
+        here = dict(self.local.owners())
+        stale = sorted(known - set(here))
         owners = await self._owners(stale)
         async with self._redis.pipeline(transaction=False) as pipe:
             for sid, owner in zip(stale, owners, strict=True):
                 if owner is not None:
-                    pipe.srem(user_sockets_key(owner), sid)
-                pipe.delete(socket_user_key(sid))
+                    pipe.srem(self._keys.user_sockets(owner), sid)
+                pipe.delete(self._keys.socket_user(sid))
                 pipe.srem(key, sid)
-            for sid, user_id in self._owner.items():
-                pipe.sadd(user_sockets_key(user_id), sid)
-                pipe.set(socket_user_key(sid), user_id)
+            for sid, user_id in here.items():
+                pipe.sadd(self._keys.user_sockets(user_id), sid)
+                pipe.set(self._keys.socket_user(sid), user_id)
                 pipe.sadd(key, sid)
             await pipe.execute()
         self._dirty = False
-        log.info("presence registry resynced", extra={"sockets": len(self._owner)})
+        log.info("presence registry resynced", extra={"sockets": len(here)})
 
     async def sweep_once(self) -> list[str]:
         """Remove the sockets of replicas whose heartbeat expired; returns the replicas swept."""
@@ -326,16 +346,16 @@ class Presence:
 
     async def _clean_replica(self, replica: str, now: float) -> None:
         assert self._redis is not None
-        key = replica_sockets_key(replica)
+        key = self._keys.replica_sockets(replica)
         sids = sorted(_text(await self._redis.smembers(key)))
         seen = datetime.fromtimestamp(now, tz=UTC).isoformat()
         owners = await self._owners(sids)
         async with self._redis.pipeline(transaction=False) as pipe:
             for sid, owner in zip(sids, owners, strict=True):
                 if owner is not None:
-                    pipe.srem(user_sockets_key(owner), sid)
-                    pipe.set(last_seen_key(owner), seen, ex=LAST_SEEN_TTL_SECONDS)
-                pipe.delete(socket_user_key(sid))
+                    pipe.srem(self._keys.user_sockets(owner), sid)
+                    pipe.set(self._keys.last_seen(owner), seen, ex=LAST_SEEN_TTL_SECONDS)
+                pipe.delete(self._keys.socket_user(sid))
             pipe.delete(key)
             await pipe.execute()
         log.info("swept a dead replica", extra={"replica": replica, "sockets": len(sids)})
@@ -345,7 +365,11 @@ class Presence:
         if not sids:
             return []
         assert self._redis is not None
-        replies = await self._redis.mget([socket_user_key(sid) for sid in sids])
+        keys = [self._keys.socket_user(sid) for sid in sids]
+        if isinstance(self._redis, RedisCluster):
+            replies = await self._redis.mget_nonatomic(keys)  # the sockets' keys are anywhere
+        else:
+            replies = await self._redis.mget(keys)
         return [None if r is None else _text([r])[0] for r in replies]
 
     async def leave(self) -> None:

@@ -34,11 +34,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from messaging import metrics
 from messaging.errors import RateLimited
+from messaging.redis_wire import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,10 @@ REDIS_RETRY_SECONDS = 1.0
 MAX_TRACKED_USERS = 200_000
 
 
-def bucket_key(user_id: str, limit: str) -> str:
+def bucket_key(user_id: str, limit: str, *, cluster: bool = False) -> str:
+    """On a Redis Cluster the user id is the hash tag: a user's buckets share their slot."""
+    if cluster:
+        return f"ratelimit:{{{user_id}}}:{limit}"
     return f"ratelimit:{user_id}:{limit}"
 
 
@@ -163,7 +167,7 @@ class RateLimiter:
         self,
         budgets: Mapping[str, tuple[float, int]],
         *,
-        redis: Redis | None,
+        redis: RedisClient | None,
         enabled: bool = True,
         max_in_flight: int = 32,
         clock: Callable[[], float] = time.monotonic,
@@ -171,6 +175,7 @@ class RateLimiter:
         self.budgets = {name: Budget(rate, burst) for name, (rate, burst) in budgets.items()}
         self.enabled = enabled
         self._redis = redis
+        self._cluster = isinstance(redis, RedisCluster)
         self._clock = clock
         self._script = redis.register_script(TAKE_SCRIPT) if redis is not None else None
         self._redis_down_until = 0.0
@@ -247,7 +252,7 @@ class RateLimiter:
         try:
             granted, retry_ms = await asyncio.wait_for(
                 self._script(
-                    keys=[bucket_key(user_id, limit)],
+                    keys=[bucket_key(user_id, limit, cluster=self._cluster)],
                     args=[repr(budget.per_second), budget.burst, want],
                 ),
                 REDIS_TIMEOUT_SECONDS,

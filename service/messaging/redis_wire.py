@@ -9,8 +9,9 @@ batch of PUBLISH commands one write and one wake-up for all its replies.
 
 Connections are opened from the settings of the service's redis-py client (host or unix path,
 TLS context, user, password, client name), so ``MESSAGING_REDIS_URL`` means the same thing to
-both. Only what the backplane needs is here: commands with their replies in order, and pub/sub
-pushes handed to a callback.
+both; on a Redis Cluster the same settings reach any node by its address. Only what the backplane
+needs is here: commands with their replies in order, and pub/sub pushes (and, on a connection
+with nothing waiting, any other reply: a PONG, an error) handed to a callback.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Push = Callable[[list[Any]], None]
+Push = Callable[[Any], None]
+# The service's command client: one Redis, or a Redis Cluster (``MESSAGING_REDIS_CLUSTER``).
+RedisClient = Redis | RedisCluster
 
 
 def command(*parts: bytes | str) -> bytes:
@@ -65,23 +69,28 @@ class RedisWire(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def open(cls, redis: Redis, *, on_push: Push | None = None) -> RedisWire:
-        """Connect and authenticate like ``redis`` would (same address, TLS and credentials)."""
+    async def open(
+        cls, redis: Redis, *, on_push: Push | None = None, address: tuple[str, int] | None = None
+    ) -> RedisWire:
+        """Connect and authenticate like ``redis`` would (same address, TLS and credentials).
+
+        ``address`` (host, port) replaces the URL's: a cluster node, with the URL's credentials.
+        """
         # Built only to read the client's resolved settings; never connected.
         settings = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         loop = asyncio.get_running_loop()
         timeout = settings.socket_connect_timeout or None
         wire = cls(on_push)
         try:
-            if isinstance(settings, UnixDomainSocketConnection):
+            if isinstance(settings, UnixDomainSocketConnection) and address is None:
                 await asyncio.wait_for(
                     loop.create_unix_connection(lambda: wire, settings.path), timeout
                 )
             else:
                 tls = settings.ssl_context.get() if isinstance(settings, SSLConnection) else None
+                host, port = address or (settings.host, settings.port)
                 await asyncio.wait_for(
-                    loop.create_connection(lambda: wire, settings.host, settings.port, ssl=tls),
-                    timeout,
+                    loop.create_connection(lambda: wire, host, port, ssl=tls), timeout
                 )
             hello = _hello(settings)
             if hello:
@@ -119,7 +128,7 @@ class RedisWire(asyncio.Protocol):
                 if not future.done():
                     future.set_result(replies)
             return
-        if self._on_push is not None and type(reply) is list:
+        if self._on_push is not None:
             self._on_push(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import urllib.parse
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -141,6 +142,9 @@ class Settings(BaseSettings):
 
     # Empty means the in-process backplane: one replica, no Redis needed.
     redis_url: str = ""
+    # The URL names one node of a Redis Cluster (any: the others are found from it): sharded
+    # pub/sub for the backplane, and keys hash-tagged by user (docs/redis-cluster.md).
+    redis_cluster: bool = False
     redis_heartbeat_seconds: float = Field(5.0, gt=0, le=300)
     redis_replica_ttl_seconds: float = Field(15.0, gt=0, le=3600)
     # How often a replica compares its users' change logs with what it delivered (the backstop of
@@ -458,6 +462,20 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _redis_cluster_node(self) -> Self:
+        """A cluster is reached through a node's network address, and has only database 0."""
+        if not self.redis_cluster:
+            return self
+        if not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url (the address of one cluster node)")
+        if self.redis_url.startswith("unix://"):
+            raise ValueError("redis_cluster needs a redis:// or rediss:// URL, not unix://")
+        database = urllib.parse.urlsplit(self.redis_url).path.strip("/")
+        if database not in ("", "0"):
+            raise ValueError(f"a Redis Cluster has only database 0: drop /{database} from the URL")
+        return self
 
     @model_validator(mode="after")
     def _consistent_keys(self) -> Self:

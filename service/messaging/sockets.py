@@ -164,6 +164,7 @@ class SocketEvents:
         self._chat = chat
         self._changes = changes
         self._presence = presence
+        self._here = presence.local  # this process's sockets (the session store)
         self._delivery = delivery
         self.server = server
         self.accepting = True
@@ -230,7 +231,7 @@ class SocketEvents:
         except Exception as exc:
             # Anything but a refusal escaping here would leave python-socketio's pre-connect
             # state behind for good and the client waiting for an answer that never comes.
-            if self._presence.user_of(sid) is not None:
+            if self._here.user_of(sid) is not None:
                 with contextlib.suppress(Exception):
                     await self._disconnect(sid, "handshake failed")
             error = as_messaging_error(exc)
@@ -287,7 +288,7 @@ class SocketEvents:
 
         async def endpoint(sid: str, *args: Any) -> dict[str, Any]:
             started = time.perf_counter()
-            user_id = self._presence.user_of(sid)
+            user_id = self._here.user_of(sid)
             context = {"request_id": new_request_id(), "sid": sid, "event": event}
             if user_id is not None:
                 context["user"] = self._user_hashes.get(sid) or user_hash(user_id)
@@ -556,9 +557,7 @@ class SocketEvents:
     # --- draining ------------------------------------------------------------------------------
 
     def connected_sids(self) -> list[str]:
-        return [
-            sid for user in self._presence.local_users() for sid in self._presence.sids_of(user)
-        ]
+        return [sid for user in self._here.local_users() for sid in self._here.sids_of(user)]
 
     async def close_transport(self, sid: str) -> None:
         """Drop a socket's connection the way a dying server would: no goodbye packet.

@@ -551,3 +551,17 @@ def checked_receive(receive: Receive, errors: ProtocolErrors) -> Receive:
                 return {"type": "websocket.disconnect", "code": 1008}
 
     return checked
+
+
+def packet_sender(eio: EngineServer) -> Callable[[str, eio_packet.Packet], Awaitable[None] | None]:
+    """Fan-out's send function: a direct websocket queues the packet at once (None), any other
+    socket (polling, python-engineio's websocket) through Engine.IO (an awaitable)."""
+    sockets = eio.sockets
+
+    def send(eio_sid: str, packet: eio_packet.Packet) -> Awaitable[None] | None:
+        socket = sockets.get(eio_sid)
+        if type(socket) is DirectSocket and socket.send_now(packet):
+            return None
+        return eio.send_packet(eio_sid, packet)  # type: ignore[no-any-return]
+
+    return send

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from messaging.settings import Settings
 from messaging_operator import builders, observe
 from messaging_operator.builders import Owner
 from messaging_operator.spec import parse_spec
@@ -293,6 +294,28 @@ def test_the_contracts_new_fields_reach_the_pods() -> None:
     assert {"name": "grpc-tls", "secret": {"secretName": "grpc-tls"}} in pod["volumes"]
     mount = next(m for m in container["volumeMounts"] if m["name"] == "grpc-tls")
     assert mount == {"name": "grpc-tls", "mountPath": "/etc/messaging/grpc-tls", "readOnly": True}
+
+
+def test_an_external_redis_cluster_reaches_the_pods_as_settings_the_service_accepts() -> None:
+    spec = parse_spec(
+        {
+            **MINIMAL_SPEC,
+            "redis": {"external": {"urlSecretRef": {"name": "r", "key": "url"}, "cluster": True}},
+        }
+    )
+    dep = builders.messaging_deployment(OWNER, spec, image="img:1", replicas=2, secrets_hash="x")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    url_ref = next(e for e in container["env"] if e["name"] == "MESSAGING_REDIS_URL")
+    assert url_ref["valueFrom"]["secretKeyRef"] == {"name": "r", "key": "url"}
+    assert env["MESSAGING_REDIS_CLUSTER"] == "true"
+    assert not any(e["name"] == "REDIS_PASSWORD" for e in container["env"])  # not managed Redis
+    # The service reads the switch (a cluster URL names one node).
+    settings = Settings(
+        redis_url="redis://:pw@redis-cluster.apps.svc:6379",
+        redis_cluster=env["MESSAGING_REDIS_CLUSTER"],
+    )
+    assert settings.redis_cluster is True
 
 
 def test_without_the_optional_fields_attachments_are_off_and_nothing_else_is_set() -> None:

@@ -176,3 +176,13 @@ def test_an_object_is_written_only_when_it_differs() -> None:
     # A field we no longer set (the digest changes) must be removed by an apply.
     smaller = stamp({"metadata": {"name": "chat", "labels": {"a": "1"}}, "spec": {"replicas": 2}})
     assert needs_apply(smaller, stamp(desired))
+
+
+def test_a_redis_cluster_url_naming_a_database_other_than_0_is_refused() -> None:
+    ref = {"redisUrl": SecretKeyRef(name="redis", key="url")}
+    url = "redis://:pw@cluster.apps.svc:6379/2"
+    assert redis_url_problem(url) is None  # one Redis has databases
+    assert redis_url_problem(url, cluster=True) == "a Redis Cluster has only database 0"
+    assert redis_url_problem("redis://cluster.apps.svc:6379/0", cluster=True) is None
+    reading = secret_problems(ref, {"redis": secret(url=url)}, redis_cluster=True)
+    assert reading.invalid == ["Secret redis key url: a Redis Cluster has only database 0"]

@@ -115,17 +115,17 @@ async def test_the_server_pings_and_closes_a_socket_that_stops_answering(
             for _ in range(3):  # answered pings keep the socket open
                 assert await _recv(ws) == "2"
                 await ws.send("3")
-            assert svc.service.presence.sids_of(user)
+            assert svc.service.presence.local.sids_of(user)
             assert await _recv(ws) == "2"
             # No answer: after pingTimeout the session ends (a CLOSE packet, then the socket).
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
                     assert await _recv(ws, timeout=3.0) in ("1", "2")
         for _ in range(50):
-            if not svc.service.presence.sids_of(user):
+            if not svc.service.presence.local.sids_of(user):
                 break
             await asyncio.sleep(0.05)
-        assert not svc.service.presence.sids_of(user)
+        assert not svc.service.presence.local.sids_of(user)
 
 
 async def test_long_polling_and_websocket_devices_talk_to_each_other(

@@ -21,7 +21,7 @@ async def test_a_burst_of_first_sockets_reads_the_log_positions_in_a_few_queries
     async def events(user_id: str, after: int) -> list[object]:
         return []
 
-    delivery = Delivery(socketio.AsyncServer(async_mode="asgi"), replica_id="r", redis=None)
+    delivery = Delivery(socketio.AsyncServer(async_mode="asgi"), replica_id="r")
     delivery.use_log(heads=heads, events=events)  # type: ignore[arg-type]
     users = [f"user-{n}" for n in range(200)]
     await asyncio.gather(*(delivery.watch(u) for u in users), delivery.watch("user-7"))
@@ -38,7 +38,7 @@ async def test_a_failed_position_read_leaves_the_position_unknown_for_the_healer
     async def events(user_id: str, after: int) -> list[object]:
         return []
 
-    delivery = Delivery(socketio.AsyncServer(async_mode="asgi"), replica_id="r", redis=None)
+    delivery = Delivery(socketio.AsyncServer(async_mode="asgi"), replica_id="r")
     delivery.use_log(heads=heads, events=events)  # type: ignore[arg-type]
     await asyncio.gather(delivery.watch("a"), delivery.watch("b"))
     assert delivery._tracks["a"].last is None and delivery._tracks["b"].last is None
