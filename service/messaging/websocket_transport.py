@@ -371,7 +371,7 @@ class DirectSocket:
             await self.write(_NOOP)
         elif kind == "b":
             try:
-                decoded = base64.b64decode(data[1:])
+                decoded = base64.b64decode(data[1:], validate=True)
             except ValueError:
                 return await self.refuse("base64", "invalid base64")
             await self._message(decoded)
@@ -516,7 +516,7 @@ def engineio_frame_error(text: str) -> tuple[ProtocolErrorKind, str] | None:
     kind = text[0]
     if kind == "b":
         try:
-            base64.b64decode(text[1:])
+            base64.b64decode(text[1:], validate=True)
         except ValueError:
             return "base64", "invalid base64"
         return None
