@@ -12,9 +12,11 @@ hash tag, so it lives on the slot of the user's id (where their presence and rat
 too), and a message crosses only the node that owns that slot. The backplane reads the slot map
 (``CLUSTER SLOTS``), keeps one subscriber connection per master node, subscribes each channel on
 the node that owns its slot (one ``SSUBSCRIBE`` per slot: a command's channels must share one),
-and publishes each batch as one pipelined write per node. The channels of ``listen`` (rare,
-cluster-wide notices such as block changes) stay classic pub/sub on one of those connections:
-they must reach every replica, which is what classic pub/sub on a cluster does.
+and publishes each batch as one pipelined write per node. The channels of ``listen`` (rare
+notices every replica hears, such as block changes) are sharded too, and ``notify`` publishes on
+them with ``SPUBLISH`` at their slot's master: every replica's subscription is on that one node,
+so the count it answers is every replica's. (With classic pub/sub the count is only that of the
+node the command reached, and a block change waited for no one.)
 
 When the cluster changes under it: a ``MOVED`` answer, a ``sunsubscribe`` the backplane did not
 ask for (the node gave the slot away, or a master became a replica at a failover), or a node's
@@ -171,6 +173,8 @@ class Backplane:
         self._on_subscribed: list[Callable[[], None]] = []
         self._on_user: UserEvent | None = None
         self._published = metrics.BACKPLANE_PUBLISHED.labels(outcome="published")
+        self._notice_wires: dict[Node | None, RedisWire] = {}
+        self._notice_lock = asyncio.Lock()
 
     @property
     def cluster(self) -> bool:
@@ -203,6 +207,41 @@ class Backplane:
         self._channels[channel.encode()] = handler
         if subscribed is not None:
             self._on_subscribed.insert(0, subscribed)
+
+    async def notify(self, channel: str, data: bytes) -> int:
+        """Publish ``data`` on a ``listen`` channel now; returns how many subscriptions got it.
+
+        Raises ``RedisError``/``OSError`` when Redis cannot take it (the caller decides what an
+        unannounced notice means); a moved slot is followed once.
+        """
+        if not self._cluster:
+            return await self._notice(None, command("PUBLISH", channel, data))
+        slots = self._slots or await self._refresh_slots(None)
+        for _ in range(2):
+            node = slots.node_of(channel)
+            if node is None:
+                raise ClusterChanged(f"no master serves {channel}")
+            try:
+                return await self._notice(node, command("SPUBLISH", channel, data))
+            except ResponseError as exc:
+                if not cluster_changing(exc):
+                    raise
+                slots = await self._refresh_slots(slots)
+        raise ClusterChanged(f"{channel} kept moving")
+
+    async def _notice(self, node: Node | None, publish: bytes) -> int:
+        async with self._notice_lock:
+            wire = self._notice_wires.get(node)
+            if wire is None or not wire.connected:
+                wire = self._notice_wires[node] = await RedisWire.open(self._redis, address=node)
+        try:
+            (reply,) = await asyncio.wait_for(wire.execute([publish]), PUBLISH_TIMEOUT_SECONDS)
+        except (RedisError, OSError, TimeoutError):
+            wire.close()
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        return int(reply)
 
     def publish(self, user_ids: list[str], envelope: bytes) -> None:
         """Queue ``envelope`` for the channels of ``user_ids`` (dropped and counted when full)."""
@@ -460,26 +499,26 @@ class Backplane:
             )
             self._heard[node] = time.monotonic()
         main = self._links[nodes[0]]
-        others = [c.decode() for c in self._channels]
+        notices = [c.decode() for c in self._channels]
         if slots is None:
             # The other channels and the control channel first: when the control channel's
             # confirmation arrives, they are subscribed too (one command).
             self._awaiting = {None}
             users = [self.channel(u) for u in self._users]
-            main.send([command("SUBSCRIBE", *others, self._control, *users)])
+            main.send([command("SUBSCRIBE", *notices, self._control, *users)])
         else:
-            # Each node's SSUBSCRIBEs, then a PING whose answer says they are done; the classic
-            # channels on the first node. Ready when every node answered and the control
-            # channel is confirmed (``None`` stands for it).
+            # Each node's SSUBSCRIBEs (the notices' among them), then a PING whose answer says
+            # they are done; the control channel, classic, on the first node. Ready when every
+            # node answered and the control channel is confirmed (``None`` stands for it).
             self._awaiting = {None, *nodes}
-            grouped = by_node_and_slot((self.channel(u) for u in self._users), slots)
+            grouped = by_node_and_slot([*notices, *(self.channel(u) for u in self._users)], slots)
             for master in slots.nodes:
                 by_slot = grouped.get(master, {})
                 self._links[master].send(
                     [command("SSUBSCRIBE", *chs) for chs in by_slot.values()]
                     + [command("PING", READY)]
                 )
-            main.send([command("SUBSCRIBE", *others, self._control)])
+            main.send([command("SUBSCRIBE", self._control)])
         reader = asyncio.create_task(self._read(received, arrived), name="backplane-reader")
         ping_sent: float | None = None
         try:
@@ -567,7 +606,7 @@ class Backplane:
             self._unsubscribing[name] = asked - 1
         elif asked == 1:
             del self._unsubscribing[name]
-        elif channel_user(channel, cluster=True) in self._users:
+        elif channel in self._channels or channel_user(channel, cluster=True) in self._users:
             # Not asked for: the node gave the slot away (migrated, or it is a replica now).
             raise ClusterChanged(f"the cluster moved {name}")
 

@@ -10,7 +10,8 @@ for a stranger. A, who knows, is told to unblock first.
 The answer for a pair is cached, like the Connections check (a TTL, an LRU bound), because every
 send asks it. A change must hold at once on every replica, not after a TTL: the replica that
 commits a block drops its own entry, announces the pair on the Redis channel ``blocks:changed``
-(heard through the delivery backplane's supervised subscription) and waits, briefly, until every
+(heard through the delivery backplane's supervised subscription; on a Redis Cluster a sharded
+channel, so the count ``PUBLISH`` answers is every replica's) and waits, briefly, until every
 subscribed replica has confirmed it dropped the entry too, before it acknowledges the client. A
 replica trusts its cache only while that subscription is up; otherwise (Redis away, the listener
 resubscribing, the process just started) it reads through to the database, and it empties the
@@ -265,7 +266,7 @@ class Blocks:
         try:
             try:
                 receivers = await asyncio.wait_for(
-                    self._redis.publish(CHANGED_CHANNEL, data), self._timeout
+                    self._delivery.notify(CHANGED_CHANNEL, data), self._timeout
                 )
             except (RedisError, OSError, TimeoutError) as exc:
                 # The other replicas cannot hear Redis either (or soon notice they cannot): they
@@ -302,7 +303,7 @@ class Blocks:
     async def _confirm(self, origin: str, nonce: str) -> None:
         assert self._redis is not None
         try:
-            await self._redis.publish(acks_channel(origin), nonce)
+            await self._delivery.notify(acks_channel(origin), nonce.encode())
         except (RedisError, OSError) as exc:
             log.warning("confirming a block change failed", extra={"error": repr(exc)})
 

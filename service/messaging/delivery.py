@@ -156,6 +156,13 @@ class Delivery:
         if self._backplane is not None:
             self._backplane.listen(channel, handler, subscribed=subscribed)
 
+    async def notify(self, channel: str, data: bytes) -> int:
+        """Publish ``data`` on a ``listen`` channel; returns how many replicas' subscriptions
+        received it (exactly, on one Redis and on a cluster). 0 without Redis."""
+        if self._backplane is None:
+            return 0
+        return await self._backplane.notify(channel, data)
+
     async def to_users(
         self,
         user_ids: Iterable[str],
