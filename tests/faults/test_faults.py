@@ -274,9 +274,8 @@ async def test_a_postgresql_restart_loses_nothing_and_fails_sends_only_retryably
     cluster: Cluster, postgres_server: PostgresServer
 ) -> None:
     async def fault(traffic: Traffic, replicas: list[Replica]) -> list[Replica]:
-        await asyncio.to_thread(postgres_server.stop)
-        await asyncio.sleep(3)
-        await asyncio.to_thread(postgres_server.start)
+        async with postgres_server.stopped():
+            await asyncio.sleep(3)
         return []
 
     await run(cluster, "PostgreSQL restarted (3 s down)", fault)

@@ -143,9 +143,8 @@ async def test_a_postgresql_restart_loses_no_event(
         with logs_on_failure(cluster):
             before = await send_messages(cluster, replica, 10)
             await hooks.wait_for(lambda _: len(hooks.arrived) >= 10, timeout=60)
-            await asyncio.to_thread(postgres_server.stop)
-            await asyncio.sleep(2)  # the dispatcher's passes fail meanwhile
-            await asyncio.to_thread(postgres_server.start)
+            async with postgres_server.stopped():
+                await asyncio.sleep(2)  # the dispatcher's passes fail meanwhile
             refusing["on"] = False
             after = await send_messages(cluster, replica, 10)
             await hooks.wait_for(

@@ -14,6 +14,7 @@ fixtures fail loudly instead of skipping).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import glob
@@ -27,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,23 @@ class PostgresServer:
             check=True, capture_output=True, cwd=self.workdir, **as_user(self._run_as),
         )  # fmt: skip
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start (or restart) the server; a no-op while it runs.
+
+        A restart on the same port can meet the port briefly taken (by another process's
+        ``free_port`` pick, say) and the postmaster then exits at once: it is tried again, so a
+        test that restarts the session's server does not leave it down for every later test.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start()
+                return
+            except ServerError:
+                if attempt == attempts or (self.proc is not None and self.proc.alive()):
+                    raise
+                time.sleep(1.0)
+
+    def _start(self) -> None:
         if self.proc is not None and self.proc.alive():
             return
         if not self.data_dir.exists():
@@ -272,6 +289,15 @@ class PostgresServer:
         """Immediate shutdown (the crash-recovery kind): for throw-away clusters at the end."""
         self._shutdown(signal.SIGQUIT)
 
+    @contextlib.asynccontextmanager
+    async def stopped(self) -> AsyncIterator[None]:
+        """Down for the block (fast shutdown), started again after it, also when it fails."""
+        await asyncio.to_thread(self.stop)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.start)
+
     def url(self, database: str = "postgres") -> str:
         """A libpq URL (psql, Node.js, ``MESSAGING_DATABASE_URL``)."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
@@ -289,7 +315,14 @@ class PostgresServer:
         return done.stdout.strip()
 
     def create_database(self, name: str) -> str:
-        """Create ``name``; returns its ``dsn``."""
+        """Create ``name``; returns its ``dsn``.
+
+        Starts the server again first if it died (a test that stopped it and failed before
+        starting it): that test fails, not every test after it on this worker.
+        """
+        if self.proc is not None and not self.proc.alive():
+            print(f"PostgreSQL was down; starting it again:\n{self.proc.log_tail()}")
+            self.start()
         self.psql("postgres", f'CREATE DATABASE "{name}"')
         return self.dsn(name)
 
