@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp
 
 from messaging import admin_ui, db, metrics, tracing
-from messaging.attachments import Attachments, limits_from
+from messaging.attachments import AttachmentRules, Attachments, limits_from
 from messaging.auth import TokenVerifier
 from messaging.backplane import Backplane
 from messaging.blocking import Blocks
@@ -382,12 +382,6 @@ def build_service(settings: Settings) -> Service:
         max_blocked=settings.max_blocked_per_user,
         invalidation_timeout_seconds=settings.blocks_invalidation_timeout_seconds,
     )
-    object_store = build_object_store(settings)
-    attachments = (
-        Attachments(store=object_store, limits=limits_from(settings))
-        if object_store is not None
-        else None
-    )
     # The rules' domain events, encoded for Socket.IO and fanned out (publishing.py).
     publisher = Publisher(delivery=delivery, cursor_key=settings.cursor_key)
     read_engine = db.create_read_engine(settings)
@@ -399,6 +393,15 @@ def build_service(settings: Settings) -> Service:
         else None
     )
     database = Database(engine, replica=replica)
+    object_store = build_object_store(settings)
+    # The sweeper and the purge after a deletion read and commit on their own connections.
+    attachments = (
+        Attachments(
+            store=object_store, limits=limits_from(settings), connection=database.connection
+        )
+        if object_store is not None
+        else None
+    )
     # A block either way keeps a user out of a group; group rules run in the same transactions.
     groups = Groups(
         database=database,
@@ -421,6 +424,9 @@ def build_service(settings: Settings) -> Service:
         cursor_key=settings.cursor_key,
         events=events,
     )
+    attachment_rules = AttachmentRules(
+        attachments=attachments, database=database, participant=conversations.conversation_for
+    )
     messages = Messages(
         database=database,
         conversations=conversations,
@@ -430,13 +436,14 @@ def build_service(settings: Settings) -> Service:
         publisher=publisher,
         views=views,
         cursor_key=settings.cursor_key,
+        attachments=attachment_rules,
         events=events,
-        attachments=attachments,
     )
     chat = Chat(
         database=database,
         conversations=conversations,
         messages=messages,
+        attachments=attachment_rules,
         views=views,
         groups=groups,
         receipts=Receipts(database=database),
