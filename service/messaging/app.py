@@ -372,8 +372,18 @@ def build_service(settings: Settings) -> Service:
             else None
         ),
     )
+    read_engine = db.create_read_engine(settings)
+    replica = (
+        ReplicaReads(
+            replica=read_engine, max_wait_seconds=settings.database_read_max_wait_ms / 1000
+        )
+        if read_engine is not None
+        else None
+    )
+    database = Database(engine, replica=replica)
     events = Outbox.from_settings(settings)
     blocks = Blocks(
+        database=database,
         delivery=delivery,
         redis=redis,
         replica_id=settings.replica_id,
@@ -384,15 +394,6 @@ def build_service(settings: Settings) -> Service:
     )
     # The rules' domain events, encoded for Socket.IO and fanned out (publishing.py).
     publisher = Publisher(delivery=delivery, cursor_key=settings.cursor_key)
-    read_engine = db.create_read_engine(settings)
-    replica = (
-        ReplicaReads(
-            replica=read_engine, max_wait_seconds=settings.database_read_max_wait_ms / 1000
-        )
-        if read_engine is not None
-        else None
-    )
-    database = Database(engine, replica=replica)
     object_store = build_object_store(settings)
     # The sweeper and the purge after a deletion read and commit on their own connections.
     attachments = (
@@ -450,7 +451,6 @@ def build_service(settings: Settings) -> Service:
         blocks=blocks,
         outbox=events,
     )
-    blocks.use_database(connection=database.connection, transaction=database.transaction)
 
     async def report_event(
         conn: AsyncConnection, report: ReportRecord, message: MessageRecord
