@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.types import ASGIApp
 
 from messaging import admin_ui, db, metrics, tracing
-from messaging.attachments import Attachments, limits_from
+from messaging.attachments import AttachmentRules, Attachments, limits_from
 from messaging.auth import TokenVerifier
 from messaging.backplane import Backplane
 from messaging.blocking import Blocks
@@ -271,17 +271,24 @@ def build_redis(settings: Settings) -> RedisClient | None:
     if not settings.uses_redis:
         return None
     if settings.redis_cluster:
-        return RedisCluster.from_url(
-            settings.redis_url,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            socket_keepalive=True,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
-            client_name=f"messaging:{settings.replica_id}",
-            decode_responses=True,
-            driver_info=DriverInfo(),
-        )
+        return RedisCluster.from_url(settings.redis_url, **_redis_options(settings))
     return build_redis_node(settings)
+
+
+def _redis_options(settings: Settings) -> dict[str, Any]:
+    """What the cluster client and a node's client share: timeouts, retries, the client name."""
+    return {
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 2.0,
+        "socket_keepalive": True,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
+        "client_name": f"messaging:{settings.replica_id}",
+        "decode_responses": True,
+        # Built once: left to redis-py, every new pooled connection reads the package's
+        # metadata from disk (importlib.metadata) for CLIENT SETINFO, and a burst of handshakes
+        # opens dozens of them. The same name and version are sent.
+        "driver_info": DriverInfo(),
+    }
 
 
 def build_redis_node(settings: Settings) -> Redis:
@@ -289,19 +296,52 @@ def build_redis_node(settings: Settings) -> Redis:
     its settings, it is never connected then)."""
     return Redis.from_url(
         settings.redis_url,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        socket_keepalive=True,
         health_check_interval=10,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        client_name=f"messaging:{settings.replica_id}",
-        decode_responses=True,
-        # Built once: left to redis-py, every new pooled connection reads the package's metadata
-        # from disk (importlib.metadata) for CLIENT SETINFO, and a burst of handshakes opens
-        # dozens of them. The same name and version are sent.
-        driver_info=DriverInfo(),
+        **_redis_options(settings),
     )
+
+
+def build_backplane(settings: Settings, presence: Presence) -> Backplane | None:
+    """The fan-out between replicas (None without Redis), on wires of its own."""
+    if not settings.uses_redis:
+        return None
+    backplane = Backplane(
+        build_redis_node(settings), replica_id=settings.replica_id, cluster=settings.redis_cluster
+    )
+    if settings.redis_cluster:
+        backplane.on_subscribed(presence.rewrite_soon)
+    return backplane
+
+
+def build_connections(settings: Settings) -> ConnectionsChecker:
+    """The client of the Connections service (TLS when a CA file is set)."""
+    tls = None
+    if settings.connections_tls_ca_file is not None:
+        tls = ClientTls(
+            ca_file=settings.connections_tls_ca_file,
+            cert_file=settings.connections_tls_cert_file,
+            key_file=settings.connections_tls_key_file,
+        )
+    return ConnectionsChecker(
+        address=settings.connections_address,
+        timeout_seconds=settings.connections_timeout_seconds,
+        cache_ttl_seconds=settings.connections_cache_ttl_seconds,
+        cache_size=settings.connections_cache_size,
+        tls=tls,
+    )
+
+
+def build_database(settings: Settings) -> Database:
+    """The rules' database: the primary, and the read replica when one is configured."""
+    engine = db.create_engine(settings)
+    read_engine = db.create_read_engine(settings)
+    replica = None
+    if read_engine is not None:
+        replica = ReplicaReads(
+            replica=read_engine, max_wait_seconds=settings.database_read_max_wait_ms / 1000
+        )
+    return Database(engine, replica=replica)
 
 
 def build_object_store(settings: Settings) -> ObjectStore | None:
@@ -327,9 +367,54 @@ def build_object_store(settings: Settings) -> ObjectStore | None:
     return None
 
 
+def build_attachments(settings: Settings, database: Database) -> Attachments | None:
+    """Attachments over the configured store (None: attachments are off); the sweeper and the
+    purge after a deletion read and commit on the database's own connections."""
+    store = build_object_store(settings)
+    if store is None:
+        return None
+    return Attachments(store=store, limits=limits_from(settings), connection=database.connection)
+
+
+def build_reports(database: Database, events: Outbox) -> Reports:
+    """``reportMessage``: the report and its ``message.reported`` event commit together."""
+
+    async def report_event(
+        conn: AsyncConnection, report: ReportRecord, message: MessageRecord
+    ) -> None:
+        await events.record(
+            conn, "message.reported", reported_event(report, message), at=report.created_at
+        )
+
+    return Reports(transaction=database.transaction, on_reported=report_event)
+
+
+def build_grpc(
+    settings: Settings, *, chat: Chat, changes: MessageChanges, verifier: TokenVerifier
+) -> GrpcServer | None:
+    """The gRPC server when it is enabled (TLS when a certificate and key are set)."""
+    if not settings.grpc_enabled:
+        return None
+    tls = None
+    if settings.grpc_tls_cert_file is not None and settings.grpc_tls_key_file is not None:
+        tls = ServerTls(
+            cert_file=settings.grpc_tls_cert_file,
+            key_file=settings.grpc_tls_key_file,
+            client_ca_file=settings.grpc_tls_client_ca_file,
+        )
+    return GrpcServer(
+        chat=chat,
+        changes=changes,
+        verifier=verifier,
+        host=settings.grpc_host,
+        port=settings.grpc_port,
+        tls=tls,
+    )
+
+
 def build_service(settings: Settings) -> Service:
     """Construct the whole service (no I/O happens here)."""
-    engine = db.create_engine(settings)
+    database = build_database(settings)
     redis = build_redis(settings)
     server = build_socket_server(settings)
     verifier = TokenVerifier(settings)
@@ -339,17 +424,7 @@ def build_service(settings: Settings) -> Service:
         heartbeat_seconds=settings.redis_heartbeat_seconds,
         replica_ttl_seconds=settings.redis_replica_ttl_seconds,
     )
-    backplane = (
-        Backplane(
-            build_redis_node(settings),
-            replica_id=settings.replica_id,
-            cluster=settings.redis_cluster,
-        )
-        if redis is not None
-        else None
-    )
-    if backplane is not None and settings.redis_cluster:
-        backplane.on_subscribed(presence.rewrite_soon)
+    backplane = build_backplane(settings, presence)
     delivery = Delivery(
         server,
         replica_id=settings.replica_id,
@@ -357,23 +432,10 @@ def build_service(settings: Settings) -> Service:
         send=packet_sender(server.eio),
         check_seconds=settings.delivery_check_seconds,
     )
-    connections = ConnectionsChecker(
-        address=settings.connections_address,
-        timeout_seconds=settings.connections_timeout_seconds,
-        cache_ttl_seconds=settings.connections_cache_ttl_seconds,
-        cache_size=settings.connections_cache_size,
-        tls=(
-            ClientTls(
-                ca_file=settings.connections_tls_ca_file,
-                cert_file=settings.connections_tls_cert_file,
-                key_file=settings.connections_tls_key_file,
-            )
-            if settings.connections_tls_ca_file is not None
-            else None
-        ),
-    )
+    connections = build_connections(settings)
     events = Outbox.from_settings(settings)
     blocks = Blocks(
+        database=database,
         delivery=delivery,
         redis=redis,
         replica_id=settings.replica_id,
@@ -382,23 +444,9 @@ def build_service(settings: Settings) -> Service:
         max_blocked=settings.max_blocked_per_user,
         invalidation_timeout_seconds=settings.blocks_invalidation_timeout_seconds,
     )
-    object_store = build_object_store(settings)
-    attachments = (
-        Attachments(store=object_store, limits=limits_from(settings))
-        if object_store is not None
-        else None
-    )
     # The rules' domain events, encoded for Socket.IO and fanned out (publishing.py).
     publisher = Publisher(delivery=delivery, cursor_key=settings.cursor_key)
-    read_engine = db.create_read_engine(settings)
-    replica = (
-        ReplicaReads(
-            replica=read_engine, max_wait_seconds=settings.database_read_max_wait_ms / 1000
-        )
-        if read_engine is not None
-        else None
-    )
-    database = Database(engine, replica=replica)
+    attachments = build_attachments(settings, database)
     # A block either way keeps a user out of a group; group rules run in the same transactions.
     groups = Groups(
         database=database,
@@ -421,6 +469,9 @@ def build_service(settings: Settings) -> Service:
         cursor_key=settings.cursor_key,
         events=events,
     )
+    attachment_rules = AttachmentRules(
+        attachments=attachments, database=database, participant=conversations.conversation_for
+    )
     messages = Messages(
         database=database,
         conversations=conversations,
@@ -430,33 +481,27 @@ def build_service(settings: Settings) -> Service:
         publisher=publisher,
         views=views,
         cursor_key=settings.cursor_key,
+        attachments=attachment_rules,
         events=events,
-        attachments=attachments,
     )
     chat = Chat(
         database=database,
         conversations=conversations,
         messages=messages,
+        attachments=attachment_rules,
         views=views,
         groups=groups,
         receipts=Receipts(database=database),
         blocks=blocks,
         outbox=events,
     )
-    blocks.use_database(connection=database.connection, transaction=database.transaction)
 
-    async def report_event(
-        conn: AsyncConnection, report: ReportRecord, message: MessageRecord
-    ) -> None:
-        await events.record(
-            conn, "message.reported", reported_event(report, message), at=report.created_at
-        )
-
-    # The report and its message.reported event commit together (reports.py).
-    reports = Reports(transaction=database.transaction, on_reported=report_event)
+    reports = build_reports(database, events)
     webhooks = None
     if events.enabled:
-        webhooks = Dispatcher(engine=engine, outbox=events, policy=Policy.from_settings(settings))
+        webhooks = Dispatcher(
+            engine=database.engine, outbox=events, policy=Policy.from_settings(settings)
+        )
 
     async def log_events(user_id: str, after: int) -> list[Logged]:
         return publisher.encode(await messages.log_events(user_id, after))
@@ -482,23 +527,7 @@ def build_service(settings: Settings) -> Service:
         reports=reports,
     )
     admin_ui.instrument(server, settings)
-    grpc = None
-    if settings.grpc_enabled:
-        tls = None
-        if settings.grpc_tls_cert_file is not None and settings.grpc_tls_key_file is not None:
-            tls = ServerTls(
-                cert_file=settings.grpc_tls_cert_file,
-                key_file=settings.grpc_tls_key_file,
-                client_ca_file=settings.grpc_tls_client_ca_file,
-            )
-        grpc = GrpcServer(
-            chat=chat,
-            changes=changes,
-            verifier=verifier,
-            host=settings.grpc_host,
-            port=settings.grpc_port,
-            tls=tls,
-        )
+    grpc = build_grpc(settings, chat=chat, changes=changes, verifier=verifier)
     return Service(
         settings=settings,
         verifier=verifier,
@@ -511,7 +540,7 @@ def build_service(settings: Settings) -> Service:
         redis=redis,
         webhooks=webhooks,
         attachments=attachments,
-        replica=replica,
+        replica=database.replica,
         backplane=backplane,
     )
 

@@ -11,6 +11,11 @@ Cleanup runs in every replica (``run_sweeper``) and is safe to run twice at once
 deleted before their rows, deleting an object twice is harmless, and a row is deleted only while
 it is still unattached (or doomed). An upload is refused for sending a margin before the sweeper
 may take it, so a send never races the sweep of its own upload.
+
+Two objects: ``Attachments`` holds the object store and the per-row rules (built only when
+attachments are on); ``AttachmentRules`` is the feature as the transports and the message rules
+see it, on or off: ``createUpload`` for a participant, a message's commit with its uploads, and
+the erasing of a deleted message's files.
 """
 
 from __future__ import annotations
@@ -18,18 +23,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging.errors import ValidationFailed
+from messaging.errors import Unavailable, ValidationFailed
 from messaging.objectstore import ObjectStore, SignedRequest, object_key
-from messaging.records import AttachmentView, MessageRecord
+from messaging.records import AttachmentView, MessageRecord, NewMessage
 from messaging.settings import Settings
 from messaging.storage import attachments as sql
+from messaging.storage import messages as message_sql
+from messaging.transactions import Database
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,9 @@ SWEEP_BATCH = 200
 SEND_MARGIN = timedelta(minutes=10)
 
 Connection = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
+# Refuses (NOT_FOUND, FORBIDDEN) a user who does not take part in a conversation
+# (``Conversations.conversation_for``; passed in, as the conversation rules sit above these).
+ParticipantCheck = Callable[[str, uuid.UUID], Awaitable[object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +106,6 @@ class Attachments:
         self.store = store
         self.limits = limits
         # For the sweeper and the purge after a deletion (the request paths pass theirs).
-        self._connection = connection
-
-    def use_connection(self, connection: Connection) -> None:
         self._connection = connection
 
     # --- createUpload ----------------------------------------------------------------------
@@ -304,7 +311,7 @@ class Attachments:
     async def _sweep(
         self, *, ids: Sequence[uuid.UUID] | None = None, unattached_before: datetime | None = None
     ) -> int:
-        assert self._connection is not None, "Attachments.use_connection was not called"
+        assert self._connection is not None, "Attachments was built without a connection"
         cutoff = unattached_before or datetime.now(UTC) - self.limits.unattached_ttl
         async with self._connection() as conn:
             rows = await sql.sweepable(
@@ -330,6 +337,110 @@ class Attachments:
                     log.info("swept attachments", extra={"count": swept})
             except Exception:
                 log.exception("attachment sweep failed; retrying at the next interval")
+
+
+class AttachmentRules:
+    """The attachment feature for the transports and the message rules; ``attachments`` None:
+    attachments are off (``MESSAGING_ATTACHMENTS_BACKEND=off``), and every upload is refused."""
+
+    def __init__(
+        self,
+        *,
+        attachments: Attachments | None,
+        database: Database,
+        participant: ParticipantCheck,
+    ) -> None:
+        self._attachments = attachments
+        self._database = database
+        self._participant = participant
+
+    def require(self) -> Attachments:
+        if self._attachments is None:
+            raise ValidationFailed("attachments are turned off on this server")
+        return self._attachments
+
+    async def create_upload(
+        self,
+        user_id: str,
+        *,
+        conversation_id: uuid.UUID,
+        file_name: str,
+        content_type: str,
+        size_bytes: int,
+    ) -> NewUpload:
+        """An upload slot for a participant: a row, and a presigned PUT of the object store."""
+        attachments = self.require()
+        await self._participant(user_id, conversation_id)
+        async with self._database.transaction() as conn:
+            return await attachments.create_upload(
+                conn,
+                owner_id=user_id,
+                conversation_id=conversation_id,
+                file_name=file_name,
+                content_type=content_type,
+                size_bytes=size_bytes,
+            )
+
+    async def commit_message(
+        self, new: NewMessage, attachment_ids: Sequence[uuid.UUID]
+    ) -> tuple[MessageRecord, bool]:
+        """A message naming uploads, in a transaction of its own (not the group commit: its
+        rows must roll back with the message when an upload is refused); for
+        ``Messages.send_message``, which has checked the sender may send.
+
+        The store is asked about the objects before the transaction opens, so no participant's
+        log lock waits on it; the attach itself re-checks each row inside the transaction.
+        """
+        attachments = self.require()
+        repeat = False
+        async with self._database.connection() as conn:
+            if new.client_message_id is not None:
+                repeat = await sql.message_exists(
+                    conn, author_id=new.author_id, client_message_id=new.client_message_id
+                )
+            uploads = None
+            if not repeat:
+                uploads = await attachments.check_for_send(
+                    conn,
+                    owner_id=new.author_id,
+                    conversation_id=new.conversation_id,
+                    ids=attachment_ids,
+                )
+        async with self._database.transaction() as conn:
+            [(message, stored)] = await message_sql.insert_messages(conn, [new])
+            if stored:
+                if uploads is None:  # the original vanished since: cannot happen (tombstones)
+                    raise Unavailable("the message changed while it was sent; try again")
+                await attachments.attach(
+                    conn,
+                    message_id=message.id,
+                    owner_id=new.author_id,
+                    conversation_id=new.conversation_id,
+                    ids=attachment_ids,
+                )
+        if stored and uploads is not None:
+            return replace(message, attachments=await attachments.views(uploads)), True
+        async with self._database.connection() as conn:
+            [message] = await attachments.fill(conn, [message])
+        return message, False
+
+    async def erase_for_messages(
+        self, conn: AsyncConnection, message_ids: Sequence[uuid.UUID]
+    ) -> list[uuid.UUID]:
+        """For deleting messages: call inside the deleting transaction, then ``purge`` with what
+        it returns after the commit (see ``Attachments.erase_for_messages``)."""
+        if self._attachments is None:
+            return []
+        return await self._attachments.erase_for_messages(conn, message_ids)
+
+    async def purge(self, erased: Sequence[uuid.UUID]) -> None:
+        """Delete erased attachments' objects now; on failure the sweeper does it later."""
+        if self._attachments is None or not erased:
+            return
+        try:
+            await self._attachments.purge(erased)
+        except Exception:
+            log.warning("purging deleted attachments failed; the sweeper will", exc_info=True)
 
 
 def limits_from(settings: Settings) -> Limits:

@@ -27,21 +27,20 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import metrics
 from messaging.delivery import Delivery
 from messaging.errors import Forbidden, ValidationFailed
 from messaging.redis_wire import RedisClient
 from messaging.storage import blocking as storage
+from messaging.transactions import Database
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,6 @@ TTL_JITTER = 0.2
 # (conversations.py, messages.py).
 NOT_A_CONNECTION = "you can only message your first-degree connections"
 YOU_BLOCK = "you have blocked this user; unblock them first"
-
-ConnectionFactory = Callable[[], AbstractAsyncContextManager[AsyncConnection]]
 
 
 def acks_channel(replica_id: str) -> str:
@@ -87,22 +84,17 @@ class _Announcement:
             self.done.set_result(None)
 
 
-@dataclass(slots=True)
-class _Database:
-    connection: ConnectionFactory | None = None
-    transaction: ConnectionFactory | None = None
-
-
 class Blocks:
     """Blocks between users: the rules, the per-pair cache and its invalidation across replicas.
 
-    One instance per process, built in the app factory; ``use_database`` hands it the rules
-    layer's connections (whose failures surface as ``UNAVAILABLE``).
+    One instance per process, built in the app factory over the rules' ``Database`` (whose
+    failures surface as ``UNAVAILABLE``).
     """
 
     def __init__(
         self,
         *,
+        database: Database,
         delivery: Delivery,
         redis: RedisClient | None,
         replica_id: str,
@@ -111,6 +103,7 @@ class Blocks:
         max_blocked: int,
         invalidation_timeout_seconds: float,
     ) -> None:
+        self._database = database
         self._delivery = delivery
         self._redis = redis
         self._replica_id = replica_id
@@ -123,17 +116,11 @@ class Blocks:
         self._generation = 0
         self._announced: dict[str, _Announcement] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._db = _Database()
         self._from_cache = metrics.BLOCK_CHECKS.labels(source="cache")
         self._from_database = metrics.BLOCK_CHECKS.labels(source="database")
         if redis is not None:
             delivery.listen(CHANGED_CHANNEL, self._heard_change, subscribed=self.forget)
             delivery.listen(acks_channel(replica_id), self._heard_ack)
-
-    def use_database(
-        self, *, connection: ConnectionFactory, transaction: ConnectionFactory
-    ) -> None:
-        self._db = _Database(connection, transaction)
 
     # --- the rules ---------------------------------------------------------------------------
 
@@ -185,7 +172,7 @@ class Blocks:
         if not missing:
             return found
         generation = self._generation
-        async with self._connect() as conn:
+        async with self._database.connection() as conn:
             rows = await storage.relations(conn, user_id=user_id, others=missing)
         self._from_database.inc(len(missing))
         keep = trusted and self._ttl > 0 and self._size > 0 and generation == self._generation
@@ -209,7 +196,7 @@ class Blocks:
         """Block ``other_id``; blocking again is not an error. At most ``max_blocked`` users."""
         if other_id == user_id:
             raise ValidationFailed("you cannot block yourself")
-        async with self._begin() as conn:
+        async with self._database.transaction() as conn:
             await storage.lock_blocker(conn, user_id)
             if not await storage.is_blocking(conn, blocker_id=user_id, blocked_id=other_id):
                 if await storage.count_blocked(conn, user_id) >= self.max_blocked:
@@ -228,13 +215,13 @@ class Blocks:
         """Lift the block; unblocking someone not blocked is not an error."""
         if other_id == user_id:
             raise ValidationFailed("you cannot unblock yourself")
-        async with self._begin() as conn:
+        async with self._database.transaction() as conn:
             await storage.remove_block(conn, blocker_id=user_id, blocked_id=other_id)
         await self._announce(user_id, other_id)
 
     async def blocked(self, user_id: str) -> list[str]:
         """The users ``user_id`` blocks, most recently blocked first (never who blocks them)."""
-        async with self._connect() as conn:
+        async with self._database.connection() as conn:
             return await storage.blocked_by(conn, user_id)
 
     # --- the cache across replicas -----------------------------------------------------------
@@ -317,18 +304,6 @@ class Blocks:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # --- the database ------------------------------------------------------------------------
-
-    def _connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        if self._db.connection is None:
-            raise RuntimeError("Blocks.use_database() was not called")
-        return self._db.connection()
-
-    def _begin(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        if self._db.transaction is None:
-            raise RuntimeError("Blocks.use_database() was not called")
-        return self._db.transaction()
 
 
 def _pair(a: str, b: str) -> tuple[str, str]:

@@ -1,10 +1,10 @@
 """The rules, as the transports see them: one object per feature, built by ``app.py``.
 
 Transports parse and authenticate; everything a client may or may not do is decided by the feature
-modules gathered here (``conversations.py``, ``messages.py``, ``groups.py``, ``receipts.py``,
-``blocking.py``), each over its own SQL in ``storage/`` (``store.py`` holds what they share), in
-the transactions of ``transactions.Database``. ``Chat`` adds no rules of its own: it is what the
-app factory hands Socket.IO and gRPC, so they name one collaborator, not seven.
+modules gathered here (``conversations.py``, ``messages.py``, ``attachments.py``, ``groups.py``,
+``receipts.py``, ``blocking.py``), each over its own SQL in ``storage/`` (``store.py`` holds what
+they share), in the transactions of ``transactions.Database``. ``Chat`` adds no rules of its own:
+it is what the app factory hands Socket.IO and gRPC, so they name one collaborator, not eight.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from messaging.attachments import AttachmentRules
 from messaging.blocking import Blocks
 from messaging.conversations import Conversations
 from messaging.groups import Groups
@@ -28,6 +29,7 @@ class Chat:
     database: Database
     conversations: Conversations
     messages: Messages
+    attachments: AttachmentRules
     views: MessageViews
     groups: Groups
     receipts: Receipts

@@ -4,7 +4,8 @@ The rules (``messages.py``, ``conversations.py``, ``message_changes.py``, ``grou
 what happened and who is told; how it reaches a device is the transport's business.
 ``publishing.py`` encodes these as Socket.IO events (their names and JSON from ``payloads.py``,
 each user's ``syncToken``) and hands them to the delivery fan-out; a second transport would
-encode the same events its own way.
+encode the same events its own way. Webhooks are one: ``outbox.py`` encodes a group's
+``ConversationChanged`` as ``conversation.created``/``conversation.updated``.
 """
 
 from __future__ import annotations

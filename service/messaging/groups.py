@@ -25,8 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from messaging.connections import ConnectionsChecker
 from messaging.errors import Forbidden, NotFound, ValidationFailed
 from messaging.events import ConversationChanged
-from messaging.outbox import Outbox, conversation_created, conversation_updated
-from messaging.payloads import conversation_json
+from messaging.outbox import Outbox
 from messaging.publishing import Publisher
 from messaging.records import ConversationRecord
 from messaging.storage import conversations as conversation_sql
@@ -54,7 +53,8 @@ class Groups:
         events: Outbox | None = None,
     ) -> None:
         self._database = database
-        # Webhook events, recorded in each change's transaction (none configured: a no-op).
+        # Webhook events, recorded in each change's transaction (none configured: a no-op);
+        # the outbox encodes each change's domain event (``Outbox.record_conversation_change``).
         self._events = events or Outbox([])
         self._connections = connections
         self._publisher = publisher
@@ -131,18 +131,12 @@ class Groups:
                 created_at=now,
             )
             conversation = await self._visible(conn, user_id, conversation_id)
+            change = ConversationChanged(conversation, "created", tuple(others), user_id)
             if created:
-                await self._events.record(
-                    conn, "conversation.created", conversation_created(conversation), at=now
-                )
+                await self._events.record_conversation_change(conn, change, at=now)
         if created:
             await self._announce(
-                conversation,
-                recipients=conversation.participant_ids,
-                change="created",
-                user_ids=others,
-                by=user_id,
-                origin_sid=origin_sid,
+                change, recipients=conversation.participant_ids, origin_sid=origin_sid
             )
         return conversation
 
@@ -170,17 +164,11 @@ class Groups:
             self._check_size(len(current.participant_ids) + len(joining))
             await sql.add_members(conn, conversation_id, joining, datetime.now(UTC))
             after = sql.with_members(current, [*current.participant_ids, *joining])
+            change = ConversationChanged(after, "joined", tuple(joining), user_id)
             if joining:
-                await self._record_update(conn, after, "joined", joining, user_id)
+                await self._events.record_conversation_change(conn, change)
         if joining:
-            await self._announce(
-                after,
-                recipients=after.participant_ids,
-                change="joined",
-                user_ids=joining,
-                by=user_id,
-                origin_sid=origin_sid,
-            )
+            await self._announce(change, recipients=after.participant_ids, origin_sid=origin_sid)
         return after
 
     async def leave(
@@ -200,15 +188,11 @@ class Groups:
                     joined_at=leaving.joined_at,
                 )
             after = sql.with_members(current, [u for u in current.participant_ids if u != user_id])
-            await self._record_update(conn, after, "left", [user_id], user_id)
+            change = ConversationChanged(after, "left", (user_id,), user_id)
+            await self._events.record_conversation_change(conn, change)
         # The member who left is told on all its devices (the others drop the group from view).
         await self._announce(
-            after,
-            recipients=[*after.participant_ids, user_id],
-            change="left",
-            user_ids=[user_id],
-            by=user_id,
-            origin_sid=origin_sid,
+            change, recipients=[*after.participant_ids, user_id], origin_sid=origin_sid
         )
 
     # --- membership, for the rules of messages --------------------------------------------------
@@ -248,37 +232,14 @@ class Groups:
             raise NotFound("no such conversation")
         return conversation
 
-    async def _record_update(
-        self,
-        conn: AsyncConnection,
-        conversation: ConversationRecord,
-        change: str,
-        user_ids: Sequence[str],
-        by: str,
-    ) -> None:
-        """``conversation.updated``, in the change's transaction."""
-        await self._events.record(
-            conn,
-            "conversation.updated",
-            conversation_updated(
-                conversation_json(conversation), change=change, actor_id=by, user_ids=user_ids
-            ),
-        )
-
     async def _announce(
         self,
-        conversation: ConversationRecord,
+        change: ConversationChanged,
         *,
         recipients: Sequence[str],
-        change: str,
-        user_ids: Sequence[str],
-        by: str,
         origin_sid: str | None,
     ) -> None:
+        """Fan the change out (the same event its transaction recorded for the webhooks)."""
         # A failed fan-out is logged, not raised: the change is committed; clients see it in
         # listConversations.
-        await self._publisher.to_users(
-            list(recipients),
-            ConversationChanged(conversation, change, tuple(user_ids), by),
-            skip_sid=origin_sid,
-        )
+        await self._publisher.to_users(list(recipients), change, skip_sid=origin_sid)

@@ -105,7 +105,7 @@ class MessageChanges:
                 return message  # deleted already: the same answer, nothing logged again
             erased = await change_store.erase(conn, message_id=message_id, at=at)
             # Its files go with it: erased in this transaction, their objects deleted after it.
-            erased_files = await self._chat.messages.erase_attachments(conn, [message_id])
+            erased_files = await self._chat.attachments.erase_for_messages(conn, [message_id])
             changes = await store.append_changes(
                 conn, [LogEntry(message.conversation_id, message_id, "deleted", user_id, at)]
             )
@@ -115,7 +115,7 @@ class MessageChanges:
                 outbox.message_deleted(message, deleted_by=user_id, deleted_at=at),
                 at=at,
             )
-        await self._chat.messages.purge_attachments(erased_files)
+        await self._chat.attachments.purge(erased_files)
         await self._chat.messages.deliver_logged(
             self._chat.messages.logged(changes, MessageDeleted(erased)),
             skip_sid=origin_sid,

@@ -1,32 +1,31 @@
 """Messages: sending, delivered and read, a device's catch-up, a conversation's history, the log.
 
 The rules over ``storage/messages.py``. A message is acknowledged only after its transaction
-committed (a batch of the group committer, ``commits.py``, or a transaction of its own when it
-names uploads); it is fanned out after that, and a failed fan-out never fails the send
-(PostgreSQL is the source of truth: devices heal from their change log, or catch up with
-``syncMessages``). Every change is appended to each participant's change log in the same
-transaction, so what a device is told live and what it reads by sync agree.
+committed (a batch of the group committer, ``commits.py``, or, when it names uploads, a
+transaction of its own: ``AttachmentRules.commit_message``); it is fanned out after that, and a
+failed fan-out never fails the send (PostgreSQL is the source of truth: devices heal from their
+change log, or catch up with ``syncMessages``). Every change is appended to each participant's
+change log in the same transaction, so what a device is told live and what it reads by sync agree.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging import metrics, outbox, pages, receipts
-from messaging.attachments import Attachments, NewUpload
+from messaging.attachments import AttachmentRules
 from messaging.blocking import Blocks
 from messaging.commits import GroupCommitter
 from messaging.connections import ConnectionsChecker
 from messaging.conversations import Conversations
 from messaging.cursor import decode_sync_token, encode_sync_token
-from messaging.errors import Forbidden, NotFound, Unavailable, ValidationFailed
+from messaging.errors import Forbidden, NotFound, ValidationFailed
 from messaging.events import (
     LogEvent,
     MessageDeleted,
@@ -40,12 +39,9 @@ from messaging.groups import Groups
 from messaging.ids import new_message_id
 from messaging.publishing import Publisher
 from messaging.records import Change, MessageRecord, NewMessage
-from messaging.storage import attachments as store_attachments
 from messaging.storage import messages as sql
 from messaging.transactions import Database
 from messaging.views import MessageViews
-
-log = logging.getLogger(__name__)
 
 HEAL_PAGE = 200
 
@@ -71,8 +67,8 @@ class Messages:
         publisher: Publisher,
         views: MessageViews,
         cursor_key: bytes,
+        attachments: AttachmentRules,
         events: outbox.Outbox | None = None,
-        attachments: Attachments | None = None,
     ) -> None:
         self._database = database
         self._conversations = conversations
@@ -80,10 +76,8 @@ class Messages:
         self._views = views
         # Webhook events, written in the transaction of each change (none configured: a no-op).
         self._outbox = events or outbox.Outbox([])
-        # None when attachments are off (MESSAGING_ATTACHMENTS_BACKEND=off).
+        # A message naming uploads commits through the attachment rules (attachments.py).
         self._attachments = attachments
-        if attachments is not None:
-            attachments.use_connection(database.connection)
         self._connections = connections
         self._blocks = blocks
         self._publisher = publisher
@@ -135,7 +129,7 @@ class Messages:
                 client_message_id=client_message_id,
             )
             if attachment_ids:
-                message, stored = await self._commit_with_attachments(new, attachment_ids)
+                message, stored = await self._attachments.commit_message(new, attachment_ids)
             else:
                 message, stored = await self._committer.commit(new)
         except Exception as exc:
@@ -153,93 +147,6 @@ class Messages:
             committed_at=committed_at if stored else None,
         )
         return message
-
-    async def _commit_with_attachments(
-        self, new: NewMessage, attachment_ids: Sequence[uuid.UUID]
-    ) -> tuple[MessageRecord, bool]:
-        """A message naming uploads, in a transaction of its own (not the group commit: its
-        rows must roll back with the message when an upload is refused).
-
-        The store is asked about the objects before the transaction opens, so no participant's
-        log lock waits on it; the attach itself re-checks each row inside the transaction.
-        """
-        attachments = self._require_attachments()
-        repeat = False
-        async with self._database.connection() as conn:
-            if new.client_message_id is not None:
-                repeat = await store_attachments.message_exists(
-                    conn, author_id=new.author_id, client_message_id=new.client_message_id
-                )
-            uploads = None
-            if not repeat:
-                uploads = await attachments.check_for_send(
-                    conn,
-                    owner_id=new.author_id,
-                    conversation_id=new.conversation_id,
-                    ids=attachment_ids,
-                )
-        async with self._database.transaction() as conn:
-            [(message, stored)] = await sql.insert_messages(conn, [new])
-            if stored:
-                if uploads is None:  # the original vanished since: cannot happen (tombstones)
-                    raise Unavailable("the message changed while it was sent; try again")
-                await attachments.attach(
-                    conn,
-                    message_id=message.id,
-                    owner_id=new.author_id,
-                    conversation_id=new.conversation_id,
-                    ids=attachment_ids,
-                )
-        if stored and uploads is not None:
-            return replace(message, attachments=await attachments.views(uploads)), True
-        async with self._database.connection() as conn:
-            [message] = await attachments.fill(conn, [message])
-        return message, False
-
-    def _require_attachments(self) -> Attachments:
-        if self._attachments is None:
-            raise ValidationFailed("attachments are turned off on this server")
-        return self._attachments
-
-    async def create_upload(
-        self,
-        user_id: str,
-        *,
-        conversation_id: uuid.UUID,
-        file_name: str,
-        content_type: str,
-        size_bytes: int,
-    ) -> NewUpload:
-        """An upload slot for a participant: a row, and a presigned PUT of the object store."""
-        attachments = self._require_attachments()
-        await self._conversations.conversation_for(user_id, conversation_id)
-        async with self._database.transaction() as conn:
-            return await attachments.create_upload(
-                conn,
-                owner_id=user_id,
-                conversation_id=conversation_id,
-                file_name=file_name,
-                content_type=content_type,
-                size_bytes=size_bytes,
-            )
-
-    async def erase_attachments(
-        self, conn: AsyncConnection, message_ids: Sequence[uuid.UUID]
-    ) -> list[uuid.UUID]:
-        """For deleting messages: call inside the deleting transaction, then ``purge_attachments``
-        with what it returns after the commit (see ``Attachments.erase_for_messages``)."""
-        if self._attachments is None:
-            return []
-        return await self._attachments.erase_for_messages(conn, message_ids)
-
-    async def purge_attachments(self, erased: Sequence[uuid.UUID]) -> None:
-        """Delete erased attachments' objects now; on failure the sweeper does it later."""
-        if self._attachments is None or not erased:
-            return
-        try:
-            await self._attachments.purge(erased)
-        except Exception:
-            log.warning("purging deleted attachments failed; the sweeper will", exc_info=True)
 
     async def mark_delivered(
         self, user_id: str, message_ids: Sequence[uuid.UUID], *, origin_sid: str | None = None

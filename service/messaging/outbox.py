@@ -7,7 +7,8 @@ messages go through ``message_events`` instead, so the group commit's one statem
 (see ``storage.messages.insert_messages``). ``webhooks.py`` sends what is recorded.
 
 The payload builders below are the ``data`` of each type (docs/webhooks.md); features call
-``record`` with one of them.
+``record`` with one of them, or hand over the domain event itself where one exists
+(``record_conversation_change``: the group rules' ``events.ConversationChanged``, encoded here).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from messaging.events import ConversationChanged
 from messaging.payloads import conversation_json, iso, message_json
 from messaging.records import ConversationRecord, MessageRecord, NewMessage
 from messaging.settings import WEBHOOK_EVENT_TYPES, Settings
@@ -129,6 +131,14 @@ class Outbox:
         if rows:
             await sql.insert_rows(conn, rows, now=datetime.now(UTC))
 
+    async def record_conversation_change(
+        self, conn: AsyncConnection, event: ConversationChanged, *, at: datetime | None = None
+    ) -> None:
+        """A group's change as its webhook event (``conversation_change``), in ``conn``'s
+        transaction: the event the group rules fan out after the commit is the one recorded."""
+        event_type, data = conversation_change(event)
+        await self.record(conn, event_type, data, at=at)
+
     def message_events(self, batch: Sequence[NewMessage]) -> MessageEvents | None:
         """The ``message.created`` rows (and notification checks) of a group-commit batch, for
         ``storage.messages.insert_messages`` to write with the messages; None when nothing is
@@ -214,6 +224,19 @@ def conversation_updated(
         "conversation": conversation,
         "change": {"type": change, "userIds": sorted(user_ids), "by": actor_id},
     }
+
+
+def conversation_change(event: ConversationChanged) -> tuple[str, dict[str, Any]]:
+    """The webhook type and data of a group change: ``conversation.created`` (the Conversation),
+    or ``conversation.updated`` (it in its new state and the change: joined, left)."""
+    if event.change == "created":
+        return "conversation.created", conversation_created(event.conversation)
+    return "conversation.updated", conversation_updated(
+        conversation_json(event.conversation),
+        change=event.change,
+        actor_id=event.by,
+        user_ids=event.user_ids,
+    )
 
 
 def message_reported(

@@ -359,7 +359,7 @@ class SocketEvents:
 
     async def _create_upload(self, user_id: str, sid: str, payload: Any) -> Any:
         request = parse(CreateUpload, payload)
-        upload = await self._chat.messages.create_upload(
+        upload = await self._chat.attachments.create_upload(
             user_id,
             conversation_id=request.conversation_id,
             file_name=request.file_name,

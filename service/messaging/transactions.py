@@ -47,6 +47,11 @@ class Database:
     def engine(self) -> AsyncEngine:
         return self._engine
 
+    @property
+    def replica(self) -> ReplicaReads | None:
+        """The read replica, None without one (``Service.stop`` disposes of it)."""
+        return self._replica
+
     async def read(self, kind: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """``work`` (reads only) on the read replica when it has everything acknowledged before
         this call, else on the primary (read_replica.py); the primary without a replica."""

@@ -555,8 +555,8 @@ async def test_deleting_a_message_erases_its_attachments_and_deletes_their_objec
         chat = att_svc.service.chat
         # What deleteMessage does: erase in its transaction, purge after the commit.
         async with chat.engine.begin() as conn:
-            erased = await chat.messages.erase_attachments(conn, [uuid.UUID(sent["id"])])
-        await chat.messages.purge_attachments(erased)
+            erased = await chat.attachments.erase_for_messages(conn, [uuid.UUID(sent["id"])])
+        await chat.attachments.purge(erased)
         synced = await a.ok("syncMessages", {})
     assert sorted(str(i) for i in erased) == sorted([first, second])
     assert await _object_size(att_svc, conversation, first) is None
@@ -578,7 +578,7 @@ async def test_erased_attachments_whose_purge_never_ran_are_deleted_by_the_sweep
         )
     chat = att_svc.service.chat
     async with chat.engine.begin() as conn:
-        await chat.messages.erase_attachments(conn, [uuid.UUID(sent["id"])])
+        await chat.attachments.erase_for_messages(conn, [uuid.UUID(sent["id"])])
     # The process died before purging: the object is still there, its name already erased.
     assert await _object_size(att_svc, conversation, attachment_id) == len(b"doomed")
     async with chat.engine.connect() as conn:
@@ -626,7 +626,7 @@ async def test_every_replica_runs_the_sweeper_on_its_own(
             )
         chat = svc.service.chat
         async with chat.engine.begin() as conn:
-            await chat.messages.erase_attachments(conn, [uuid.UUID(sent["id"])])
+            await chat.attachments.erase_for_messages(conn, [uuid.UUID(sent["id"])])
         # Nobody purges: the replica's own periodic sweep deletes the object.
         for _ in range(100):
             if await _object_size(svc, conversation, attachment_id) is None:

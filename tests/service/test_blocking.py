@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 import grpc
@@ -23,6 +23,7 @@ from messaging.dev_connections import ConnectionGraph
 from messaging.errors import Unavailable
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
+from messaging.transactions import Database
 from tests.support.servers import free_port
 from tests.support.service import (
     Device,
@@ -363,15 +364,6 @@ async def test_an_answer_read_before_a_block_is_never_cached_after_it(svc: Runni
     """A check that read "no block" while a block was being committed must not cache that
     answer once the block's invalidation has passed: the next check reads again."""
     alice, bob = unique("alice"), unique("bob")
-    blocks = Blocks(
-        delivery=svc.service.delivery,
-        redis=None,
-        replica_id=unique("replica"),
-        cache_ttl_seconds=3600,
-        cache_size=100,
-        max_blocked=10,
-        invalidation_timeout_seconds=1,
-    )
     chat = svc.service.chat
     race = {"armed": True}
 
@@ -383,7 +375,20 @@ async def test_an_answer_read_before_a_block_is_never_cached_after_it(svc: Runni
             # The check has read "no block"; before it can cache that, the block commits.
             await blocks.block(alice, bob)
 
-    blocks.use_database(connection=connection_then_a_block, transaction=chat.database.transaction)
+    class ConnectionThenABlock(Database):
+        def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
+            return connection_then_a_block()
+
+    blocks = Blocks(
+        database=ConnectionThenABlock(chat.engine),
+        delivery=svc.service.delivery,
+        redis=None,
+        replica_id=unique("replica"),
+        cache_ttl_seconds=3600,
+        cache_size=100,
+        max_blocked=10,
+        invalidation_timeout_seconds=1,
+    )
     first = await blocks.relation(bob, alice)
     second = await blocks.relation(bob, alice)
     assert not first.any  # read before the block committed
