@@ -232,7 +232,8 @@ def run_once(
                 str(profile),
                 "--duration",
                 str(int(args.warmup + args.duration + 8)),
-                "--nonblocking",
+                # --native pauses the process for each sample (it cannot read C stacks otherwise).
+                *(["--native"] if args.native else ["--nonblocking"]),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -421,6 +422,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--profile", default=None, help="side (ref, or all) to record with py-spy")
     parser.add_argument("--profile-out", type=Path, default=OUT / "py-spy.txt")
+    parser.add_argument(
+        "--native", action="store_true", help="py-spy --native: C frames (uvloop, asyncpg) too"
+    )
     parser.add_argument(
         "--cprofile",
         action="store_true",

@@ -101,7 +101,7 @@ class ConnectionsChecker:
         cached = self._cache.get(key)
         if cached is not None and cached[1] > now:
             self._cache.move_to_end(key)
-            metrics.CONNECTIONS_CHECKS.labels(result=_result(cached[0]), source="cache").inc()
+            _CHECKS[cached[0], "cache"].inc()
             return cached[0]
         connected = await self._ask_once(key, user_id, other_user_id)
         if self._ttl > 0 and self._size > 0:
@@ -110,7 +110,7 @@ class ConnectionsChecker:
             self._cache.move_to_end(key)
             while len(self._cache) > self._size:
                 self._cache.popitem(last=False)
-        metrics.CONNECTIONS_CHECKS.labels(result=_result(connected), source="rpc").inc()
+        _CHECKS[connected, "rpc"].inc()
         return connected
 
     async def _ask_once(self, key: tuple[str, str], user_id: str, other_user_id: str) -> bool:
@@ -166,3 +166,11 @@ class ConnectionsChecker:
 
 def _result(connected: bool) -> str:
     return "connected" if connected else "not_connected"
+
+
+# The series of a check by (connected, source), resolved once: every message checks its pair.
+_CHECKS = {
+    (connected, source): metrics.CONNECTIONS_CHECKS.labels(result=_result(connected), source=source)
+    for connected in (True, False)
+    for source in ("cache", "rpc")
+}

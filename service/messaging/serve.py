@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from messaging.app import Service, build_service, create_app, create_metrics_app
 from messaging.settings import Settings
 
 log = logging.getLogger(__name__)
+GC_YOUNG_THRESHOLD = 20_000  # Python's default is 700 (see run())
 
 
 class _DrainingServer(uvicorn.Server):
@@ -211,4 +213,14 @@ def run(settings: Settings, *, before_start: Callable[[], Awaitable[None]] | Non
         access_log=False,
         timeout_graceful_shutdown=1,
     )
+    # The cyclic collector took 6% of a replica's CPU at window 1 (py-spy --native). A message
+    # in flight holds a few dozen container objects (its task, coroutines, futures, dicts), so
+    # with the default young generation of 700 a collection ran every few messages, walked the
+    # messages still in flight and promoted them, and the older generations' collections then
+    # walked everything the process ever built. That (modules, the app, SQLAlchemy's tables,
+    # pydantic's models) lives as long as the process: frozen, no collection walks it again;
+    # and a young generation of 20,000 lets most in-flight objects be freed by their reference
+    # count before a collection sees them. Only cyclic garbage waits longer (a few MB at most).
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     _DrainingServer(config, service, metrics, metrics_socket).run()
