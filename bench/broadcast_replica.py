@@ -87,6 +87,10 @@ class BroadcastDelivery:
         if self._backplane is not None:
             self._backplane.listen(channel, handler, subscribed=subscribed)
 
+    async def notify(self, channel: str, data: bytes) -> int:
+        # The blocks' notices go through the service's own backplane, as ``listen`` does.
+        return 0 if self._backplane is None else await self._backplane.notify(channel, data)
+
     async def to_users(
         self,
         user_ids: Iterable[str],
