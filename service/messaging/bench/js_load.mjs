@@ -21,6 +21,11 @@ const waiting = [];
 lines.on("line", (line) => (waiting.length ? waiting.shift()(line) : inbox.push(line)));
 const nextLine = () => new Promise((resolve) => (inbox.length ? resolve(inbox.shift()) : waiting.push(resolve)));
 const report = (kind, data = {}) => process.stdout.write(JSON.stringify({ kind, ...data }) + "\n");
+// Writes to a pipe are asynchronous: exiting at once cuts a long line (the last carries every
+// latency of the run) short, so the process ends once what was written has been handed over
+// (a promise that never settles: nothing after an awaited exit runs meanwhile).
+const exitAfterWrites = (code) =>
+  new Promise(() => process.stdout.write("", () => process.exit(code)));
 const nowUs = () => Math.round(performance.now() * 1000);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -135,7 +140,7 @@ try {
   await inBatches(allDevices, plan.connect_concurrency, open);
 } catch (e) {
   report("failed", { error: `sockets failed to connect: ${e.message}` });
-  process.exit(1);
+  await exitAfterWrites(1);
 }
 const senders = [];
 await inBatches([...byUser.keys()].filter((u) => u % 2 === 0), plan.connect_concurrency, async (first) => {
@@ -151,7 +156,7 @@ await inBatches([...byUser.keys()].filter((u) => u % 2 === 0), plan.connect_conc
   }
 }).catch((e) => {
   report("failed", { error: String(e.message ?? e) });
-  process.exit(1);
+  return exitAfterWrites(1);
 });
 report("ready", { sockets: allDevices.length });
 
@@ -253,4 +258,4 @@ report("done", {
   foreign,
   disconnects,
 });
-process.exit(0);
+await exitAfterWrites(0);
