@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -207,27 +207,47 @@ def cluster_database(postgres_server: PostgresServer) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
+ClusterT = TypeVar("ClusterT", bound=Cluster)
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    database_url: str,
+    redis: RedisControl | None,
+    *,
+    prefix: str = "messaging-cluster-",
+    kind: type[ClusterT] = Cluster,  # type: ignore[assignment]
+    **fields: Any,
+) -> AsyncIterator[ClusterT]:
+    """A ``kind`` of deployment with no replicas yet and its Connections stand-in (in this event
+    loop, everyone connected); its replicas and the stand-in are stopped when the block ends."""
+    graph = ConnectionGraph(all_connected=True)
+    server, port = await start_connections_server(graph)
+    built = kind(
+        database_url=database_url,
+        redis=redis,
+        connections_address=f"127.0.0.1:{port}",
+        graph=graph,
+        workdir=Path(tempfile.mkdtemp(prefix=prefix)),
+        connections_server=server,
+        **fields,
+    )
+    try:
+        yield built
+    finally:
+        built.stop()
+        await built.stop_connections()
+
+
 @pytest_asyncio.fixture
 async def cluster(cluster_database: str, redis_server: RedisControl) -> AsyncIterator[Cluster]:
     """A deployment with no replicas yet: tests start as many as they need."""
     redis_server.start()
     redis_server.cli("FLUSHALL")
-    graph = ConnectionGraph(all_connected=True)
-    server, port = await start_connections_server(graph)
-    workdir = Path(tempfile.mkdtemp(prefix="messaging-cluster-"))
-    deployment = Cluster(
-        database_url=cluster_database,
-        redis=redis_server,
-        connections_address=f"127.0.0.1:{port}",
-        graph=graph,
-        workdir=workdir,
-        connections_server=server,
-    )
     try:
-        yield deployment
+        async with deployment(cluster_database, redis_server, kind=Cluster) as built:
+            yield built
     finally:
-        deployment.stop()
-        await deployment.stop_connections()
         redis_server.start()
 
 
