@@ -52,7 +52,7 @@ from bench.cluster import (
 )
 from messaging.bench.client import SocketClient
 from messaging.bench.load import mint_token
-from tests.support import servers
+from tests.support import launch, servers
 from tests.support.servers import REPO, PostgresServer, Proc
 
 SERVICE = [sys.executable, "-m", "messaging.cli"]
@@ -116,14 +116,9 @@ def start_side(
         raise servers.ServerError(f"{key}: migrate failed\n{done.stdout}\n{done.stderr}")
     if side.post_sql:
         pg.psql(key, side.post_sql)
-    port = servers.free_port()
-    conn = procs.spawn(
-        f"{key}-connections",
-        [*SERVICE, "dev-connections", "--all-connected", "--port", str(port)],
-        side.env,
+    side.env["MESSAGING_CONNECTIONS_ADDRESS"] = launch.start_connections(
+        procs.spawn, f"{key}-connections", side.env
     )
-    servers.wait_until(lambda: servers.port_open(port), "dev-connections", conn)
-    side.env["MESSAGING_CONNECTIONS_ADDRESS"] = f"127.0.0.1:{port}"
     for i in (1, 2):
         http_port, metrics_port = servers.free_port(), servers.free_port()
         profiled = [sys.executable, "-m", "bench.profiled_serve", str(OUT / f"{key}-{i}.prof")]

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,13 +23,13 @@ from typing import Any, TypeVar
 import uvloop
 
 from messaging.bench import probes
-from tests.support import servers
+from tests.support import launch, servers
 from tests.support.servers import REPO, PostgresServer, Proc, RedisControl, ServerError
 
 JWT_SECRET = "benchmark-only-secret-0123456789abcdef0123456789"  # noqa: S105 - private servers
 T = TypeVar("T")
 RESULTS_DIR = REPO / "bench" / "results"
-SERVICE = [sys.executable, "-m", "messaging.cli"]
+SERVICE = launch.SERVICE  # `python -m messaging.cli`, as the harness launches it
 BENCH_PG_USER = "bench"  # the role of the benchmark databases (trust auth, loopback only)
 
 # Settings for a benchmark database on one machine. fsync/full_page_writes/synchronous_commit off:
@@ -135,14 +133,9 @@ class Processes:
 
     def connections(self) -> str:
         """A Connections stand-in where everyone is connected; returns its address."""
-        port = servers.free_port()
-        proc = self.spawn(
-            "dev-connections",
-            [*SERVICE, "dev-connections", "--all-connected", "--port", str(port)],
-            {} if self.code is None else {"PYTHONPATH": str(self.code)},
+        return launch.start_connections(
+            self.spawn, env={} if self.code is None else {"PYTHONPATH": str(self.code)}
         )
-        servers.wait_until(lambda: servers.port_open(port), "dev-connections to listen", proc)
-        return f"127.0.0.1:{port}"
 
     def service(
         self,
@@ -155,17 +148,13 @@ class Processes:
         """Start a replica on fresh loopback ports (``messaging serve`` unless ``argv``)."""
         http_port, grpc_port = servers.free_port(), servers.free_port()
         metrics_port = servers.free_port()
-        proc = self.spawn(
+        proc = launch.spawn_replica(
             name,
-            argv or [*SERVICE, "serve"],
-            {
-                **env,
-                "MESSAGING_REPLICA_ID": name,
-                "MESSAGING_HTTP_PORT": str(http_port),
-                "MESSAGING_GRPC_PORT": str(grpc_port),
-                "MESSAGING_METRICS_PORT": str(metrics_port),
-            },
+            self.log_dir,
+            {**env, **launch.replica_env(name, http_port, grpc_port, metrics_port)},
+            argv,
         )
+        self._stack.callback(proc.stop)
         service = Service(proc, http_port, grpc_port, metrics_port)
         if wait:
             wait_ready(service)
@@ -173,12 +162,7 @@ class Processes:
 
 
 def wait_ready(service: Service, timeout: float = 60.0) -> None:
-    servers.wait_until(
-        functools.partial(servers.http_ok, f"{service.url}/readyz"),
-        f"{service.name} to be ready",
-        service.proc,
-        timeout=timeout,
-    )
+    launch.wait_ready(service.url, service.proc, timeout)
 
 
 # A benchmark sender is one user sending as fast as acks allow: far past a person's budget. The

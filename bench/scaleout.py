@@ -56,7 +56,6 @@ from bench import lockwaits
 from bench.cluster import (
     JWT_SECRET,
     RESULTS_DIR,
-    SERVICE,
     Interrupted,
     Processes,
     Service,
@@ -71,7 +70,7 @@ from bench.cluster import (
 )
 from bench.run import ensure_packages
 from messaging.bench import probes
-from tests.support import servers
+from tests.support import launch, servers
 from tests.support.servers import PostgresServer, RedisControl
 
 # f3c30d6: the parent of 837ad2f ("no cluster-wide lock on the write path"): every send took its
@@ -569,14 +568,9 @@ async def idle_sockets(  # noqa: PLR0917 - one call site
 
 
 def start_connections(procs: Processes, rev: Revision, name: str) -> None:
-    port = servers.free_port()
-    proc = procs.spawn(
-        name,
-        [*SERVICE, "dev-connections", "--all-connected", "--port", str(port)],
-        {} if rev.code is None else {"PYTHONPATH": str(rev.code)},
+    rev.connections = launch.start_connections(
+        procs.spawn, name, {} if rev.code is None else {"PYTHONPATH": str(rev.code)}
     )
-    servers.wait_until(lambda: servers.port_open(port), f"{name} to listen", proc)
-    rev.connections = f"127.0.0.1:{port}"
 
 
 def row_text(step: Mapping[str, Any]) -> str:

@@ -26,8 +26,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from messaging.dev_connections import ConnectionGraph, start_connections_server
-from tests.support.replicas import Cluster, Replica
+from tests.support.replicas import Cluster, Replica, deployment
 from tests.support.servers import free_port, wait_for_port
 
 NODE_TIMEOUT_MS = 2000
@@ -236,21 +235,14 @@ async def replicas_on_redis_cluster(
     """A deployment on the Redis Cluster with no replicas yet; the cluster is whole again after."""
     redis_cluster.restore()
     redis_cluster.flush()
-    graph = ConnectionGraph(all_connected=True)
-    server, port = await start_connections_server(graph)
-    workdir = Path(tempfile.mkdtemp(prefix="messaging-on-redis-cluster-"))
-    deployment = ClusterDeployment(
-        database_url=cluster_database,
-        redis=None,
-        connections_address=f"127.0.0.1:{port}",
-        graph=graph,
-        workdir=workdir,
-        connections_server=server,
-        redis_cluster=redis_cluster,
-    )
     try:
-        yield deployment
+        async with deployment(
+            cluster_database,
+            None,
+            prefix="messaging-on-redis-cluster-",
+            kind=ClusterDeployment,
+            redis_cluster=redis_cluster,
+        ) as built:
+            yield built
     finally:
-        deployment.stop()
-        await deployment.stop_connections()
         redis_cluster.restore()

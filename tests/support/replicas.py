@@ -12,14 +12,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -32,6 +31,7 @@ from messaging.db import migrate
 from messaging.dev_connections import ConnectionGraph, start_connections_server
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.settings import Settings
+from tests.support import launch
 from tests.support.servers import PostgresServer, RedisControl, free_ports
 from tests.support.service import JWT_SECRET, Device
 
@@ -45,7 +45,6 @@ class Replica:
     grpc_port: int
     metrics_port: int
     process: subprocess.Popen[bytes] | None = None
-    _log: Any = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -61,14 +60,7 @@ class Replica:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "messaging.cli", "serve"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = launch.spawn_replica(self.name, self.log_path.parent, self.env).popen
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -128,8 +120,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
-        if self._log is not None:
-            self._log.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]
@@ -169,10 +159,6 @@ class Cluster:
         env.update(
             {
                 "MESSAGING_MODE": "production",
-                "MESSAGING_REPLICA_ID": name,
-                "MESSAGING_HTTP_PORT": str(http_port),
-                "MESSAGING_GRPC_PORT": str(grpc_port),
-                "MESSAGING_METRICS_PORT": str(metrics_port),
                 "MESSAGING_DATABASE_URL": self.database_url,
                 "MESSAGING_JWT_SECRET": JWT_SECRET,
                 "MESSAGING_CONNECTIONS_ADDRESS": self.connections_address,
@@ -191,7 +177,8 @@ class Cluster:
         # measure a previous release under the same tests.
         if other_source := os.environ.get("MESSAGING_TEST_REPLICA_SOURCE"):
             env["PYTHONPATH"] = other_source
-        env.update({f"MESSAGING_{k.upper()}": v for k, v in settings.items()})
+        env.update(launch.replica_env(name, http_port, grpc_port, metrics_port))
+        env.update(launch.settings_env(settings))
         replica = Replica(
             name, env, self.workdir / f"{name}.log", http_port, grpc_port, metrics_port
         )
@@ -220,27 +207,47 @@ def cluster_database(postgres_server: PostgresServer) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
+ClusterT = TypeVar("ClusterT", bound=Cluster)
+
+
+@contextlib.asynccontextmanager
+async def deployment(
+    database_url: str,
+    redis: RedisControl | None,
+    *,
+    prefix: str = "messaging-cluster-",
+    kind: type[ClusterT] = Cluster,  # type: ignore[assignment]
+    **fields: Any,
+) -> AsyncIterator[ClusterT]:
+    """A ``kind`` of deployment with no replicas yet and its Connections stand-in (in this event
+    loop, everyone connected); its replicas and the stand-in are stopped when the block ends."""
+    graph = ConnectionGraph(all_connected=True)
+    server, port = await start_connections_server(graph)
+    built = kind(
+        database_url=database_url,
+        redis=redis,
+        connections_address=f"127.0.0.1:{port}",
+        graph=graph,
+        workdir=Path(tempfile.mkdtemp(prefix=prefix)),
+        connections_server=server,
+        **fields,
+    )
+    try:
+        yield built
+    finally:
+        built.stop()
+        await built.stop_connections()
+
+
 @pytest_asyncio.fixture
 async def cluster(cluster_database: str, redis_server: RedisControl) -> AsyncIterator[Cluster]:
     """A deployment with no replicas yet: tests start as many as they need."""
     redis_server.start()
     redis_server.cli("FLUSHALL")
-    graph = ConnectionGraph(all_connected=True)
-    server, port = await start_connections_server(graph)
-    workdir = Path(tempfile.mkdtemp(prefix="messaging-cluster-"))
-    deployment = Cluster(
-        database_url=cluster_database,
-        redis=redis_server,
-        connections_address=f"127.0.0.1:{port}",
-        graph=graph,
-        workdir=workdir,
-        connections_server=server,
-    )
     try:
-        yield deployment
+        async with deployment(cluster_database, redis_server, kind=Cluster) as built:
+            yield built
     finally:
-        deployment.stop()
-        await deployment.stop_connections()
         redis_server.start()
 
 

@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -179,6 +179,35 @@ def stopped_at_exit(stop: Callable[[], None]) -> Iterator[None]:
     finally:
         stop()
         atexit.unregister(stop)
+
+
+class _Server(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=_Server)
+
+
+@contextlib.contextmanager
+def running(
+    make: Callable[[Path], ServerT],
+    workdir: Path | None,
+    prefix: str,
+    *,
+    stop: Callable[[ServerT], None] | None = None,
+) -> Iterator[ServerT]:
+    """The shape of every ``running_*``: ``make(workdir)`` (a fresh temporary directory named
+    ``prefix…`` unless ``workdir``), started, stopped (``stop``, else its ``stop``) however the
+    block ends, also at interpreter exit, and the temporary directory removed."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = stack.enter_context(workspace(prefix))
+        server = make(workdir)
+        stack.enter_context(stopped_at_exit(server.stop if stop is None else lambda: stop(server)))
+        server.start()
+        yield server
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
@@ -336,12 +365,12 @@ def running_postgres(
 ) -> Iterator[PostgresServer]:
     """A started ``PostgresServer`` (in a fresh temporary directory unless ``workdir``), killed
     and its files removed when the block ends."""
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = stack.enter_context(workspace("messaging-pg-"))
-        server = PostgresServer(workdir, user=user, settings=settings)
-        stack.enter_context(stopped_at_exit(server.kill))
-        server.start()
+    with running(
+        lambda path: PostgresServer(path, user=user, settings=settings),
+        workdir,
+        "messaging-pg-",
+        stop=PostgresServer.kill,
+    ) as server:
         yield server
 
 
@@ -397,12 +426,7 @@ class RedisControl:
 @contextlib.contextmanager
 def running_redis(workdir: Path | None = None) -> Iterator[RedisControl]:
     """A started ``RedisControl``, stopped and its files removed when the block ends."""
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = stack.enter_context(workspace("messaging-redis-"))
-        server = RedisControl(workdir)
-        stack.enter_context(stopped_at_exit(server.stop))
-        server.start()
+    with running(RedisControl, workdir, "messaging-redis-") as server:
         yield server
 
 
@@ -464,10 +488,5 @@ class S3Server:
 @contextlib.contextmanager
 def running_s3(workdir: Path | None = None) -> Iterator[S3Server]:
     """A started ``S3Server``, stopped and its files removed when the block ends."""
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = stack.enter_context(workspace("messaging-s3-"))
-        server = S3Server(workdir)
-        stack.enter_context(stopped_at_exit(server.stop))
-        server.start()
+    with running(S3Server, workdir, "messaging-s3-") as server:
         yield server
