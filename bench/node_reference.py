@@ -3,8 +3,11 @@ starting a replica of it, on the harness's processes (`tests/support/servers.py`
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.support.servers import REPO, Proc, ServerError, http_ok, spawn, wait_until
@@ -13,19 +16,27 @@ REFERENCE_DIR = REPO / "bench" / "reference"
 
 
 def npm_ci(reference_dir: Path = REFERENCE_DIR) -> None:
-    """Install the reference's locked dependencies unless they are already in place."""
+    """Install the reference's locked dependencies unless they are already in place.
+
+    Under an exclusive lock: ``npm ci`` first deletes ``node_modules``, so two at once (two xdist
+    workers, or a test and the ``bench.ab`` it runs) left a reference starting from a half-removed
+    tree (``@redis/client``'s commands undefined), and a second one waiting finds it done.
+    """
     marker = reference_dir / "node_modules" / ".package-lock.json"
     lock = reference_dir / "package-lock.json"
-    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
-        return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ServerError("npm is not installed")
-    subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=reference_dir,
-        check=True,
-    )
+    key = hashlib.sha256(str(reference_dir.resolve()).encode()).hexdigest()[:16]
+    with (Path(tempfile.gettempdir()) / f"messaging-npm-ci-{key}.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            raise ServerError("npm is not installed")
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=reference_dir,
+            check=True,
+        )
 
 
 def start_reference(
