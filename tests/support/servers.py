@@ -18,6 +18,7 @@ import asyncio
 import atexit
 import contextlib
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -44,16 +45,48 @@ class ServerError(RuntimeError):
 # --- ports and processes -------------------------------------------------------------------------
 
 
+# Ports come from below the kernel's ephemeral range (32768-60999 by default), where no outbound
+# connection is ever given a local port: a port the kernel hands out for ``bind(0)`` is also one it
+# may hand the very next client socket (a test's httpx, a replica's Redis link), and a replica that
+# then binds it fails with "address in use" (seen in CI). Each process walks its own slice, chosen
+# by xdist worker, so two workers never offer each other's ports, and never offers a port twice.
+_PORT_RANGE = (20000, 32000)
+_PORT_SLICES = 6
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    slot = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else os.getpid()
+    low, high = _PORT_RANGE
+    size = (high - low) // _PORT_SLICES
+    start = low + (slot % _PORT_SLICES) * size
+    return range(start, start + size)
+
+
+_slice = _port_slice()
+_next_port = itertools.cycle(
+    itertools.chain(_slice[(offset := os.getpid() % len(_slice)) :], _slice[:offset])
+)
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel considers free right now; every socket is held until all are chosen, so
-    one call never returns the same port twice."""
+    """Ports nothing listens on right now, none of them offered before by this process (until
+    its slice of 2,000 wraps). Every probe socket is held until all are chosen."""
     with contextlib.ExitStack() as stack:
-        sockets = []
-        for _ in range(count):
+        chosen: list[int] = []
+        for _ in range(len(_slice)):
+            if len(chosen) == count:
+                return chosen
+            port = next(_next_port)
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            sockets.append(sock)
-        return [int(sock.getsockname()[1]) for sock in sockets]
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise ServerError(f"no {count} free ports in {_slice}")
 
 
 def free_port() -> int:
