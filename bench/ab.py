@@ -120,18 +120,12 @@ def start_side(
         procs.spawn, f"{key}-connections", side.env
     )
     for i in (1, 2):
-        http_port, metrics_port = servers.free_port(), servers.free_port()
+        http_port, grpc_port, metrics_port = servers.free_ports(3)
         profiled = [sys.executable, "-m", "bench.profiled_serve", str(OUT / f"{key}-{i}.prof")]
         proc = procs.spawn(
             f"{key}-{i}",
             profiled if cprofile else [*SERVICE, "serve"],
-            {
-                **side.env,
-                "MESSAGING_HTTP_PORT": str(http_port),
-                "MESSAGING_GRPC_PORT": str(servers.free_port()),
-                "MESSAGING_METRICS_PORT": str(metrics_port),
-                "MESSAGING_REPLICA_ID": f"{key}-{i}",
-            },
+            {**side.env, **launch.replica_env(f"{key}-{i}", http_port, grpc_port, metrics_port)},
         )
         url = f"http://127.0.0.1:{http_port}"
         servers.wait_until(lambda u=url: servers.http_ok(f"{u}/readyz"), f"{key}-{i}", proc)  # type: ignore[misc]

@@ -29,7 +29,7 @@ from typing import Any
 from bench import node_reference, report
 from bench.cluster import BENCH_PG_USER, BENCH_RATE_LIMITS
 from messaging.bench import js_client, probes
-from tests.support import servers
+from tests.support import launch, servers
 from tests.support.servers import REPO, PostgresServer, Proc, RedisControl, ServerError
 
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -185,17 +185,14 @@ def start_project(
         lambda: servers.port_open(connections_port), "dev-connections to listen", connections
     )
     for i in (1, 2):
-        http_port, grpc_port = servers.free_port(), servers.free_port()
+        http_port, grpc_port, metrics_port = servers.free_ports(3)
         proc = servers.spawn(
             f"project-{i}",
             [str(MESSAGING), "serve"],
             log_dir,
             env={
                 **base_env,
-                "MESSAGING_HTTP_PORT": str(http_port),
-                "MESSAGING_GRPC_PORT": str(grpc_port),
-                "MESSAGING_METRICS_PORT": str(servers.free_port()),
-                "MESSAGING_REPLICA_ID": f"bench-{i}",
+                **launch.replica_env(f"bench-{i}", http_port, grpc_port, metrics_port),
             },
         )
         system.procs.append(proc)

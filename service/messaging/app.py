@@ -437,7 +437,6 @@ def build_service(settings: Settings) -> Service:
     blocks = Blocks(
         database=database,
         delivery=delivery,
-        redis=redis,
         replica_id=settings.replica_id,
         cache_ttl_seconds=settings.blocks_cache_ttl_seconds,
         cache_size=settings.blocks_cache_size,

@@ -38,7 +38,6 @@ from redis.exceptions import RedisError
 from messaging import metrics
 from messaging.delivery import Delivery
 from messaging.errors import Forbidden, ValidationFailed
-from messaging.redis_wire import RedisClient
 from messaging.storage import blocking as storage
 from messaging.transactions import Database
 
@@ -96,7 +95,6 @@ class Blocks:
         *,
         database: Database,
         delivery: Delivery,
-        redis: RedisClient | None,
         replica_id: str,
         cache_ttl_seconds: float,
         cache_size: int,
@@ -105,7 +103,8 @@ class Blocks:
     ) -> None:
         self._database = database
         self._delivery = delivery
-        self._redis = redis
+        # Without Redis there is one replica: a change is forgotten here and nowhere else.
+        self._shared = delivery.uses_redis
         self._replica_id = replica_id
         self._ttl = cache_ttl_seconds
         self._size = cache_size
@@ -118,7 +117,7 @@ class Blocks:
         self._tasks: set[asyncio.Task[None]] = set()
         self._from_cache = metrics.BLOCK_CHECKS.labels(source="cache")
         self._from_database = metrics.BLOCK_CHECKS.labels(source="database")
-        if redis is not None:
+        if self._shared:
             delivery.listen(CHANGED_CHANNEL, self._heard_change, subscribed=self.forget)
             delivery.listen(acks_channel(replica_id), self._heard_ack)
 
@@ -237,12 +236,12 @@ class Blocks:
 
     def _trusted(self) -> bool:
         """Cached answers hold only while this replica hears every announcement."""
-        return self._redis is None or self._delivery.listener_healthy
+        return not self._shared or self._delivery.listener_healthy
 
     async def _announce(self, a: str, b: str) -> None:
         """Drop the pair here, and on every replica before returning (or after the timeout)."""
         self._forget_pair(a, b)
-        if self._redis is None:
+        if not self._shared:
             metrics.BLOCK_INVALIDATIONS.labels(outcome="local").inc()
             return
         nonce = uuid.uuid4().hex
@@ -284,11 +283,10 @@ class Blocks:
         origin, nonce = str(change["o"]), str(change["n"])
         if origin == self._replica_id:
             self._heard_ack(nonce.encode())
-        elif self._redis is not None:
+        elif self._shared:
             self._spawn(self._confirm(origin, nonce))
 
     async def _confirm(self, origin: str, nonce: str) -> None:
-        assert self._redis is not None
         try:
             await self._delivery.notify(acks_channel(origin), nonce.encode())
         except (RedisError, OSError) as exc:

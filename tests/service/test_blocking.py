@@ -382,7 +382,6 @@ async def test_an_answer_read_before_a_block_is_never_cached_after_it(svc: Runni
     blocks = Blocks(
         database=ConnectionThenABlock(chat.engine),
         delivery=svc.service.delivery,
-        redis=None,
         replica_id=unique("replica"),
         cache_ttl_seconds=3600,
         cache_size=100,
