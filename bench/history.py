@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -626,6 +627,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="commit whose service/ the processes run (default HEAD), or 'working'",
     )
     parser.add_argument("--out", type=Path, default=cluster.RESULTS_DIR / "history.json")
+    parser.add_argument(
+        "--cprofile",
+        type=Path,
+        default=None,
+        metavar="OUT.prof",
+        help="run the service under bench.profiled_serve: a CPU-clock cProfile of the measuring",
+    )
     args = parser.parse_args(argv)
     if args.messages is None:
         args.messages = 100_000 if args.quick else 1_000_000
@@ -664,13 +672,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"({loaded['total_seconds_with_vacuum_analyze']} s in all)",
                 flush=True,
             )
-            service = procs.service("history-service", env)
+            profiled = [sys.executable, "-m", "bench.profiled_serve", str(args.cprofile)]
+            service = procs.service("history-service", env, profiled if args.cprofile else None)
+            if args.cprofile:
+                os.kill(service.proc.pid, signal.SIGUSR1)
             print(
                 f"measuring {args.samples:,} pages of {PAGE_SIZE} per depth "
                 f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)\n",
                 flush=True,
             )
             measured = cluster.run_async(measure(args, service, asyncpg_url, dataset))
+            if args.cprofile:
+                os.kill(service.proc.pid, signal.SIGUSR2)
+                time.sleep(2)  # it writes the profile
         finally:
             procs.close()
             procs.keep_logs(cluster.RESULTS_DIR / "logs" / "history")

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -115,8 +116,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                         request = deserialize(raw)
                     except DecodeError:
                         raise ValidationFailed("the request is not a valid protobuf") from None
-                    with log_context(user=user_hash(user)):
-                        tracing.set_attribute("messaging.user", user_hash(user))
+                    hashed = user_hash(user)
+                    with log_context(user=hashed):
+                        tracing.set_attribute("messaging.user", hashed)
                         return await behavior(request, context)
             except MessagingError as exc:
                 code = exc.grpc_status
@@ -312,10 +314,16 @@ def _uuid(value: str, field: str) -> uuid.UUID:
         raise ValidationFailed(f"{field} must be a UUID") from None
 
 
-def _timestamp(record_time: Any) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(record_time)
-    return stamp
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _timestamp(record_time: datetime) -> Timestamp:
+    """protobuf's ``FromDatetime`` goes through ``timegm`` and a time tuple: 15% of a history
+    page's answer for its 50 messages. Times here are aware (``tables.UTCDateTime``)."""
+    if record_time.tzinfo is None:
+        record_time = record_time.replace(tzinfo=UTC)
+    since = record_time - _EPOCH
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def message_pb(message: MessageRecord) -> pb.Message:

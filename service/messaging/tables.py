@@ -46,6 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
+        if value.__class__ is datetime and value.tzinfo is UTC:
+            return value  # asyncpg's timestamptz, every row of every read: the fast path
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:

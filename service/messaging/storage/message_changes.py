@@ -7,12 +7,15 @@ per-message emoji slots, are decided one after the other on the row as it then i
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Select, Uuid, and_, any_, bindparam, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.records import MessageRecord
@@ -129,15 +132,8 @@ async def reactions_of(
     reacted. One query for a whole page (it uses the primary key's ``message_id`` prefix)."""
     if not message_ids:
         return {}
-    rows = await conn.execute(
-        select(
-            message_reactions.c.message_id,
-            message_reactions.c.emoji,
-            message_reactions.c.user_id,
-        )
-        .where(message_reactions.c.message_id.in_(list(set(message_ids))))
-        .order_by(message_reactions.c.created_at, message_reactions.c.user_id)
-    )
+    query = _reactions_query(postgres=conn.dialect.name == "postgresql")
+    rows = await conn.execute(query, {"ids": list(set(message_ids))})
     found: dict[uuid.UUID, dict[str, list[str]]] = {}
     for row in rows:
         found.setdefault(row.message_id, {}).setdefault(row.emoji, []).append(row.user_id)
@@ -145,6 +141,23 @@ async def reactions_of(
         message: tuple((emoji, tuple(users)) for emoji, users in by_emoji.items())
         for message, by_emoji in found.items()
     }
+
+
+@functools.cache
+def _reactions_query(*, postgres: bool) -> Select[Any]:
+    """Built once. On PostgreSQL ``= ANY($1)`` with one array parameter: one statement text
+    whatever the page's length, prepared once. ``IN`` renders a parameter per id at every call
+    (SQLite has no arrays): on PostgreSQL that was a quarter of a history page's CPU."""
+    column = message_reactions.c.message_id
+    if postgres:
+        match = column == any_(bindparam("ids", type_=ARRAY(Uuid())))
+    else:
+        match = column.in_(bindparam("ids", expanding=True))
+    return (
+        select(column, message_reactions.c.emoji, message_reactions.c.user_id)
+        .where(match)
+        .order_by(message_reactions.c.created_at, message_reactions.c.user_id)
+    )
 
 
 async def with_reactions(

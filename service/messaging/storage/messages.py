@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.records import (
@@ -340,13 +340,35 @@ async def history_page(
 ) -> list[MessageRecord]:
     """Newest first, strictly older than ``before`` (and not older than ``not_before``: when a
     group member joined); one range scan of the history index."""
-    query = select(*_MESSAGE_COLUMNS).where(messages.c.conversation_id == conversation_id)
+    values: dict[str, Any] = {"conversation_id": conversation_id, "limit": limit}
     if not_before is not None:
-        query = query.where(messages.c.created_at >= not_before)
+        values["not_before"] = not_before
     if before is not None:
-        query = query.where(tuple_(messages.c.created_at, messages.c.id) < tuple_(*before))
-    query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
-    return [_message(row) for row in await conn.execute(query)]
+        values["before_at"], values["before_id"] = before
+    query = _history_query(after_join=not_before is not None, before=before is not None)
+    return [_message(row) for row in await conn.execute(query, values)]
+
+
+@functools.cache
+def _history_query(*, after_join: bool, before: bool) -> Select[Any]:
+    """Built once per shape, so a page pays neither for building the statement nor for its
+    cache key (SQLAlchemy memoizes the key on the statement object)."""
+    query = select(*_MESSAGE_COLUMNS).where(
+        messages.c.conversation_id == bindparam("conversation_id")
+    )
+    if after_join:
+        query = query.where(messages.c.created_at >= bindparam("not_before"))
+    if before:
+        query = query.where(
+            tuple_(messages.c.created_at, messages.c.id)
+            < tuple_(
+                bindparam("before_at", type_=messages.c.created_at.type),
+                bindparam("before_id", type_=messages.c.id.type),
+            )
+        )
+    return query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(
+        bindparam("limit")
+    )
 
 
 def _log_of(user_id: str) -> Any:
