@@ -353,7 +353,7 @@ class Messages:
                 before=before,
                 not_before=joined_at,
             )
-            return await self._views.fill(conn, rows)
+            return await self._views.fill(conn, rows, reactions=False)  # the page has them
 
         rows = await self._database.read("history", read)
         return cursor.page(rows, limit, lambda m: (m.created_at, m.id))

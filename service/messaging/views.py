@@ -21,13 +21,15 @@ class MessageViews:
         self._attachments = attachments
 
     async def fill(
-        self, conn: AsyncConnection, messages: list[MessageRecord]
+        self, conn: AsyncConnection, messages: list[MessageRecord], *, reactions: bool = True
     ) -> list[MessageRecord]:
-        """What a message shows beyond its row, in the order given: its reactions, and its
-        attachments with download URLs signed for this read (``Attachments.fill``)."""
+        """What a message shows beyond its row, in the order given: its reactions (unless the
+        read brought them, as a history page does), and its attachments with download URLs
+        signed for this read (``Attachments.fill``)."""
         if not messages:
             return messages
-        messages = await change_store.with_reactions(conn, messages)
+        if reactions:
+            messages = await change_store.with_reactions(conn, messages)
         if self._attachments is None:
             return messages
         return await self._attachments.fill(conn, messages)

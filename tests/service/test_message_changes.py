@@ -544,3 +544,31 @@ async def test_every_message_carries_edited_at_deleted_at_reactions_and_attachme
     }
     for message in (ack, live, history[0], synced[0], after[-1], listed[0]["lastMessage"]):
         assert {k: message[k] for k in expected} == expected
+
+
+async def test_a_history_page_shows_reactions_as_every_other_read_does(
+    svc: RunningService,
+) -> None:
+    """History brings each message's reactions in its own statement on PostgreSQL; they read the
+    same as sync's (emoji in the order first given, users in the order they reacted), deleted
+    messages and messages nobody reacted to included."""
+    alice, bob = await _pair(svc)
+    async with devices(svc, alice, bob) as [a, b]:
+        conversation = await open_conversation(svc, a, bob)
+        start = (await b.ok("syncMessages", {}))["syncToken"]
+        sent = [await _send(a, conversation, f"m{i}") for i in range(4)]
+        for device, message, emoji in (
+            (b, 0, "👍"), (a, 0, "🎉"), (a, 0, "👍"), (b, 0, "🎉"), (b, 1, "😮"),
+            (a, 3, "👍"), (b, 3, "👍"),
+        ):  # fmt: skip
+            await device.ok(
+                "setReaction", {"messageId": sent[message]["id"], "emoji": emoji, "active": True}
+            )
+        await a.ok("deleteMessage", {"messageId": sent[3]["id"]})
+        history = (await b.ok("getMessageHistory", {"conversationId": conversation}))["messages"]
+        synced, _ = await _since_all(b, start)
+    shown = {m["id"]: m["reactions"] for m in history}
+    assert shown == {m["id"]: m["reactions"] for m in synced if m["id"] in shown}
+    assert list(shown[sent[0]["id"]].items()) == [("👍", [bob, alice]), ("🎉", [alice, bob])]
+    assert shown[sent[1]["id"]] == {"😮": [bob]}
+    assert shown[sent[2]["id"]] == {} and shown[sent[3]["id"]] == {}

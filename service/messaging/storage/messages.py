@@ -14,7 +14,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Select, and_, bindparam, func, or_, select, true, tuple_, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.records import (
@@ -23,11 +24,13 @@ from messaging.records import (
     MessageRecord,
     NewMessage,
 )
+from messaging.storage import message_changes as reaction_store
 from messaging.store import MESSAGE_COLUMNS as _MESSAGE_COLUMNS
 from messaging.store import append_changes
 from messaging.store import dialect_insert as _insert
 from messaging.store import message_from_row as _message
 from messaging.tables import (
+    message_reactions,
     messages,
     participants,
     user_changes,
@@ -339,20 +342,43 @@ async def history_page(
     not_before: datetime | None = None,
 ) -> list[MessageRecord]:
     """Newest first, strictly older than ``before`` (and not older than ``not_before``: when a
-    group member joined); one range scan of the history index."""
+    group member joined); one range scan of the history index. With their reactions: on
+    PostgreSQL in the same statement (one round trip for the page), elsewhere by a second query
+    (``message_changes.with_reactions``)."""
     values: dict[str, Any] = {"conversation_id": conversation_id, "limit": limit}
     if not_before is not None:
         values["not_before"] = not_before
     if before is not None:
         values["before_at"], values["before_id"] = before
-    query = _history_query(after_join=not_before is not None, before=before is not None)
-    return [_message(row) for row in await conn.execute(query, values)]
+    postgres = conn.dialect.name == "postgresql"
+    query = _history_query(
+        after_join=not_before is not None, before=before is not None, reactions=postgres
+    )
+    rows = await conn.execute(query, values)
+    if not postgres:
+        return await reaction_store.with_reactions(conn, [_message(row) for row in rows])
+    return [
+        replace(_message(row), reactions=_grouped(row.emojis, row.reactors))
+        if row.emojis
+        else _message(row)
+        for row in rows
+    ]
+
+
+def _grouped(emojis: list[str], reactors: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(emoji, users) in the order each emoji was first given, users in the order they reacted,
+    from the reactions in the order they were given (as ``message_changes.reactions_of``)."""
+    by_emoji: dict[str, list[str]] = {}
+    for emoji, user in zip(emojis, reactors, strict=True):
+        by_emoji.setdefault(emoji, []).append(user)
+    return tuple((emoji, tuple(users)) for emoji, users in by_emoji.items())
 
 
 @functools.cache
-def _history_query(*, after_join: bool, before: bool) -> Select[Any]:
+def _history_query(*, after_join: bool, before: bool, reactions: bool) -> Select[Any]:
     """Built once per shape, so a page pays neither for building the statement nor for its
-    cache key (SQLAlchemy memoizes the key on the statement object)."""
+    cache key (SQLAlchemy memoizes the key on the statement object). ``reactions`` (PostgreSQL):
+    each message's reactions aggregated beside it, in a lateral join over the page."""
     query = select(*_MESSAGE_COLUMNS).where(
         messages.c.conversation_id == bindparam("conversation_id")
     )
@@ -366,8 +392,26 @@ def _history_query(*, after_join: bool, before: bool) -> Select[Any]:
                 bindparam("before_id", type_=messages.c.id.type),
             )
         )
-    return query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(
-        bindparam("limit")
+    newest_first = (messages.c.created_at.desc(), messages.c.id.desc())
+    query = query.order_by(*newest_first).limit(bindparam("limit"))
+    if not reactions:
+        return query
+    page = query.subquery("page")
+    given = (message_reactions.c.created_at, message_reactions.c.user_id)
+    reacted = (
+        select(
+            func.array_agg(aggregate_order_by(message_reactions.c.emoji, *given)).label("emojis"),
+            func.array_agg(aggregate_order_by(message_reactions.c.user_id, *given)).label(
+                "reactors"
+            ),
+        )
+        .where(message_reactions.c.message_id == page.c.id, page.c.deleted_at.is_(None))
+        .lateral("reacted")
+    )
+    return (
+        select(page, reacted.c.emojis, reacted.c.reactors)
+        .select_from(page.outerjoin(reacted, true()))
+        .order_by(page.c.created_at.desc(), page.c.id.desc())
     )
 
 
