@@ -435,6 +435,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    servers.stop_servers_on_sigterm()
     args = parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ab-"))

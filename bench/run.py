@@ -550,6 +550,7 @@ def load_average() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat script of steps
+    servers.stop_servers_on_sigterm()
     args = parse_args(argv)
     if args.from_summary is not None:
         write_report(json.loads(args.from_summary.read_text()), args.results, args.markdown)

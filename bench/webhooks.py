@@ -187,6 +187,7 @@ async def run(args: argparse.Namespace, procs: cluster.Processes) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
+    servers.stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m bench.webhooks")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--users", type=int, default=20)
