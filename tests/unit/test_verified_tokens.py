@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jwt
@@ -25,7 +26,7 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(token)
         return real(token, *args, **kwargs)
 
-    monkeypatch.setattr(auth.jwt, "decode", counting)
+    monkeypatch.setattr(jwt, "decode", counting)
     return seen
 
 
@@ -45,7 +46,7 @@ async def test_a_remembered_token_is_refused_once_it_expires(
     token = mint_token(SETTINGS, "alice", ttl_seconds=60)
     identity = await verifier.verify(token)
     later = identity.expires_at + verifier.leeway_seconds + 1
-    monkeypatch.setattr(auth.time, "time", lambda: later)
+    monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(Unauthorized, match="token expired"):
         await verifier.verify(token)
     await verifier.verify(token)  # forgotten: pyjwt (on the real clock) checks it again
@@ -57,9 +58,9 @@ async def test_a_verification_is_reused_for_a_minute_at_most(
 ) -> None:
     verifier = TokenVerifier(SETTINGS)
     token = mint_token(SETTINGS, "alice")
-    now = auth.time.monotonic()
+    now = time.monotonic()
     await verifier.verify(token)
-    monkeypatch.setattr(auth.time, "monotonic", lambda: now + auth.VERIFIED_CACHE_SECONDS + 1)
+    monkeypatch.setattr(time, "monotonic", lambda: now + auth.VERIFIED_CACHE_SECONDS + 1)
     await verifier.verify(token)
     assert decodes == [token, token]
 
