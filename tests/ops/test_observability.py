@@ -87,6 +87,15 @@ async def test_counters_and_histograms_move_with_traffic(cluster: Cluster) -> No
             await a1.call("sendMessage", {"conversationId": conversation, "content": ""})
             for _ in range(5):
                 await b1.next("newMessage")
+            # The repeat's fan-out may still be on its way to b: it must reach b while bob's
+            # socket is there (with no socket of bob's, b has nothing to deduplicate against).
+            deadline = time.monotonic() + 10
+            while (  # noqa: ASYNC110 - polling another process's metrics
+                await b.metric("messaging_delivery_duplicates_dropped_total") < 1
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.05)
+            await b1.nothing("newMessage")  # dropped, not delivered a second time
         after = await a.metrics()
         received_on_b = await b.metric("messaging_backplane_received_total")
         dropped_on_b = await b.metric("messaging_delivery_duplicates_dropped_total")
