@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import node_reference
+from bench import cluster, node_reference
 from bench.cluster import (
     BENCH_RATE_LIMITS,
     JWT_SECRET,
@@ -435,7 +435,6 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
-    servers.stop_servers_on_sigterm()
     args = parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ab-"))
@@ -488,4 +487,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cluster.interruptible(main))

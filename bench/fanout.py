@@ -53,7 +53,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import cluster
 from bench.fanout_load import Population, SetupError, Step, StepOutcome
 from messaging.bench.accounting import LatencySummary, rate
-from tests.support import servers
 from tests.support.servers import PostgresServer, RedisControl, ServerError
 
 DESIGNS = {
@@ -506,7 +505,6 @@ async def run_all(args: argparse.Namespace, procs: cluster.Processes) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    servers.stop_servers_on_sigterm()
     args = parse_args(argv)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg()

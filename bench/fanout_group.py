@@ -39,7 +39,6 @@ from bench.fanout import (
     start_replicas,
 )
 from bench.fanout_load import Population, SetupError, Step
-from tests.support import servers
 from tests.support.servers import ServerError
 
 ACTIVE_REPLICAS = 3
@@ -173,7 +172,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    servers.stop_servers_on_sigterm()
     args = parse_args(argv)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_before = os.getloadavg()

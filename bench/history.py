@@ -73,7 +73,6 @@ from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.settings import Settings
 from messaging.storage import messages as message_sql
-from tests.support import servers
 from tests.support.servers import ServerError
 
 PAGE_SIZE = 50
@@ -717,7 +716,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    servers.stop_servers_on_sigterm()
     args = parse_args(argv)
     try:
         with cluster.sigterm_unwinds():

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import node_reference, report
+from bench import cluster, node_reference, report
 from bench.cluster import BENCH_PG_USER, BENCH_RATE_LIMITS
 from messaging.bench import js_client, probes
 from tests.support import launch, servers
@@ -550,7 +550,6 @@ def load_average() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat script of steps
-    servers.stop_servers_on_sigterm()
     args = parse_args(argv)
     if args.from_summary is not None:
         write_report(json.loads(args.from_summary.read_text()), args.results, args.markdown)
@@ -637,4 +636,4 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 - one flat scri
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cluster.interruptible(main))

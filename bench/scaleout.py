@@ -739,7 +739,6 @@ async def main_async(args: argparse.Namespace, procs: Processes) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    servers.stop_servers_on_sigterm()
     args = parse_args(argv)
     if args.table is not None:
         print(lockwaits.summary_table(json.loads(args.table.read_text())["steps"]))

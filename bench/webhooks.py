@@ -187,7 +187,6 @@ async def run(args: argparse.Namespace, procs: cluster.Processes) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    servers.stop_servers_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m bench.webhooks")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--users", type=int, default=20)
@@ -216,4 +215,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cluster.interruptible(main))

@@ -214,17 +214,6 @@ def stopped_at_exit(stop: Callable[[], None]) -> Iterator[None]:
         atexit.unregister(stop)
 
 
-def stop_servers_on_sigterm() -> None:
-    """Make SIGTERM (``timeout``, ``kill``, a cancelled CI job) end the process like Ctrl-C: as
-    ``SystemExit``, so every ``finally`` and atexit hook runs and the servers it started stop.
-    Python's default for SIGTERM is to die at once, leaving PostgreSQL and Redis running."""
-
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, leave)
-
-
 class _Server(Protocol):
     def start(self) -> None: ...
 
