@@ -73,6 +73,7 @@ from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.settings import Settings
 from messaging.storage import messages as message_sql
+from tests.support import servers
 from tests.support.servers import ServerError
 
 PAGE_SIZE = 50
@@ -675,6 +676,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             profiled = [sys.executable, "-m", "bench.profiled_serve", str(args.cprofile)]
             service = procs.service("history-service", env, profiled if args.cprofile else None)
             if args.cprofile:
+                args.cprofile.unlink(missing_ok=True)
                 os.kill(service.proc.pid, signal.SIGUSR1)
             print(
                 f"measuring {args.samples:,} pages of {PAGE_SIZE} per depth "
@@ -684,7 +686,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measured = cluster.run_async(measure(args, service, asyncpg_url, dataset))
             if args.cprofile:
                 os.kill(service.proc.pid, signal.SIGUSR2)
-                time.sleep(2)  # it writes the profile
+                servers.wait_until(args.cprofile.exists, "the service's profile", service.proc)
         finally:
             procs.close()
             procs.keep_logs(cluster.RESULTS_DIR / "logs" / "history")
