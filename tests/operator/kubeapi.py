@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from tests.support.k8s import K8sCluster
+from tests.support.k8s import K8sCluster, wait_until
 
 GROUP_PATH = "/apis/messaging.platform.io/v1alpha1"
 
@@ -123,6 +123,22 @@ class Kube:
             if e.get("involvedObject", {}).get("kind") == "MessagingCluster"
             and e.get("involvedObject", {}).get("name") == name
         ]
+
+    def await_event(
+        self, name: str, reason: str, *, type: str | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """The first Event `reason` about MessagingCluster `name`, waited for.
+
+        The operator posts a pass's Events after it writes the status (so a failed status write
+        never posts them twice), so a test that has just seen the status must wait for them."""
+
+        def posted() -> dict[str, Any] | None:
+            for e in self.events_for(name):
+                if e.get("reason") == reason and (type is None or e.get("type") == type):
+                    return e
+            return None
+
+        return wait_until(posted, timeout=timeout, what=f"the {type or ''} Event {reason}")
 
     def condition(self, name: str, kind: str) -> dict[str, Any] | None:
         mc = self.get("MessagingCluster", name) or {}

@@ -277,8 +277,11 @@ async def test_clients_connecting_scale_up_and_leaving_scale_down_after_the_wind
         kept = kube.get("Pod", keeper) or {}
         assert kept["metadata"]["annotations"][DELETION_COST] == "2"
         assert all(client.connected for client in stayers)
-        events = {e["reason"] for e in kube.events_for("chat")}
-        assert {"ScaledUp", "ScaledDown"} <= events
+        await eventually(
+            lambda: "ScaledDown" in {e["reason"] for e in kube.events_for("chat")},
+            within=30,
+            what="the ScaledDown event",
+        )
         for client in stayers:
             await client.disconnect()
     scale_metrics = operator.metrics()

@@ -98,8 +98,7 @@ def test_a_users_secret_named_like_the_redis_secret_is_never_adopted_changed_or_
     _, message = ready_reason(kube)
     assert "Secret chat-redis" in message and "not created by this MessagingCluster" in message
     wait_until(lambda: status(kube).get("phase") == "Failed", timeout=30, what="phase Failed")
-    warnings = {e["reason"] for e in kube.events_for("chat") if e["type"] == "Warning"}
-    assert "NameConflict" in warnings
+    kube.await_event("chat", "NameConflict", type="Warning")
     time.sleep(2 * RESYNC_SECONDS)  # several passes: still untouched
     after = kube.get("Secret", "chat-redis") or {}
     assert after["metadata"]["resourceVersion"] == mine["metadata"]["resourceVersion"]

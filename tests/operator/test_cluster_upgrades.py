@@ -110,8 +110,7 @@ def test_a_failing_migration_keeps_the_old_deployment_until_the_image_is_reverte
     dep = kube.get("Deployment", "chat") or {}
     assert dep["spec"]["template"] == old_template
     assert dep["status"].get("readyReplicas") == 2
-    warnings = {e["reason"] for e in kube.events_for("chat") if e["type"] == "Warning"}
-    assert "MigrationFailed" in warnings
+    kube.await_event("chat", "MigrationFailed", type="Warning")
 
     # Reverting the image recovers at once: its migration already succeeded.
     kube.merge_patch("MessagingCluster", "chat", {"spec": {"image": OLD}})
