@@ -60,7 +60,6 @@ import asyncpg  # type: ignore[import-untyped]
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import SecretStr
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from bench import cluster
@@ -415,8 +414,8 @@ class StoreReads:
     ``storage.messages.history_page``. On PostgreSQL that is five round trips: the pre-ping's
     BEGIN and ROLLBACK, then BEGIN, the SELECT, COMMIT. ``one_round_trip``: the same
     ``storage.messages.history_page`` on an AUTOCOMMIT connection without pre-ping (only the
-    SELECT). ``raw``: the captured statement, prepared once, on a bare asyncpg connection (no
-    SQLAlchemy at all).
+    SELECT). ``raw``: the page's statement (``history_statement``), prepared once, on a bare
+    asyncpg connection (no SQLAlchemy at all).
     """
 
     def __init__(self, settings: Settings, dataset: Dataset) -> None:
@@ -425,15 +424,12 @@ class StoreReads:
             settings.database_url, pool_size=10, isolation_level="AUTOCOMMIT"
         )
         self.dataset = dataset
-        self.statements: dict[bool, str] = {}
+        self.statements = {
+            before: message_sql.history_statement(after_join=False, before=before).sql
+            for before in (False, True)
+        }
         self._raw: Any = None
         self._dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
-        event.listen(self.engine.sync_engine, "before_cursor_execute", self._capture)
-
-    def _capture(self, *args: Any) -> None:
-        statement: str = args[2]
-        if "FROM messages" in statement:
-            self.statements[" < (" in statement] = statement
 
     async def __aenter__(self) -> StoreReads:
         self._raw = await asyncpg.connect(self._dsn)
@@ -467,7 +463,7 @@ class StoreReads:
     async def timed_store(self, befores: list[Before], *, lean: bool = False) -> list[int]:
         read = self.lean_page if lean else self.service_page
         for before in befores[:20]:
-            await read(before)  # warm-up, and captures the statement
+            await read(before)  # warm-up
         out = []
         for before in befores:
             started = time.perf_counter_ns()

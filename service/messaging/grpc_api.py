@@ -318,28 +318,43 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _timestamp(record_time: datetime) -> Timestamp:
-    """protobuf's ``FromDatetime`` goes through ``timegm`` and a time tuple: 15% of a history
-    page's answer for its 50 messages. Times here are aware (``tables.UTCDateTime``)."""
+    stamp = Timestamp()
+    _stamp(stamp, record_time)
+    return stamp
+
+
+def _stamp(field: Timestamp, record_time: datetime) -> None:
+    """Set a Timestamp field in place. protobuf's ``FromDatetime`` goes through ``timegm`` and a
+    time tuple (15% of a history page's answer for its 50 messages), and building a Timestamp
+    to assign copies it. Times here are aware (``tables.UTCDateTime``)."""
     if record_time.tzinfo is None:
         record_time = record_time.replace(tzinfo=UTC)
     since = record_time - _EPOCH
-    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+    field.seconds = since.days * 86_400 + since.seconds
+    field.nanos = since.microseconds * 1000
 
 
 def message_pb(message: MessageRecord) -> pb.Message:
-    return pb.Message(
+    """Fields set in place, and the optional ones only when present: half the cost of passing
+    them all to the constructor, for the 50 messages of every history page."""
+    out = pb.Message(
         id=str(message.id),
         conversation_id=str(message.conversation_id),
         author_id=message.author_id,
         content=message.content,
         status=_STATUS[message.status],
-        created_at=_timestamp(message.created_at),
         client_message_id=message.client_message_id or "",
-        edited_at=None if message.edited_at is None else _timestamp(message.edited_at),
-        deleted_at=None if message.deleted_at is None else _timestamp(message.deleted_at),
-        reactions=_reactions_pb(message),
-        attachments=[attachment_pb(a) for a in message.attachments],
     )
+    _stamp(out.created_at, message.created_at)
+    if message.edited_at is not None:
+        _stamp(out.edited_at, message.edited_at)
+    if message.deleted_at is not None:
+        _stamp(out.deleted_at, message.deleted_at)
+    if message.reactions:
+        out.reactions.extend(_reactions_pb(message))
+    if message.attachments:
+        out.attachments.extend(attachment_pb(a) for a in message.attachments)
+    return out
 
 
 def attachment_pb(attachment: AttachmentView) -> pb.Attachment:

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import Select, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.records import (
@@ -168,6 +172,50 @@ async def log_for_users(
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))
+
+
+@dataclass(frozen=True)
+class DriverStatement:
+    """A Core statement compiled once to asyncpg's SQL, its parameters in asyncpg's order."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, statement: Select[Any]) -> DriverStatement:
+        compiled = statement.compile(dialect=_ASYNCPG)
+        return cls(compiled.string, tuple(compiled.positiontup or ()))
+
+
+_ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+
+
+async def driver_fetch(
+    conn: AsyncConnection, statement: DriverStatement, values: Mapping[str, Any]
+) -> list[Any]:
+    """The rows of a read, fetched by asyncpg itself (``asyncpg.Record``, native types).
+
+    For the hottest read only (a history page over gRPC): SQLAlchemy's cursor adaptation (a
+    greenlet switch per call) and result processing cost about a millisecond a page, four times
+    the statement itself (BENCHMARKS.md, fifth round); asyncpg keeps the statement prepared per
+    connection. A failure of any kind (a cut connection, a cancelled call) drops the connection
+    from the pool, because SQLAlchemy, which would otherwise judge whether it is still usable,
+    never saw the operation; and asyncpg's errors come back as SQLAlchemy's, so
+    ``transactions.py``'s policy (which errors mean UNAVAILABLE) applies as to every other read.
+    """
+    raw = await conn.get_raw_connection()
+    args = [values[name] for name in statement.names]
+    try:
+        return list(await raw.driver_connection.fetch(statement.sql, *args))  # type: ignore[union-attr]
+    except BaseException as exc:
+        await conn.invalidate(exc if isinstance(exc, Exception) else None)
+        if isinstance(exc, asyncpg.PostgresError):
+            raise DBAPIError(statement.sql, None, exc, hide_parameters=True) from exc
+        if isinstance(exc, Exception) and not isinstance(exc, (OSError, TimeoutError)):
+            raise InterfaceError(
+                statement.sql, None, exc, hide_parameters=True, connection_invalidated=True
+            ) from exc
+        raise
 
 
 # For the feature modules under ``storage/``: the columns a MessageRecord is read from, the row

@@ -6,18 +6,22 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import grpc
 import httpx
 import pytest
 import pytest_asyncio
 
 from messaging import db
 from messaging.dev_connections import ConnectionGraph
+from messaging.proto.messaging.v1 import messaging_pb2 as pb
+from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.settings import Settings
 from tests.support.servers import PostgresServer, free_port
 from tests.support.service import (
     JWT_SECRET,
     RunningService,
     devices,
+    open_conversation,
     running_service,
     service_settings,
     unique,
@@ -125,3 +129,44 @@ async def test_a_request_that_finds_the_database_gone_turns_readiness_at_once(
     assert {r["error"]["code"] for r in failed} == {"UNAVAILABLE"}
     assert ready.status_code == 503
     assert again.status_code == 200
+
+
+async def test_a_history_page_that_meets_a_cut_connection_is_unavailable_and_the_next_is_served(
+    pg_svc: RunningService, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History pages are fetched by asyncpg itself (``store.driver_fetch``), past SQLAlchemy's
+    cursor: a connection the database cut must still fail the call as ``UNAVAILABLE`` (not
+    ``INTERNAL``) and be dropped from the pool, so the pages after it are served."""
+    monkeypatch.setattr(db, "IDLE_BEFORE_PING_SECONDS", 3600.0)  # never ping on checkout
+    alice, bob = unique("alice"), unique("bob")
+    pg_svc.connect_users((alice, bob))
+    async with devices(pg_svc, alice) as [a]:
+        conversation = await open_conversation(pg_svc, a, bob)
+        await a.ok("sendMessage", {"conversationId": conversation, "content": "hi"})
+    request = pb.GetMessageHistoryRequest(conversation_id=conversation, page_size=10)
+    metadata = [("authorization", f"Bearer {pg_svc.token(alice)}")]
+    async with grpc.aio.insecure_channel(pg_svc.grpc_target) as channel:
+        stub = pb_grpc.MessagingServiceStub(channel)
+        assert len((await stub.GetMessageHistory(request, metadata=metadata)).messages) == 1
+        await asyncio.to_thread(postgres_server.psql, "postgres", _terminate(pg_svc))
+        codes: list[grpc.StatusCode] = []
+        for _ in range(2 * pg_svc.settings.database_pool_size + 2):
+            try:
+                page = await stub.GetMessageHistory(request, metadata=metadata)
+            except grpc.aio.AioRpcError as e:
+                codes.append(e.code())
+                continue
+            assert [m.content for m in page.messages] == ["hi"]
+            break
+        else:
+            raise AssertionError(f"no page served after the cut: {codes}")
+    assert codes, "the test needs a call that met a terminated connection"
+    assert set(codes) == {grpc.StatusCode.UNAVAILABLE}
+
+
+def _terminate(svc: RunningService) -> str:
+    database = svc.settings.database_url.rsplit("/", 1)[1]
+    return (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )

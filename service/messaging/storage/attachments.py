@@ -6,15 +6,28 @@ attach what, what a reader sees) are in ``messaging/attachments.py``.
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    Uuid,
+    any_,
+    bindparam,
+    delete,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from messaging.store import DriverStatement, driver_fetch
 from messaging.tables import attachments, messages
 
 
@@ -47,18 +60,8 @@ _COLUMNS = (
 
 
 def _upload(row: Any) -> Upload:
-    return Upload(
-        id=row.id,
-        conversation_id=row.conversation_id,
-        owner_id=row.owner_id,
-        file_name=row.file_name,
-        content_type=row.content_type,
-        size_bytes=row.size_bytes,
-        object_key=row.object_key,
-        created_at=row.created_at,
-        message_id=row.message_id,
-        doomed_at=row.doomed_at,
-    )
+    """A row of ``_COLUMNS`` (an SQLAlchemy row or an ``asyncpg.Record``): in field order."""
+    return Upload(*row)
 
 
 async def insert_upload(conn: AsyncConnection, upload: Upload) -> None:
@@ -119,15 +122,31 @@ async def of_messages(
     """The attachments of each message, in the order they were attached."""
     if not message_ids:
         return {}
-    rows = await conn.execute(
-        select(*_COLUMNS)
-        .where(attachments.c.message_id.in_(list(message_ids)))
-        .order_by(attachments.c.message_id, attachments.c.ordinal)
-    )
+    values = {"ids": list(message_ids)}
+    rows: Iterable[Any]
+    if conn.dialect.driver == "asyncpg":  # every history page asks: the hot read's path
+        rows = await driver_fetch(conn, _of_messages_statement(), values)
+    else:
+        rows = await conn.execute(_of_messages_query(postgres=False), values)
     found: dict[uuid.UUID, list[Upload]] = {}
     for row in rows:
-        found.setdefault(row.message_id, []).append(_upload(row))
+        upload = _upload(row)
+        found.setdefault(cast(uuid.UUID, upload.message_id), []).append(upload)
     return found
+
+
+@functools.cache
+def _of_messages_query(*, postgres: bool) -> Select[Any]:
+    """Built once; on PostgreSQL ``= ANY`` of one array (one statement text for any page)."""
+    column = attachments.c.message_id
+    ids = bindparam("ids", type_=ARRAY(Uuid())) if postgres else bindparam("ids", expanding=True)
+    match = column == any_(ids) if postgres else column.in_(ids)
+    return select(*_COLUMNS).where(match).order_by(column, attachments.c.ordinal)
+
+
+@functools.cache
+def _of_messages_statement() -> DriverStatement:
+    return DriverStatement.of(_of_messages_query(postgres=True))
 
 
 async def doom_of_messages(

@@ -26,7 +26,7 @@ from messaging.records import (
 )
 from messaging.storage import message_changes as reaction_store
 from messaging.store import MESSAGE_COLUMNS as _MESSAGE_COLUMNS
-from messaging.store import append_changes
+from messaging.store import DriverStatement, append_changes, driver_fetch
 from messaging.store import dialect_insert as _insert
 from messaging.store import message_from_row as _message
 from messaging.tables import (
@@ -350,19 +350,34 @@ async def history_page(
         values["not_before"] = not_before
     if before is not None:
         values["before_at"], values["before_id"] = before
-    postgres = conn.dialect.name == "postgresql"
-    query = _history_query(
-        after_join=not_before is not None, before=before is not None, reactions=postgres
+    shape = {"after_join": not_before is not None, "before": before is not None}
+    if conn.dialect.driver == "asyncpg":
+        records = await driver_fetch(conn, history_statement(**shape), values)
+        return [_message_of_record(r) for r in records]
+    rows = await conn.execute(_history_query(**shape, reactions=False), values)
+    return await reaction_store.with_reactions(conn, [_message(row) for row in rows])
+
+
+def _message_of_record(r: Any) -> MessageRecord:
+    """A row of the PostgreSQL page statement (``asyncpg.Record``), reactions aggregated."""
+    return MessageRecord(
+        id=r[0],
+        conversation_id=r[1],
+        author_id=r[2],
+        content=r[3],
+        status=r[4],
+        created_at=r[5],
+        client_message_id=r[6],
+        edited_at=r[7],
+        deleted_at=r[8],
+        reactions=_grouped(r[9], r[10]) if r[9] else (),
     )
-    rows = await conn.execute(query, values)
-    if not postgres:
-        return await reaction_store.with_reactions(conn, [_message(row) for row in rows])
-    return [
-        replace(_message(row), reactions=_grouped(row.emojis, row.reactors))
-        if row.emojis
-        else _message(row)
-        for row in rows
-    ]
+
+
+@functools.cache
+def history_statement(*, after_join: bool, before: bool) -> DriverStatement:
+    """The PostgreSQL page statement: the message columns, then ``emojis`` and ``reactors``."""
+    return DriverStatement.of(_history_query(after_join=after_join, before=before, reactions=True))
 
 
 def _grouped(emojis: list[str], reactors: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
