@@ -186,36 +186,54 @@ class DriverStatement:
         compiled = statement.compile(dialect=_ASYNCPG)
         return cls(compiled.string, tuple(compiled.positiontup or ()))
 
+    def args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[name] for name in self.names]
+
 
 _ASYNCPG = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 
+# SQLSTATE classes after which the connection is not trusted again: connection exceptions and
+# operator intervention (an administrator's or a crash's shutdown, a cancelled statement).
+_CONNECTION_CLASSES = ("08", "57")
 
-async def driver_fetch(
-    conn: AsyncConnection, statement: DriverStatement, values: Mapping[str, Any]
-) -> list[Any]:
-    """The rows of a read, fetched by asyncpg itself (``asyncpg.Record``, native types).
 
-    For the hottest read only (a history page over gRPC): SQLAlchemy's cursor adaptation (a
-    greenlet switch per call) and result processing cost about a millisecond a page, four times
-    the statement itself (BENCHMARKS.md, fifth round); asyncpg keeps the statement prepared per
-    connection. A failure of any kind (a cut connection, a cancelled call) drops the connection
-    from the pool, because SQLAlchemy, which would otherwise judge whether it is still usable,
-    never saw the operation; and asyncpg's errors come back as SQLAlchemy's, so
-    ``transactions.py``'s policy (which errors mean UNAVAILABLE) applies as to every other read.
+async def driver_fetch(conn: AsyncConnection, sql: str, *args: Any) -> list[Any]:
+    """The rows of a statement run by asyncpg itself (``asyncpg.Record``, native types), on a
+    connection in autocommit (``Database.connection()``: the group committer's, every read's);
+    in a transaction, through SQLAlchemy, which begins the transaction on the driver lazily.
+
+    For the two hottest statements only: a new-message batch and a history page. SQLAlchemy's
+    cursor adaptation (a greenlet switch per call) and result processing cost more than the
+    statement itself there (BENCHMARKS.md, fifth round); asyncpg keeps the statement prepared
+    per connection. SQLAlchemy never sees the operation, so it cannot judge whether the
+    connection is still usable: every failure but the database refusing the statement (a
+    constraint, bad data: it answered, and the connection is clean) drops it from the pool.
+    asyncpg's errors come back as SQLAlchemy's, so ``transactions.py``'s policy (which errors
+    mean UNAVAILABLE) and ``commits.refused_for_its_data`` apply as to every other statement.
     """
+    if not _autocommit(conn):  # the caller's transaction holds it: SQLAlchemy must see it
+        return list(await conn.exec_driver_sql(sql, tuple(args)))
     raw = await conn.get_raw_connection()
-    args = [values[name] for name in statement.names]
     try:
-        return list(await raw.driver_connection.fetch(statement.sql, *args))  # type: ignore[union-attr]
-    except BaseException as exc:
+        return list(await raw.driver_connection.fetch(sql, *args))  # type: ignore[union-attr]
+    except asyncpg.PostgresError as exc:
+        state = str(getattr(exc, "sqlstate", "") or "")
+        lost = state[:2] in _CONNECTION_CLASSES
+        if lost:
+            await conn.invalidate(exc)
+        raise DBAPIError(sql, None, exc, hide_parameters=True, connection_invalidated=lost) from exc
+    except BaseException as exc:  # a cut connection, a cancelled call, a confused protocol
         await conn.invalidate(exc if isinstance(exc, Exception) else None)
-        if isinstance(exc, asyncpg.PostgresError):
-            raise DBAPIError(statement.sql, None, exc, hide_parameters=True) from exc
         if isinstance(exc, Exception) and not isinstance(exc, (OSError, TimeoutError)):
             raise InterfaceError(
-                statement.sql, None, exc, hide_parameters=True, connection_invalidated=True
+                sql, None, exc, hide_parameters=True, connection_invalidated=True
             ) from exc
         raise
+
+
+def _autocommit(conn: AsyncConnection) -> bool:
+    sync = conn.sync_connection
+    return sync is not None and sync.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
 # For the feature modules under ``storage/``: the columns a MessageRecord is read from, the row

@@ -125,7 +125,8 @@ async def of_messages(
     values = {"ids": list(message_ids)}
     rows: Iterable[Any]
     if conn.dialect.driver == "asyncpg":  # every history page asks: the hot read's path
-        rows = await driver_fetch(conn, _of_messages_statement(), values)
+        statement = _of_messages_statement()
+        rows = await driver_fetch(conn, statement.sql, *statement.args(values))
     else:
         rows = await conn.execute(_of_messages_query(postgres=False), values)
     found: dict[uuid.UUID, list[Upload]] = {}

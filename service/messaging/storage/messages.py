@@ -189,10 +189,9 @@ async def _insert_postgres(
     if events is not None:
         statement = _with_ctes(events.postgres_ctes)
         args += events.postgres_args()
-    result = await conn.exec_driver_sql(statement, args)
     positions: dict[uuid.UUID, dict[str, int]] = {}
-    for row in result:
-        positions.setdefault(row.message_id, {})[row.user_id] = row.position
+    for user_id, position, message_id in await driver_fetch(conn, statement, *args):
+        positions.setdefault(message_id, {})[user_id] = position
     return positions
 
 
@@ -352,7 +351,8 @@ async def history_page(
         values["before_at"], values["before_id"] = before
     shape = {"after_join": not_before is not None, "before": before is not None}
     if conn.dialect.driver == "asyncpg":
-        records = await driver_fetch(conn, history_statement(**shape), values)
+        statement = history_statement(**shape)
+        records = await driver_fetch(conn, statement.sql, *statement.args(values))
         return [_message_of_record(r) for r in records]
     rows = await conn.execute(_history_query(**shape, reactions=False), values)
     return await reaction_store.with_reactions(conn, [_message(row) for row in rows])
