@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import Select, select, text
+from sqlalchemy import ARRAY, ColumnElement, Select, Uuid, any_, bindparam, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError
@@ -172,6 +172,16 @@ async def log_for_users(
 
 async def ping(conn: AsyncConnection) -> None:
     await conn.execute(text("SELECT 1"))
+
+
+def one_of_ids(column: Any, name: str, *, postgres: bool) -> ColumnElement[bool]:
+    """``column`` is one of the ids bound as ``name`` (a list). On PostgreSQL ``= ANY`` of one
+    array: one statement text whatever the number of ids, prepared once, where ``IN`` renders a
+    parameter per id at every call (a quarter of a history page's CPU once). SQLite has no
+    arrays: an expanding ``IN`` there."""
+    if postgres:
+        return column == any_(bindparam(name, type_=ARRAY(Uuid())))  # type: ignore[no-any-return]
+    return column.in_(bindparam(name, expanding=True))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import (
-    ARRAY,
-    ColumnElement,
-    Select,
-    Uuid,
-    any_,
-    bindparam,
-    delete,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import ColumnElement, Select, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from messaging.store import DriverStatement, driver_fetch
+from messaging.store import DriverStatement, driver_fetch, one_of_ids
 from messaging.tables import attachments, messages
 
 
@@ -138,10 +127,9 @@ async def of_messages(
 
 @functools.cache
 def _of_messages_query(*, postgres: bool) -> Select[Any]:
-    """Built once; on PostgreSQL ``= ANY`` of one array (one statement text for any page)."""
+    """Built once."""
     column = attachments.c.message_id
-    ids = bindparam("ids", type_=ARRAY(Uuid())) if postgres else bindparam("ids", expanding=True)
-    match = column == any_(ids) if postgres else column.in_(ids)
+    match = one_of_ids(column, "ids", postgres=postgres)
     return select(*_COLUMNS).where(match).order_by(column, attachments.c.ordinal)
 
 

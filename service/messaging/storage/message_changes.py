@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Uuid, and_, any_, bindparam, delete, or_, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Select, and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.records import MessageRecord
-from messaging.store import MESSAGE_COLUMNS, dialect_insert, message_from_row
+from messaging.store import MESSAGE_COLUMNS, dialect_insert, message_from_row, one_of_ids
 from messaging.tables import message_reactions, messages, participants
 
 Reactions = tuple[tuple[str, tuple[str, ...]], ...]
@@ -134,28 +133,28 @@ async def reactions_of(
         return {}
     query = _reactions_query(postgres=conn.dialect.name == "postgresql")
     rows = await conn.execute(query, {"ids": list(set(message_ids))})
-    found: dict[uuid.UUID, dict[str, list[str]]] = {}
+    given: dict[uuid.UUID, list[tuple[str, str]]] = {}
     for row in rows:
-        found.setdefault(row.message_id, {}).setdefault(row.emoji, []).append(row.user_id)
-    return {
-        message: tuple((emoji, tuple(users)) for emoji, users in by_emoji.items())
-        for message, by_emoji in found.items()
-    }
+        given.setdefault(row.message_id, []).append((row.emoji, row.user_id))
+    return {message: grouped(pairs) for message, pairs in given.items()}
+
+
+def grouped(given: Iterable[tuple[str, str]]) -> Reactions:
+    """(emoji, users) in the order each emoji was first given, users in the order they reacted,
+    from one message's (emoji, user) reactions in the order they were given."""
+    by_emoji: dict[str, list[str]] = {}
+    for emoji, user in given:
+        by_emoji.setdefault(emoji, []).append(user)
+    return tuple((emoji, tuple(users)) for emoji, users in by_emoji.items())
 
 
 @functools.cache
 def _reactions_query(*, postgres: bool) -> Select[Any]:
-    """Built once. On PostgreSQL ``= ANY($1)`` with one array parameter: one statement text
-    whatever the page's length, prepared once. ``IN`` renders a parameter per id at every call
-    (SQLite has no arrays): on PostgreSQL that was a quarter of a history page's CPU."""
+    """Built once."""
     column = message_reactions.c.message_id
-    if postgres:
-        match = column == any_(bindparam("ids", type_=ARRAY(Uuid())))
-    else:
-        match = column.in_(bindparam("ids", expanding=True))
     return (
         select(column, message_reactions.c.emoji, message_reactions.c.user_id)
-        .where(match)
+        .where(one_of_ids(column, "ids", postgres=postgres))
         .order_by(message_reactions.c.created_at, message_reactions.c.user_id)
     )
 

@@ -370,7 +370,7 @@ def _message_of_record(r: Any) -> MessageRecord:
         client_message_id=r[6],
         edited_at=r[7],
         deleted_at=r[8],
-        reactions=_grouped(r[9], r[10]) if r[9] else (),
+        reactions=reaction_store.grouped(zip(r[9], r[10], strict=True)) if r[9] else (),
     )
 
 
@@ -378,15 +378,6 @@ def _message_of_record(r: Any) -> MessageRecord:
 def history_statement(*, after_join: bool, before: bool) -> DriverStatement:
     """The PostgreSQL page statement: the message columns, then ``emojis`` and ``reactors``."""
     return DriverStatement.of(_history_query(after_join=after_join, before=before, reactions=True))
-
-
-def _grouped(emojis: list[str], reactors: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """(emoji, users) in the order each emoji was first given, users in the order they reacted,
-    from the reactions in the order they were given (as ``message_changes.reactions_of``)."""
-    by_emoji: dict[str, list[str]] = {}
-    for emoji, user in zip(emojis, reactors, strict=True):
-        by_emoji.setdefault(emoji, []).append(user)
-    return tuple((emoji, tuple(users)) for emoji, users in by_emoji.items())
 
 
 @functools.cache
