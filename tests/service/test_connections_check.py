@@ -35,7 +35,7 @@ def graph(served: tuple[ConnectionGraph, str]) -> ConnectionGraph:
 @pytest_asyncio.fixture
 async def checker(served: tuple[ConnectionGraph, str]) -> AsyncIterator[ConnectionsChecker]:
     checker = ConnectionsChecker(
-        address=served[1], timeout_seconds=0.3, cache_ttl_seconds=60, cache_size=1000
+        address=served[1], timeout_seconds=1.0, cache_ttl_seconds=60, cache_size=1000
     )
     await checker.start()
     try:
@@ -77,7 +77,7 @@ async def test_errors_fail_closed_and_are_not_cached(
 async def test_a_slow_service_fails_closed_for_every_waiter(
     checker: ConnectionsChecker, graph: ConnectionGraph
 ) -> None:
-    graph.delay_seconds = 1.0
+    graph.delay_seconds = 3.0  # past the checker's 1 s deadline
     outcomes = await asyncio.gather(
         *(checker.is_connected("alice", "bob") for _ in range(5)), return_exceptions=True
     )

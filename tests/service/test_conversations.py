@@ -83,7 +83,7 @@ async def test_connections_service_too_slow_fails_closed_with_unavailable(
 ) -> None:
     alice, bob = unique("alice"), unique("bob")
     svc.connect_users((alice, bob))
-    svc.graph.delay_seconds = svc.settings.connections_timeout_seconds * 3
+    svc.graph.delay_seconds = svc.settings.connections_timeout_seconds + 1.0
     try:
         async with devices(svc, alice) as [device]:
             reply = await device.call("createConversation", {"participantId": bob})

@@ -115,7 +115,7 @@ async def test_connection_checks_for_new_members_run_in_one_concurrent_round(
     others = [unique("member") for _ in range(6)]
     _connect_all(svc, alice, others)
     svc.graph.most_in_flight = 0
-    # Below the 0.3 s deadline, and long enough for the calls to overlap if they are concurrent.
+    # Well below the deadline, and long enough for the calls to overlap if they are concurrent.
     svc.graph.delay_seconds = 0.15
     try:
         async with devices(svc, alice) as [a]:
