@@ -102,7 +102,7 @@ async def test_cached_answers_expire_at_spread_out_times(
 ) -> None:
     graph, address = served
     checker = ConnectionsChecker(
-        address=address, timeout_seconds=0.3, cache_ttl_seconds=0.5, cache_size=1000
+        address=address, timeout_seconds=1.0, cache_ttl_seconds=0.5, cache_size=1000
     )
     await checker.start()
     try:
