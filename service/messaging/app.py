@@ -80,6 +80,8 @@ log = logging.getLogger(__name__)
 
 READINESS_INTERVAL_SECONDS = 1.0
 CHECK_TIMEOUT_SECONDS = 1.0
+# gRPC calls are short (a page of history); one still running after this is cancelled.
+GRPC_STOP_GRACE_SECONDS = 2.0
 
 
 @dataclass
@@ -131,6 +133,7 @@ class Service:
         self.readiness = Readiness(redis=redis is None)
         self._engine = chat.engine
         self._tasks: list[asyncio.Task[None]] = []
+        self.stopped = False  # stop() ran (or is running): it runs once
 
     async def start(self) -> None:
         metrics.prime(
@@ -169,9 +172,14 @@ class Service:
         self._tasks.append(asyncio.create_task(coro, name=name))
 
     async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         self.readiness.draining = True
         if self.grpc is not None:
-            await self.grpc.stop(grace_seconds=min(5.0, self.settings.shutdown_deadline_seconds))
+            await self.grpc.stop(
+                grace_seconds=min(GRPC_STOP_GRACE_SECONDS, self.settings.shutdown_deadline_seconds)
+            )
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

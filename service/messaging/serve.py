@@ -34,6 +34,9 @@ from messaging.settings import Settings
 
 log = logging.getLogger(__name__)
 GC_YOUNG_THRESHOLD = 20_000  # Python's default is 700 (see run())
+# What the service's stop needs after the drain: uvicorn closing connections, gRPC's grace
+# (app.GRPC_STOP_GRACE_SECONDS), the clients of Redis, PostgreSQL and the rest.
+STOP_RESERVE_SECONDS = 4.0
 
 
 class _DrainingServer(uvicorn.Server):
@@ -62,6 +65,10 @@ class _DrainingServer(uvicorn.Server):
             if self._metrics_task is not None:
                 self._metrics.should_exit = True
                 await self._metrics_task
+            if self._drain is not None and not self._service.stopped:
+                # Forced, uvicorn skips the lifespan's shutdown; left running, the gRPC server
+                # crashes the interpreter on its way out (SIGSEGV). The watchdog still bounds it.
+                await self._service.stop()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -88,17 +95,22 @@ class _DrainingServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(self._start_drain, context=contextvars.Context())
 
     def _start_drain(self) -> None:
-        deadline = self._service.settings.shutdown_deadline_seconds
+        settings = self._service.settings
+        deadline = settings.shutdown_deadline_seconds
         started = time.monotonic()
         assert self._loop is not None
         # Past the deadline, stop waiting for connections; a moment later, leave regardless.
         self._loop.call_later(max(0.0, deadline - 1.0), self._force)
         self._loop.call_later(deadline, _hard_exit)
-        self._drain = asyncio.ensure_future(self._drain_then_exit(started))
+        limit = drain_time_limit(settings.drain_window_seconds, deadline)
+        self._drain = asyncio.ensure_future(self._drain_then_exit(started, limit))
 
-    async def _drain_then_exit(self, started: float) -> None:
+    async def _drain_then_exit(self, started: float, limit: float) -> None:
         try:
-            await self._service.drain()
+            await asyncio.wait_for(self._service.drain(), limit)
+        except TimeoutError:
+            # The service's own stop (gRPC's grace, closing its clients) still gets its time.
+            log.warning("drain overran its time; stopping anyway", extra={"limit_seconds": limit})
         except Exception:
             log.exception("drain failed; stopping anyway")
         log.info("stopping", extra={"after_seconds": round(time.monotonic() - started, 3)})
@@ -108,6 +120,17 @@ class _DrainingServer(uvicorn.Server):
         log.warning("shutdown deadline near; forcing exit")
         self.should_exit = True
         self.force_exit = True
+
+
+def drain_time_limit(window: float, deadline: float) -> float:
+    """How long the drain may take before the process stops anyway.
+
+    Whatever the drain waits for (a close, a commit), the service's own stop must still run
+    before the deadline: stopped by the watchdog instead, the process leaves without closing its
+    gRPC server and database pool. The drain gets what is left after that stop's reserve, never
+    less than its window (the gradual closes need it), and never past the watchdog's force.
+    """
+    return max(0.0, min(deadline - 1.0, max(window, deadline - STOP_RESERVE_SECONDS)))
 
 
 class _SideServer(uvicorn.Server):

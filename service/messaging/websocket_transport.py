@@ -421,6 +421,12 @@ class DirectSocket:
         await self.close(wait=False, abort=True, reason=self.server.reason.SERVER_DISCONNECT)
 
     async def _close_websocket(self) -> None:
+        protocol = self._protocol
+        if protocol is not None and not protocol.writable.is_set():
+            # Writing is paused: the client stopped reading, so no close frame would reach it,
+            # and waiting to send one would hold up whoever closes (a drain closes one by one).
+            protocol.transport.abort()
+            return
         try:
             await self._send({"type": "websocket.close", "code": 1000})
         except Exception:  # already closed by the client
