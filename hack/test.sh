@@ -4,7 +4,7 @@
 #   hack/test.sh                 # everything (what CI runs: .ci/run calls exactly this)
 #   hack/test.sh tests/service   # pytest arguments narrow the run; the checks always run
 #   hack/test.sh -n 0            # serially (by default the tests run on two pytest-xdist workers)
-#   hack/test.sh --quick         # lint, types and the tests that need no server: installs only .venv
+#   hack/test.sh --quick         # lint, types and the tests that need no server: installs .venv and tests/node
 #
 # Installs (only what is missing): PostgreSQL, Redis and promtool from Debian packages, the
 # pinned Python dependencies into .venv, the Node.js test clients into tests/node, and the
@@ -40,6 +40,12 @@ python_dependencies() {
   touch "${stamp}"
 }
 
+node_clients() {
+  step "node test clients (tests/node)"
+  # The official Socket.IO clients, and the AsyncAPI parser a unit test validates the contract with.
+  (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+}
+
 static_checks() {
   step "static checks"
   .venv/bin/ruff check .
@@ -56,6 +62,7 @@ static_checks() {
 
 if $quick; then
   python_dependencies
+  node_clients
   static_checks
   step "tests that need no server (unit tests, pure operator logic)"
   # Tests that need a control plane are marked k8s at collection (tests/support/k8s.py); the
@@ -116,8 +123,7 @@ fi
 
 python_dependencies
 
-step "node test clients (tests/node)"
-(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
+node_clients
 
 static_checks
 
