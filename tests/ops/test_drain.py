@@ -20,7 +20,7 @@ from messaging.tables import messages
 from tests.support.balancer import balancing
 from tests.support.replicas import Cluster, devices_on, logs_on_failure
 from tests.support.service import unique
-from tests.support.stalled import StalledSocket
+from tests.support.stalled import stalled_socket
 
 NODE_CLIENTS = Path(__file__).resolve().parents[1] / "node"
 CLIENTS = 200
@@ -225,11 +225,7 @@ async def test_a_client_that_stops_reading_does_not_hold_up_the_drain(
                         for _ in range(25)
                     )
                 )
-            stalled = StalledSocket(a.http_port, "/socket.io/?EIO=4&transport=websocket")
-            try:
-                stalled.read_until(b"\r\n\r\n")
-                stalled.send_text("40" + json.dumps({"token": cluster.token(reader)}))
-                stalled.read_until(b'40{"sid"')
+            with stalled_socket(a.http_port, cluster.token(reader)) as stalled:
                 for i in range(20):  # about 4 MB of answers, far more than the kernel holds
                     stalled.send_text(f'42{i}["syncMessages",{{"limit":100}}]')
                 await asyncio.sleep(2.0)  # the answers are computed and queued unread
@@ -238,7 +234,5 @@ async def test_a_client_that_stops_reading_does_not_hold_up_the_drain(
                 a.signal(signal.SIGTERM)
                 exit_code = await a.wait_exit(timeout=DEADLINE + 2)
                 exited = time.monotonic()
-            finally:
-                stalled.close()
         assert exit_code == 0
         assert exited - terminated < DEADLINE / 2, f"exit took {exited - terminated:.1f}s"

@@ -31,11 +31,11 @@ from tests.security.transport import (
     closed_by_server,
     raw_socket,
     recv,
-    stalled_socket,
     target,
     unique_token,
 )
 from tests.support.service import Device, unique
+from tests.support.stalled import stalled_socket
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -101,7 +101,7 @@ async def test_a_client_that_stops_reading_is_disconnected_not_buffered_for(
         assert all(r["ok"] for r in replies), replies[0]
     before = await replica.protocol_errors("slow_consumer")
     async with PeakRss(replica) as rss:
-        with stalled_socket(replica, peer) as stalled:
+        with stalled_socket(replica.replica.http_port, replica.token(peer)) as stalled:
             for i in range(100):
                 stalled.send_text(f'42{i}["syncMessages",{{"limit":500}}]')
             deadline = time.monotonic() + 30

@@ -14,7 +14,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from websockets.asyncio.client import ClientConnection
 from messaging.dev_connections import ConnectionGraph, start_connections_server
 from tests.support.replicas import Cluster, Replica
 from tests.support.service import Device, unique
-from tests.support.stalled import StalledSocket
 
 MAX_PAYLOAD = 65_536
 OUTBOUND_LIMIT = 2 * 1_048_576
@@ -207,19 +206,6 @@ async def closed_by_server(ws: ClientConnection, timeout: float) -> bool:
     except TimeoutError:
         return False
     return False
-
-
-@contextlib.contextmanager
-def stalled_socket(target: Target, user: str) -> Iterator[StalledSocket]:
-    path = "/socket.io/?EIO=4&transport=websocket"
-    client = StalledSocket(target.replica.http_port, path)
-    try:
-        client.read_until(b"\r\n\r\n")
-        client.send_text("40" + json.dumps({"token": target.token(user)}))
-        client.read_until(b'40{"sid"')
-        yield client
-    finally:
-        client.close()
 
 
 def unique_token() -> str:
