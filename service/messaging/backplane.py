@@ -159,6 +159,7 @@ class Backplane:
         self._unsubscribing: dict[str, int] = {}  # channel -> SUNSUBSCRIBEs not yet answered
         self._control = f"{CHANNEL_PREFIX}replica:{replica_id}"
         self._pending: dict[str, asyncio.Future[None]] = {}
+        self._confirmed: set[str] = set()  # channels Redis confirmed on the current links
         self._links: dict[Node | None, RedisWire] = {}  # None: the one Redis
         self._slots: SlotMap | None = None  # the latest read
         self._listen_slots: SlotMap | None = None  # the one the listener's links follow
@@ -186,6 +187,11 @@ class Backplane:
 
     def channel(self, user_id: str) -> str:
         return user_channel(user_id, cluster=self._cluster)
+
+    def hears(self, user_id: str) -> bool:
+        """Redis confirmed the user's channel on the links listening now: what anyone publishes
+        on it reaches this replica."""
+        return self._healthy.is_set() and self.channel(user_id) in self._confirmed
 
     def receive(self, on_user: UserEvent, *, subscribed: Callable[[], None]) -> None:
         """Where messages on users' channels go, and who hears of each (re)subscription."""
@@ -279,6 +285,7 @@ class Backplane:
 
     def unsubscribe(self, user_id: str) -> None:
         self._users.discard(user_id)
+        self._confirmed.discard(self.channel(user_id))
         if not self._healthy.is_set():
             return
         channel = self.channel(user_id)
@@ -501,11 +508,11 @@ class Backplane:
         main = self._links[nodes[0]]
         notices = [c.decode() for c in self._channels]
         if slots is None:
-            # The other channels and the control channel first: when the control channel's
-            # confirmation arrives, they are subscribed too (one command).
+            # One command, the control channel last: when its confirmation arrives, every
+            # other channel is confirmed too (``hears``).
             self._awaiting = {None}
             users = [self.channel(u) for u in self._users]
-            main.send([command("SUBSCRIBE", *notices, self._control, *users)])
+            main.send([command("SUBSCRIBE", *notices, *users, self._control)])
         else:
             # Each node's SSUBSCRIBEs (the notices' among them), then a PING whose answer says
             # they are done; the control channel, classic, on the first node. Ready when every
@@ -580,6 +587,8 @@ class Backplane:
                 self._ready(node)
         elif kind in (b"subscribe", b"ssubscribe"):
             channel = reply[1].decode()
+            if channel_user(reply[1], cluster=self._cluster) in self._users:
+                self._confirmed.add(channel)
             if channel == self._control:
                 self._ready(None)
             future = self._pending.pop(channel, None)
@@ -627,6 +636,7 @@ class Backplane:
 
     def _close_links(self) -> None:
         links, self._links = self._links, {}
+        self._confirmed.clear()
         for future in self._pending.values():
             if not future.done():
                 future.cancel()

@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 # How long an event that arrived ahead of its predecessor waits for it before the log is read.
 REORDER_WAIT_SECONDS = 0.5
+# After another replica's goodbye on a user's channel, how long before asking who is left (its
+# UNSUBSCRIBE travels on another connection than its goodbye).
+RESURVEY_DELAY_SECONDS = 0.5
+SURVEY_CHUNK = 500
 HEALER_TICK_SECONDS = 0.25
 HEADS_CHUNK = 500
 PENDING_LIMIT = 1000  # events waiting for a gap to be filled, per user
@@ -82,6 +86,31 @@ class _Track:
     # A log head the last periodic check saw beyond ``last``: healed if still not delivered at
     # the next check (anything newer may simply still be on its way).
     behind: int | None = None
+    # No other replica holds a socket of this user (see "Greetings" in ``Delivery``): their
+    # events need not be published on their channel. False whenever that is not known.
+    alone: bool = False
+    heard: int = 0  # greetings heard from other replicas holding the user: a survey's witness
+
+
+@dataclass(slots=True)
+class _Answers:
+    """The other replicas' answers to one greeting (``Delivery._survey``)."""
+
+    repliers: set[str] = field(default_factory=set)
+    expected: int | None = None
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, replica: str) -> None:
+        self.repliers.add(replica)
+        self._check()
+
+    def expect(self, count: int) -> None:
+        self.expected = count
+        self._check()
+
+    def _check(self) -> None:
+        if self.expected is not None and len(self.repliers) >= self.expected:
+            self.complete.set()
 
 
 def user_room(user_id: str) -> str:
@@ -94,7 +123,32 @@ def event_packet(event: str, data: Any) -> eio_packet.Packet:
 
 
 class Delivery:
-    """Sends server-to-client events to users, locally and through the Redis backplane."""
+    """Sends server-to-client events to users, locally and through the Redis backplane.
+
+    Greetings. Every event about a message is also logged for its author, whose other devices
+    hear of it, and an author's devices are most often all on the replica that sends. Such an
+    event is then only delivered locally: published, it would reach no one but this replica
+    again. So each replica knows, for each user it holds, whether another replica holds a
+    socket of theirs (``_Track.alone``), from greetings on the user's own channel (a header
+    with ``"w"``, no packet):
+
+    - ``hello``: a replica's first socket of the user is in its handshake, subscribed, and about
+      to read the user's log position; or a replica asks who is still there. Every replica
+      subscribed answers, ``here`` if it holds the user, ``gone`` if it no longer does, after
+      it stopped counting itself alone. The greeter waits for as many answers as ``PUBLISH``
+      said subscribers (less itself, at most ``SUBSCRIBE_WAIT_SECONDS``) before it reads the
+      position. So any event a replica kept local because it thought itself alone was
+      committed before that read, and the new socket gets it from its position on; every later
+      one is published.
+    - ``bye``: a replica's last socket of the user left. Those that hold the user ask again
+      (``hello``) shortly after; a ``PUBLISH`` that only this replica heard means alone.
+
+    A user is alone only on the word of a greeting whose ``PUBLISH`` reached exactly one
+    subscriber, this replica's confirmed subscription, with no other replica's greeting heard
+    meanwhile. While the listener is not subscribed, or after it resubscribed (greetings may
+    have been missed), every event is published, as it was before greetings, until a survey
+    says otherwise.
+    """
 
     def __init__(
         self,
@@ -116,6 +170,10 @@ class Delivery:
         self._wake_healer = asyncio.Event()
         self._check_all: str | None = None  # why every user's log must be checked, if it must
         self._own_header = orjson.dumps({"o": replica_id})[:-1] + b","
+        self._hello = orjson.dumps({"o": replica_id, "w": "hello"}) + b"\n"
+        self._bye = orjson.dumps({"o": replica_id, "w": "bye"}) + b"\n"
+        self._answers: dict[str, _Answers] = {}  # user -> the greeting waiting for answers
+        self._survey_due: dict[str, float] = {}  # user -> when to ask who else holds them
         self._head_reads: dict[str, asyncio.Future[int]] = {}  # see _head_of
         self._head_reader: asyncio.Task[None] | None = None
         # Metric series used per message, resolved once.
@@ -123,9 +181,7 @@ class Delivery:
         self._delivered_remote = metrics.COMMIT_TO_DELIVER.labels(path="backplane")
         if backplane is not None:
             # Whatever was published while the backplane was not subscribed is in the log.
-            backplane.receive(
-                self._deliver_remote, subscribed=lambda: self.check_all("resubscribed")
-            )
+            backplane.receive(self._deliver_remote, subscribed=self._resubscribed)
 
     @property
     def uses_redis(self) -> bool:
@@ -180,10 +236,14 @@ class Delivery:
             self._delivered_local.observe(time.time() - committed_at)
         if self._backplane is None:
             return
+        remote = [u for u in users if not self._held_alone(u)]
+        if not remote:
+            metrics.BACKPLANE_KEPT_LOCAL.inc()
+            return
         header = orjson.dumps(
             {"o": self._replica_id, "s": skip_sid, "t": time.time(), "c": committed_at}
         )
-        self._backplane.publish(users, header + b"\n" + packet.data.encode())
+        self._backplane.publish(remote, header + b"\n" + packet.data.encode())
 
     async def logged(
         self,
@@ -199,6 +259,9 @@ class Delivery:
             await self._offer(item.user_id, item.first, item.last, packet, skip_sid)
             if self._backplane is None:
                 continue
+            if self._held_alone(item.user_id):
+                metrics.BACKPLANE_KEPT_LOCAL.inc()
+                continue
             header = orjson.dumps(
                 {
                     "o": self._replica_id,
@@ -212,6 +275,16 @@ class Delivery:
             self._backplane.publish([item.user_id], header + b"\n" + packet.data.encode())
         if committed_at is not None and events:
             self._delivered_local.observe(time.time() - committed_at)
+
+    def _held_alone(self, user_id: str) -> bool:
+        """Every socket of the user is here, as far as greetings tell (see the class)."""
+        track = self._tracks.get(user_id)
+        return (
+            track is not None
+            and track.alone
+            and self._backplane is not None
+            and self._backplane.healthy
+        )
 
     # --- in order, once: the per-user sequence ----------------------------------------------
 
@@ -357,6 +430,7 @@ class Delivery:
                     if track.stale or waited:
                         metrics.DELIVERY_HEALS.labels(reason="gap").inc()
                         await self._heal(user_id, track)
+                await self._run_surveys(now)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -391,6 +465,8 @@ class Delivery:
         track = self._tracks.setdefault(user_id, _Track())
         if self._backplane is not None:
             await self._backplane.subscribe(user_id)
+            # Before the position is read: see "Greetings" in the class.
+            await self._survey(user_id, track, wait=True)
         if self._heads is not None and track.last is None:
             try:
                 head = await asyncio.wait_for(self._head_of(user_id), SUBSCRIBE_WAIT_SECONDS)
@@ -434,9 +510,95 @@ class Delivery:
 
     async def unwatch(self, user_id: str) -> None:
         """Stop receiving ``user_id``'s events (their last socket here is gone)."""
-        self._tracks.pop(user_id, None)
+        track = self._tracks.pop(user_id, None)
+        self._survey_due.pop(user_id, None)
         if self._backplane is not None:
+            if track is not None and not track.alone:
+                self._backplane.publish([user_id], self._bye)  # others may be alone now
             self._backplane.unsubscribe(user_id)
+
+    # --- greetings: who else holds a user (see the class) -----------------------------------
+
+    async def _survey(self, user_id: str, track: _Track, *, wait: bool) -> None:
+        """Greet the user's channel: learn whether another replica holds them, and (``wait``)
+        until each one that hears it has answered, so it publishes their events from then on."""
+        assert self._backplane is not None
+        if not self._backplane.hears(user_id):
+            return  # their greetings would not reach us: stay publishing
+        heard = track.heard
+        answers = _Answers()
+        if wait:
+            self._answers[user_id] = answers
+        try:
+            count = await self._backplane.notify(self._backplane.channel(user_id), self._hello)
+            if self._tracks.get(user_id) is not track:
+                return
+            if count == 1:  # our own subscription, nobody else's
+                track.alone = track.heard == heard and self._backplane.hears(user_id)
+                return
+            track.alone = False
+            if wait and count > 1:
+                answers.expect(count - 1)
+                await asyncio.wait_for(answers.complete.wait(), SUBSCRIBE_WAIT_SECONDS)
+        except TimeoutError:
+            # A replica that died with its subscription still open, or a subscriber that is not
+            # a replica: the handshake goes on, and that replica, if it lives, publishes anyway
+            # once it has read the greeting.
+            log.info(
+                "not every subscriber answered a greeting", extra={"answers": len(answers.repliers)}
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not knowing is safe: the user's events stay published.
+            log.info("greeting a user's channel failed", extra={"error": repr(exc)})
+        finally:
+            if self._answers.get(user_id) is answers:
+                del self._answers[user_id]
+
+    def _greeted(self, user_id: str, envelope: dict[str, Any]) -> None:
+        """Another replica's greeting on the channel of a user we hold (or held)."""
+        assert self._backplane is not None
+        kind, replica = envelope["w"], envelope["o"]
+        track = self._tracks.get(user_id)
+        if kind == "hello":
+            if track is not None:
+                track.alone = False  # before answering: from now on their events are published
+                track.heard += 1
+            answer = {"o": self._replica_id, "w": "here" if track else "gone", "to": replica}
+            self._backplane.publish([user_id], orjson.dumps(answer) + b"\n")
+        elif kind in ("here", "gone"):
+            if kind == "here" and track is not None:
+                track.alone = False
+                track.heard += 1
+            answers = self._answers.get(user_id)
+            if envelope.get("to") == self._replica_id and answers is not None:
+                answers.add(replica)
+        elif kind == "bye" and track is not None and not track.alone:
+            self._survey_due.setdefault(user_id, time.monotonic() + RESURVEY_DELAY_SECONDS)
+
+    def _resubscribed(self) -> None:
+        """Greetings may have been missed while the listener was away: publish everything again
+        until each user's next survey, and check every log."""
+        now = time.monotonic()
+        for user_id, track in self._tracks.items():
+            track.alone = False
+            self._survey_due[user_id] = now
+        self.check_all("resubscribed")
+
+    async def _run_surveys(self, now: float) -> None:
+        if not self._survey_due or self._backplane is None or not self._backplane.healthy:
+            return
+        due = [user for user, at in self._survey_due.items() if at <= now]
+        for start in range(0, len(due), SURVEY_CHUNK):
+            chunk = due[start : start + SURVEY_CHUNK]
+            surveys = []
+            for user_id in chunk:
+                del self._survey_due[user_id]
+                track = self._tracks.get(user_id)
+                if track is not None:
+                    surveys.append(self._survey(user_id, track, wait=False))
+            await asyncio.gather(*surveys)
 
     # --- the backplane's side ----------------------------------------------------------------
 
@@ -446,6 +608,9 @@ class Delivery:
         if header.startswith(self._own_header):
             return  # already delivered locally when it was published
         envelope = orjson.loads(header)
+        if "w" in envelope:
+            self._greeted(user_id, envelope)
+            return
         metrics.BACKPLANE_RECEIVED.inc()
         metrics.BACKPLANE_LAG.observe(max(0.0, time.time() - envelope["t"]))
         packet = eio_packet.Packet(eio_packet.MESSAGE, data=text.decode())

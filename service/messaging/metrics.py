@@ -149,6 +149,11 @@ BACKPLANE_LAST_HEARTBEAT = Gauge(
     "messaging_backplane_last_heartbeat_timestamp_seconds",
     "Unix time the backplane listener last heard from Redis (messages or its own ping).",
 )
+BACKPLANE_KEPT_LOCAL = Counter(
+    "messaging_backplane_kept_local_total",
+    "Events not published on the backplane because every socket of their users is on this"
+    " replica (delivered locally only).",
+)
 DELIVERY_HEALED = Counter(
     "messaging_delivery_healed_total",
     "Events a replica delivered to its sockets from the change log after a gap in live delivery.",
