@@ -57,13 +57,17 @@ PENDING_LIMIT = 1000  # events waiting for a gap to be filled, per user
 
 @dataclass(frozen=True, slots=True)
 class Logged:
-    """An event about messages for one user, covering positions ``first..last`` of their log."""
+    """An event about messages for one user, covering positions ``first..last`` of their log.
+
+    ``data`` is None for an event no socket will be sent (``Delivery.unseen``): it only moves the
+    user's position here, so it is not rendered at all.
+    """
 
     user_id: str
     first: int
     last: int
     event: str
-    data: dict[str, Any]
+    data: dict[str, Any] | None
 
 
 # The change log, read through the rules layer (this module writes no SQL): each user's last
@@ -80,7 +84,9 @@ class _Track:
     """What this replica delivered to one user's sockets here."""
 
     last: int | None = None  # None: not known yet (the database was away at the handshake)
-    pending: dict[int, tuple[int, eio_packet.Packet, str | None]] = field(default_factory=dict)
+    pending: dict[int, tuple[int, eio_packet.Packet | None, str | None]] = field(
+        default_factory=dict
+    )
     gap_since: float | None = None
     stale: bool = False
     # A log head the last periodic check saw beyond ``last``: healed if still not delivered at
@@ -255,6 +261,10 @@ class Delivery:
         """Deliver events about messages, each to its user's sockets (except ``skip_sid``)."""
         now = time.time()
         for item in events:
+            if item.data is None:  # unseen: nothing to send, here or elsewhere
+                await self._offer(item.user_id, item.first, item.last, None, skip_sid)
+                metrics.BACKPLANE_KEPT_LOCAL.inc()
+                continue
             packet = event_packet(item.event, item.data)
             await self._offer(item.user_id, item.first, item.last, packet, skip_sid)
             if self._backplane is None:
@@ -276,6 +286,21 @@ class Delivery:
         if committed_at is not None and events:
             self._delivered_local.observe(time.time() - committed_at)
 
+    def unseen(self, user_id: str, skip_sid: str) -> bool:
+        """No socket but ``skip_sid`` would be sent an event of the user's now: every socket of
+        theirs is here (greetings) and ``skip_sid`` is the only one. Such an event need not be
+        rendered; ``logged`` only moves the user's position past it.
+
+        Decided once the change committed: a replica that greets afterwards reads a position
+        that already includes it (see the class), a socket that joins here afterwards gets what
+        came before it by its own sync.
+        """
+        track = self._tracks.get(user_id)
+        if track is None or (self._backplane is not None and not self._held_alone(user_id)):
+            return False
+        participants = self._server.manager.get_participants("/", [user_room(user_id)])
+        return all(sid == skip_sid for sid, _ in participants)
+
     def _held_alone(self, user_id: str) -> bool:
         """Every socket of the user is here, as far as greetings tell (see the class)."""
         track = self._tracks.get(user_id)
@@ -293,10 +318,11 @@ class Delivery:
         user_id: str,
         first: int,
         last: int,
-        packet: eio_packet.Packet,
+        packet: eio_packet.Packet | None,
         skip_sid: str | None,
     ) -> None:
-        """Deliver positions ``first..last`` of ``user_id``'s log if they are the next ones."""
+        """Deliver positions ``first..last`` of ``user_id``'s log if they are the next ones
+        (``packet`` None: an unseen event, which only moves the position)."""
         track = self._tracks.get(user_id)
         if track is None:
             return  # no socket of this user here
@@ -305,7 +331,8 @@ class Delivery:
             return
         if track.last is None or first == track.last + 1:
             track.last = last
-            await self._emit_local([user_id], packet, skip_sid)
+            if packet is not None:
+                await self._emit_local([user_id], packet, skip_sid)
             if track.pending:
                 await self._flush(user_id, track)
             return
@@ -335,7 +362,8 @@ class Delivery:
                 track.stale = True
                 continue
             track.last = last
-            await self._emit_local([user_id], packet, skip_sid)
+            if packet is not None:
+                await self._emit_local([user_id], packet, skip_sid)
         track.gap_since = time.monotonic() if track.pending else None
 
     async def _heal(self, user_id: str, track: _Track) -> int:
@@ -356,15 +384,18 @@ class Delivery:
                 if item.first > track.last + 1:
                     break  # delivered live meanwhile up to a later run: read again from there
                 waiting = track.pending.pop(item.first, None)
+                packet: eio_packet.Packet | None
                 if waiting is not None and waiting[0] == item.last and item.first > track.last:
-                    # The live event that waited: same content, and it knows whom to skip.
+                    # The live event that waited: same content, and it knows whom to skip (or
+                    # that nobody here was to be sent it).
                     _, packet, skip_sid = waiting
                 else:
                     packet, skip_sid = event_packet(item.event, _rest(item, track.last)), None
                 track.last = item.last
                 progressed = True
                 healed += 1
-                await self._emit_local([user_id], packet, skip_sid)
+                if packet is not None:
+                    await self._emit_local([user_id], packet, skip_sid)
             if not events or not progressed:
                 break
         track.stale = False
@@ -625,7 +656,9 @@ class Delivery:
 
 def _rest(item: Logged, delivered: int) -> dict[str, Any]:
     """An event's data without the positions already delivered (a status run is one message id
-    per position, in order); other events cover one position."""
+    per position, in order); other events cover one position. Events read from the log are
+    always rendered."""
+    assert item.data is not None
     skip = delivered + 1 - item.first
     if skip <= 0 or item.event != "messageStatus":
         return item.data

@@ -29,12 +29,16 @@ class Publisher:
         self._delivery = delivery
         self._cursor_key = cursor_key
 
-    def encode(self, events: Sequence[LogEvent]) -> list[Logged]:
+    def encode(self, events: Sequence[LogEvent], *, skip_sid: str | None = None) -> list[Logged]:
         """Each event as the fan-out sends it, with its user's ``syncToken``; an event shared by
-        several users (a new message) is rendered once."""
+        several users (a new message) is rendered once, and one that no socket but ``skip_sid``
+        would be sent (the author's own copy, when their one socket sent it) not at all."""
         rendered: dict[int, tuple[str, dict[str, Any]]] = {}
         logged: list[Logged] = []
         for item in events:
+            if skip_sid is not None and self._delivery.unseen(item.user_id, skip_sid):
+                logged.append(Logged(item.user_id, item.first, item.last, "", None))
+                continue
             key = id(item.event)
             if key not in rendered:
                 rendered[key] = socket_event(item.event)
@@ -81,7 +85,9 @@ class Publisher:
         try:
             with tracing.span("messaging.fanout", attributes={"messaging.events": len(events)}):
                 await self._delivery.logged(
-                    self.encode(events), skip_sid=skip_sid, committed_at=committed_at
+                    self.encode(events, skip_sid=skip_sid),
+                    skip_sid=skip_sid,
+                    committed_at=committed_at,
                 )
         except Exception:
             # The request succeeded; devices heal from the change log.

@@ -18,6 +18,7 @@ from tests.support.service import Device, unique
 
 PUBLISHED = 'messaging_backplane_published_total{outcome="published"}'
 HEALED = "messaging_delivery_healed_total"
+KEPT_LOCAL = "messaging_backplane_kept_local_total"
 
 
 async def _settled(replica: Replica, key: str, *, at_least: float, quiet: float = 0.3) -> float:
@@ -52,10 +53,12 @@ async def test_events_of_a_user_held_by_one_replica_are_not_published_on_their_c
         async with devices_on(cluster, (alice, a), (bob, b)) as [a1, b1]:
             conversation = (await a1.ok("createConversation", {"participantId": bob}))["id"]
             before = await _settled(a, PUBLISHED, at_least=0)
+            kept = await a.metric(KEPT_LOCAL)
             sent = [await _send(a1, conversation, f"m{i}") for i in range(10)]
             assert [await b1.next("newMessage") for _ in sent] == sent
             # Bob's copies cross to b; Alice's own stay on a, where her only socket is.
             assert await _settled(a, PUBLISHED, at_least=before + 10) == before + 10
+            assert await a.metric(KEPT_LOCAL) == kept + 10
 
 
 async def test_a_device_that_joins_on_another_replica_gets_the_users_own_events_live(

@@ -34,11 +34,12 @@ class Side:
     heads: dict[str, int] = field(default_factory=dict)
     on_head_read: list[object] = field(default_factory=list)
 
-    async def socket(self, user_id: str, eio_sid: str) -> None:
-        """A socket of ``user_id`` in its user's room (the handshake's last step)."""
-        sid = await self.server.manager.connect(eio_sid, "/")
+    async def socket(self, user_id: str, eio_sid: str) -> str:
+        """A socket of ``user_id`` in its user's room (the handshake's last step); its sid."""
+        sid: str = await self.server.manager.connect(eio_sid, "/")
         await self.server.manager.enter_room(sid, "/", f"user:{user_id}", eio_sid=eio_sid)
         self.written.setdefault(eio_sid, [])
+        return sid
 
 
 @contextlib.asynccontextmanager
@@ -102,6 +103,21 @@ async def test_a_user_held_only_here_is_alone_and_their_events_stay_local(
         assert a.delivery._held_alone("alice-solo")
         await a.delivery.logged([message("alice-solo", 1)])
         assert len(a.written["a1"]) == 1  # delivered here, and not published
+
+
+async def test_an_event_only_the_sending_socket_would_get_is_not_rendered_but_moves_the_position(
+    redis_server: RedisControl,
+) -> None:
+    async with side(redis_server, "unseen-a") as a:
+        await a.delivery.watch("alice-unseen")
+        sending = await a.socket("alice-unseen", "a1")
+        assert a.delivery.unseen("alice-unseen", sending)
+        await a.delivery.logged([Logged("alice-unseen", 1, 1, "", None)], skip_sid=sending)
+        assert a.delivery._tracks["alice-unseen"].last == 1
+        await a.socket("alice-unseen", "a2")  # a second device here: now it is seen
+        assert not a.delivery.unseen("alice-unseen", sending)
+        await a.delivery.logged([message("alice-unseen", 2)], skip_sid=sending)
+        assert a.written == {"a1": [], "a2": ['2["newMessage",{"n":2}]']}  # no gap to heal
 
 
 async def test_an_event_committed_right_after_a_joining_replica_read_the_position_reaches_it(
