@@ -625,7 +625,8 @@ class Delivery:
             chunk = due[start : start + SURVEY_CHUNK]
             surveys = []
             for user_id in chunk:
-                del self._survey_due[user_id]
+                # Gone already if the user left while an earlier chunk was being asked.
+                self._survey_due.pop(user_id, None)
                 track = self._tracks.get(user_id)
                 if track is not None:
                     surveys.append(self._survey(user_id, track, wait=False))

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+import pytest
 import socketio
 from engineio import packet as eio_packet
 
+import messaging.delivery as delivery_module
 from messaging.app import build_redis_node
 from messaging.backplane import Backplane
 from messaging.delivery import Delivery, Logged
@@ -186,3 +189,26 @@ async def test_a_resubscribed_listener_publishes_everything_until_it_has_asked_a
         finally:
             healer.cancel()
             await asyncio.gather(healer, return_exceptions=True)
+
+
+async def test_a_user_who_leaves_while_earlier_surveys_run_is_simply_not_asked(
+    redis_server: RedisControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Surveys run in chunks with awaits between them; a user unwatched meanwhile is dropped
+    from the due list by ``unwatch``, and the later chunk must not trip over the gap."""
+    monkeypatch.setattr(delivery_module, "SURVEY_CHUNK", 1)
+    async with side(redis_server, "leave-a") as a:
+        for user in ("first-leave", "second-leave"):
+            await a.delivery.watch(user)
+        a.delivery._resubscribed()  # both due now
+        survey = a.delivery._survey
+
+        async def survey_then_leave(user_id: str, track: object, *, wait: bool) -> None:
+            await survey(user_id, track, wait=wait)  # type: ignore[arg-type]
+            if user_id == "first-leave":
+                await a.delivery.unwatch("second-leave")
+
+        a.delivery._survey = survey_then_leave  # type: ignore[method-assign]
+        await a.delivery._run_surveys(time.monotonic())
+        assert a.delivery._held_alone("first-leave")
+        assert a.delivery._survey_due == {}
