@@ -44,7 +44,7 @@ class BroadcastDelivery:
     Built by ``build_service`` with Delivery's constructor arguments (``server``, ``replica_id``,
     ``backplane``, ``send``, ``check_seconds``); has the members the service uses: ``to_users``
     and ``logged`` (the events ``publishing.Publisher`` encodes), ``watch``/``unwatch``,
-    ``use_log``, ``check_all``, ``run_healer``, ``listen`` and ``listener_healthy``
+    ``unseen``, ``use_log``, ``check_all``, ``run_healer``, ``listen`` and ``listener_healthy``
     (``tests/bench/test_broadcast_replica.py`` fails when Delivery gains one it lacks).
     Deliberately not a subclass, so it relies on none of Delivery's internals. No per-user
     ordering and no healing from the change log: the stock adapter has neither. The service's
@@ -120,6 +120,9 @@ class BroadcastDelivery:
 
     async def unwatch(self, user_id: str) -> None:
         return None
+
+    def unseen(self, user_id: str, skip_sid: str) -> bool:
+        return False  # the manager cannot tell where a user's sockets are: render every event
 
     def check_all(self, reason: str) -> None:
         return None
