@@ -336,10 +336,10 @@ class Settings(BaseSettings):
             raise ValueError("at least one JWT algorithm must be configured")
         return value
 
-    @field_validator("cors_allowed_origins", mode="before")
+    @field_validator("cors_allowed_origins", "attachments_content_types", mode="before")
     @classmethod
-    def _origins_from_text(cls, value: object) -> object:
-        """A JSON list, or origins separated by commas (what a CRD field or a shell gives)."""
+    def _list_from_text(cls, value: object) -> object:
+        """A JSON list, or items separated by commas (what a CRD field or a shell gives)."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -378,17 +378,6 @@ class Settings(BaseSettings):
         urls = [hook.url for hook in value]
         if len(set(urls)) != len(urls):
             raise ValueError("MESSAGING_WEBHOOKS lists the same url twice")
-        return value
-
-    @field_validator("attachments_content_types", mode="before")
-    @classmethod
-    def _types_from_text(cls, value: object) -> object:
-        """A JSON list, or content types separated by commas."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
     @field_validator("attachments_content_types")
