@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from messaging.bench import probes
 
@@ -24,6 +27,30 @@ def test_cpu_seconds_of_a_live_process_grow_when_it_works() -> None:
     after = probes.cpu_seconds(os.getpid())
     assert after is not None
     assert after - before >= 0.2
+
+
+def test_stat_parsing_counts_children_already_reaped() -> None:
+    fields = ["S", *["0"] * 10, "250", "150", "30", "20", *["0"] * 30]
+    line = "1234 (postgres) " + " ".join(fields)
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert probes.parse_stat_cpu_seconds(line) == 450 / ticks
+
+
+def test_cpu_of_a_child_that_worked_and_exited_still_counts() -> None:
+    """PostgreSQL's backends come and go: a server's cost must not shrink when one exits."""
+    work = "import time\nt = time.process_time() + 0.3\nwhile time.process_time() < t: pass"
+    shell = subprocess.Popen(["/bin/sh", "-c", f'"{sys.executable}" -c "{work}"; exec sleep 30'])
+    try:
+        cmdline = Path(f"/proc/{shell.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not cmdline.read_bytes().startswith(b"sleep"):
+            time.sleep(0.05)  # the worker ran, was reaped, and the shell became `sleep`
+        total = probes.cpu_seconds(shell.pid)
+        assert total is not None
+        assert total >= 0.2
+    finally:
+        shell.kill()
+        shell.wait()
 
 
 def test_a_vanished_process_reads_as_none() -> None:

@@ -19,11 +19,13 @@ _RSS_METRIC = re.compile(
 
 
 def parse_stat_cpu_seconds(stat_line: str) -> float:
-    """utime + stime of one /proc/<pid>/stat line, in seconds."""
+    """CPU of one /proc/<pid>/stat line, in seconds: its own, and that of its children that
+    have exited and been waited for (PostgreSQL's backends come and go; without them, a server's
+    cost would shrink whenever one exits)."""
     # The command name (field 2) may contain spaces and parentheses: split after the last ")".
     fields = stat_line[stat_line.rindex(")") + 2 :].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / _CLOCK_TICKS
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime + cutime + cstime) / _CLOCK_TICKS
 
 
 def descendants(pid: int, proc: Path = Path("/proc")) -> list[int]:
@@ -45,7 +47,8 @@ def descendants(pid: int, proc: Path = Path("/proc")) -> list[int]:
 
 
 def cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float | None:
-    """CPU used so far by ``pid`` and its descendants; None if the process is gone."""
+    """CPU used so far by ``pid`` and its descendants, living or reaped; None if the process is
+    gone."""
     total = 0.0
     pids = descendants(pid, proc)
     for member in pids:
