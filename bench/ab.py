@@ -365,7 +365,7 @@ def print_medians(sides: list[Side], *, handshakes: bool) -> None:
             continue
         cpu = statistics.median(r["cpu_mean"] for r in side.runs)
         rate = statistics.median(r["acked_per_s"] for r in side.runs)
-        hosts = [r["host_cpu_ms_per_msg"] for r in side.runs if r["host_cpu_ms_per_msg"]]
+        hosts = [h for r in side.runs if (h := r["host_cpu_ms_per_msg"]) is not None]
         host = f", all processes {statistics.median(hosts):.4f} ms/msg" if hosts else ""
         print(
             f"median {side.ref:>10}: cpu {cpu:.4f} ms/msg per replica{host}, acked {rate:,.0f}/s",
