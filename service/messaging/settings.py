@@ -102,6 +102,14 @@ class WebhookEndpointSetting(BaseModel):
         return base64.b64decode(self.secret.get_secret_value().removeprefix(WEBHOOK_SECRET_PREFIX))
 
 
+def _asyncpg_dsn(value: str) -> str:
+    """Plain libpq-style DSNs (what a platform team keeps in a Secret) mean asyncpg."""
+    for plain in ("postgresql://", "postgres://"):
+        if value.startswith(plain):
+            return "postgresql+asyncpg://" + value.removeprefix(plain)
+    return value
+
+
 def _default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -423,10 +431,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        # Plain libpq-style DSNs (what a platform team keeps in a Secret) mean asyncpg.
-        for plain in ("postgresql://", "postgres://"):
-            if value.startswith(plain):
-                value = "postgresql+asyncpg://" + value.removeprefix(plain)
+        value = _asyncpg_dsn(value)
         if not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
             raise ValueError(
                 "database_url must be a postgresql:// (asyncpg) or sqlite+aiosqlite:// URL"
@@ -436,9 +441,7 @@ class Settings(BaseSettings):
     @field_validator("database_read_url")
     @classmethod
     def _known_read_database(cls, value: str) -> str:
-        for plain in ("postgresql://", "postgres://"):
-            if value.startswith(plain):
-                value = "postgresql+asyncpg://" + value.removeprefix(plain)
+        value = _asyncpg_dsn(value)
         if value and not value.startswith("postgresql+asyncpg://"):
             raise ValueError(
                 "database_read_url must be a postgresql:// URL of a streaming replica (or empty)"
