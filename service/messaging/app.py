@@ -144,6 +144,9 @@ class Service:
         if self.settings.migrates_at_startup:
             await asyncio.to_thread(db.migrate, self.settings)
         db.observe_pool(self._engine)
+        await db.open_pool(self._engine)
+        if self.replica is not None:
+            await db.open_pool(self.replica.engine)
         tracing.start(self.settings)
         await self.verifier.start()
         await self.connections.start()
