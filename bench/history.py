@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.history            # 1,000,000 messages, 2,000 samples per depth
     .venv/bin/python -m bench.history --quick    # 100,000 messages, 300 samples (about a minute)
+    .venv/bin/python -m bench.history --replicas 2   # the 8 clients over two replicas
 
 What it does (issue 3's benchmark; target: p99 under 10 ms for a 50-message page at any depth):
 
@@ -13,7 +14,8 @@ What it does (issue 3's benchmark; target: p99 under 10 ms for a 50-message page
    participants' change logs (``user_changes``, counters in ``user_streams``), as if the
    service had stored them.
    Then VACUUM ANALYZE, as autovacuum would do after such a load.
-2. Starts the Connections stand-in and one ``messaging serve``.
+2. Starts the Connections stand-in and ``--replicas`` ``messaging serve`` processes (default one;
+   the concurrent clients' channels are spread over them, as a Service spreads connections).
 3. Page tokens for a depth are minted with ``messaging.cursor.encode_page_token`` and the key the
    service uses (``Settings.cursor_key``: derived from the JWT secret when
    MESSAGING_CURSOR_SECRET is unset), from the (created_at, id) of the message just above that
@@ -343,15 +345,21 @@ class GrpcRun:
 
 
 async def grpc_latencies(
-    service: cluster.Service,
+    services: Sequence[cluster.Service],
     metadata: tuple[tuple[str, str], ...],
     dataset: Dataset,
     probes: list[Probe],
     clients: int,
 ) -> GrpcRun:
-    """Every probe's request with ``clients`` concurrent channels: latencies, rate, CPU costs."""
-    address = f"127.0.0.1:{service.grpc_port}"
-    channels = [grpc.aio.insecure_channel(address) for _ in range(clients)]
+    """Every probe's request with ``clients`` concurrent channels: latencies, rate, CPU costs.
+
+    Channel i goes to replica i mod N, as a Kubernetes Service spreads gRPC connections over its
+    pods; the CPU per request is the replicas' together. One client uses the first replica."""
+    services = services[: max(1, min(clients, len(services)))]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{services[i % len(services)].grpc_port}")
+        for i in range(clients)
+    ]
     try:
         stubs = [pb_grpc.MessagingServiceStub(c) for c in channels]
         conversation = str(dataset.conversation_id)
@@ -376,7 +384,7 @@ async def grpc_latencies(
                 samples.append(time.perf_counter_ns() - started)
                 check_page(reply, probe, dataset.count)
 
-        service_cpu = cluster.cpu_seconds(service.pid)
+        service_cpu = _cpu_seconds(services)
         client_cpu = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(client(s, probes[i::clients]) for i, s in enumerate(stubs)))
@@ -384,9 +392,7 @@ async def grpc_latencies(
         return GrpcRun(
             samples_ns=samples,
             requests_per_s=len(probes) / elapsed,
-            service_cpu_ms_per_request=(cluster.cpu_seconds(service.pid) - service_cpu)
-            * 1000
-            / len(probes),
+            service_cpu_ms_per_request=(_cpu_seconds(services) - service_cpu) * 1000 / len(probes),
             client_cpu_ms_per_request=(time.process_time() - client_cpu) * 1000 / len(probes),
         )
     finally:
@@ -491,13 +497,20 @@ class StoreReads:
         return "\n".join(r[0] for r in plan)
 
 
+def _cpu_seconds(services: Sequence[cluster.Service]) -> float:
+    return sum(cluster.cpu_seconds(service.pid) for service in services)
+
+
 async def measure(
-    args: argparse.Namespace, service: cluster.Service, database_url: str, dataset: Dataset
+    args: argparse.Namespace,
+    services: Sequence[cluster.Service],
+    database_url: str,
+    dataset: Dataset,
 ) -> dict[str, Any]:
     settings = Settings(jwt_secret=SecretStr(cluster.JWT_SECRET), database_url=database_url)
     key = settings.cursor_key
     metadata = (("authorization", f"Bearer {mint_token(settings, USERS[0])}"),)
-    address = f"127.0.0.1:{service.grpc_port}"
+    address = f"127.0.0.1:{services[0].grpc_port}"
     depths = sorted({d for d in args.depths if 0 <= d <= dataset.count - PAGE_SIZE})
 
     channel = grpc.aio.insecure_channel(address)
@@ -516,13 +529,13 @@ async def measure(
     _print_header(args.clients)
     results: dict[str, Any] = {}
     explain = ""
-    cpu_start = cluster.cpu_seconds(service.pid)
+    cpu_start = _cpu_seconds(services)
     async with StoreReads(settings, dataset) as reads:
         for depth in depths:
             probes = probes_for(dataset, key, depth, args.samples)
             row: dict[str, Any] = {"depth": depth}
             for clients in (1, args.clients):
-                run = await grpc_latencies(service, metadata, dataset, probes, clients)
+                run = await grpc_latencies(services, metadata, dataset, probes, clients)
                 label = "grpc_sequential" if clients == 1 else f"grpc_{clients}_clients"
                 row[label] = {
                     **summary(run.samples_ns),
@@ -545,9 +558,7 @@ async def measure(
         "sql": statements,
         "explain_analyze_deepest_page": explain,
         "tokens_verified_against_service_at_depths": verified,
-        "service_cpu_seconds_while_measuring": round(
-            cluster.cpu_seconds(service.pid) - cpu_start, 2
-        ),
+        "service_cpu_seconds_while_measuring": round(_cpu_seconds(services) - cpu_start, 2),
     }
 
 
@@ -612,6 +623,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=None, help="per depth (default 2,000)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent gRPC clients")
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="service processes the concurrent clients' channels are spread over (default 1; "
+        "a MessagingCluster runs at least 2)",
+    )
+    parser.add_argument(
         "--depths",
         type=lambda s: [int(x) for x in s.split(",")],
         default=None,
@@ -670,7 +688,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
             profiled = [sys.executable, "-m", "bench.profiled_serve", str(args.cprofile)]
-            service = procs.service("history-service", env, profiled if args.cprofile else None)
+            # The first replica is the one profiled (and the one client's).
+            services = [
+                procs.service(
+                    f"history-service-{n}", env, profiled if args.cprofile and n == 0 else None
+                )
+                for n in range(args.replicas)
+            ]
+            service = services[0]
             if args.cprofile:
                 args.cprofile.unlink(missing_ok=True)
                 os.kill(service.proc.pid, signal.SIGUSR1)
@@ -679,7 +704,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)\n",
                 flush=True,
             )
-            measured = cluster.run_async(measure(args, service, asyncpg_url, dataset))
+            measured = cluster.run_async(measure(args, services, asyncpg_url, dataset))
             if args.cprofile:
                 os.kill(service.proc.pid, signal.SIGUSR2)
                 servers.wait_until(args.cprofile.exists, "the service's profile", service.proc)
@@ -694,6 +719,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "page_size": PAGE_SIZE,
             "samples_per_depth": args.samples,
             "concurrent_clients": args.clients,
+            "replicas": args.replicas,
             "depth_spread": DEPTH_SPREAD,
             "postgres_settings": dict(cluster.BENCH_PG_SETTINGS),
             "tokens": "minted with messaging.cursor.encode_page_token and Settings.cursor_key "
