@@ -143,7 +143,7 @@ class Service:
         )
         if self.settings.migrates_at_startup:
             await asyncio.to_thread(db.migrate, self.settings)
-        db.observe_pool(self._engine)
+        db.observe_pool(self._engine, kept=lambda: self.chat.database.kept_connections)
         await db.open_pool(self._engine)
         if self.replica is not None:
             await db.open_pool(self.replica.engine)
@@ -199,6 +199,7 @@ class Service:
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.aclose()
+        await self.chat.database.close()
         await self._engine.dispose()
         await asyncio.to_thread(tracing.stop)  # exports the spans still buffered
         if self.replica is not None:
@@ -352,7 +353,7 @@ def build_database(settings: Settings) -> Database:
         replica = ReplicaReads(
             replica=read_engine, max_wait_seconds=settings.database_read_max_wait_ms / 1000
         )
-    return Database(engine, replica=replica)
+    return Database(engine, replica=replica, keep_connections=settings.database_pool_size)
 
 
 def build_object_store(settings: Settings) -> ObjectStore | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,18 @@ async def open_pool(engine: AsyncEngine) -> None:
         )
 
 
-def observe_pool(engine: AsyncEngine) -> None:
-    """Export the pool's in-use and idle connection counts (read at scrape time)."""
+def observe_pool(engine: AsyncEngine, *, kept: Callable[[], int] = lambda: 0) -> None:
+    """Export the pool's in-use and idle connection counts (read at scrape time). ``kept``:
+    connections checked out but idle, kept for the next reads (``transactions.Database``),
+    counted as idle."""
     sync_pool = engine.sync_engine.pool
     if isinstance(sync_pool, pool.QueuePool):
-        metrics.DB_POOL_CONNECTIONS.labels(state="in_use").set_function(sync_pool.checkedout)
-        metrics.DB_POOL_CONNECTIONS.labels(state="idle").set_function(sync_pool.checkedin)
+        metrics.DB_POOL_CONNECTIONS.labels(state="in_use").set_function(
+            lambda: sync_pool.checkedout() - kept()
+        )
+        metrics.DB_POOL_CONNECTIONS.labels(state="idle").set_function(
+            lambda: sync_pool.checkedin() + kept()
+        )
 
 
 def alembic_config(database_url: str) -> Config:

@@ -10,7 +10,9 @@ The drain counter lives here too: requests in flight, so a draining process wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import TypeVar
@@ -19,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from messaging import store
+from messaging import db, store
 from messaging.errors import Unavailable
 from messaging.logs import describe_error
 from messaging.read_replica import ReplicaReads
@@ -30,10 +32,28 @@ T = TypeVar("T")
 
 
 class Database:
-    """Connections and transactions over one engine, and the requests in flight."""
+    """Connections and transactions over one engine, and the requests in flight.
 
-    def __init__(self, engine: AsyncEngine, *, replica: ReplicaReads | None = None) -> None:
+    ``keep_connections``: how many autocommit connections stay checked out between reads, for
+    the next ones (PostgreSQL; 0 keeps none). A checkout from SQLAlchemy's pool, setting
+    autocommit and giving the connection back cost three greenlet switches and the pool's
+    bookkeeping: 15% of a gRPC history page's CPU (BENCHMARKS.md, "Twelfth reading"). A kept
+    connection is used again only after a clean use; one that sat idle for
+    ``db.IDLE_BEFORE_PING_SECONDS`` is pinged first, like the pool's own (``db.py``).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        replica: ReplicaReads | None = None,
+        keep_connections: int = 0,
+    ) -> None:
         self._engine = engine
+        # Newest last, each with when it was given back.
+        self._kept: list[tuple[AsyncConnection, float]] = []
+        self._keep = keep_connections if engine.dialect.name == "postgresql" else 0
+        self._closed = False
         # History and conversation lists may be served by a read replica (None: the primary).
         self._replica = replica
         self._in_flight = 0
@@ -46,6 +66,11 @@ class Database:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def kept_connections(self) -> int:
+        """Connections checked out of the pool but idle, kept for the next reads."""
+        return len(self._kept)
 
     @property
     def replica(self) -> ReplicaReads | None:
@@ -82,14 +107,64 @@ class Database:
         """
         try:
             with _database_errors():
-                async with self._engine.connect() as conn:
-                    if self._engine.dialect.name == "postgresql":
-                        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    else:
+                if self._engine.dialect.name != "postgresql":
+                    async with self._engine.connect() as conn:
                         yield conn
+                    return
+                conn = await self._take()
+                kept = False
+                try:
+                    yield conn
+                    kept = await self._keep_for_next(conn)
+                finally:
+                    if not kept:
+                        await conn.close()
         except Unavailable:
             self.database_ok = False
             raise
+
+    async def _take(self) -> AsyncConnection:
+        """A kept connection (pinged first if it sat idle), else one from the pool."""
+        while self._kept:
+            conn, since = self._kept.pop()
+            if time.monotonic() - since < db.IDLE_BEFORE_PING_SECONDS:
+                return conn
+            try:
+                await store.ping(conn)
+            except BaseException as exc:
+                # Cut while it was kept (a restart, a proxy): the pool replaces it.
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+                    await conn.close()
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            return conn
+        conn = await self._engine.connect().start()
+        try:
+            return await conn.execution_options(isolation_level="AUTOCOMMIT")
+        except BaseException:
+            await conn.close()
+            raise
+
+    async def _keep_for_next(self, conn: AsyncConnection) -> bool:
+        """Keep ``conn`` after a clean use, if there is room (the rest go back to the pool)."""
+        if self._closed or len(self._kept) >= self._keep or conn.invalidated:
+            return False
+        if conn.in_transaction():
+            # SQLAlchemy's own bookkeeping of an autocommit connection that ran statements
+            # (nothing is open in the database); ended so the next user starts clean.
+            await conn.rollback()
+        self._kept.append((conn, time.monotonic()))
+        return True
+
+    async def close(self) -> None:
+        """Give the kept connections back to the pool (before the engine is disposed of)."""
+        self._closed = True
+        kept, self._kept = self._kept, []
+        for conn, _ in kept:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def connection(self) -> AbstractAsyncContextManager[AsyncConnection]:
         """A connection for the feature modules' reads (failures surface as ``UNAVAILABLE``)."""
