@@ -364,7 +364,8 @@ async def grpc_latencies(
         stubs = [pb_grpc.MessagingServiceStub(c) for c in channels]
         conversation = str(dataset.conversation_id)
         warm = probes[: min(20, len(probes))]
-        for stub in stubs:
+
+        async def warm_up(stub: pb_grpc.MessagingServiceAsyncStub) -> None:
             for probe in warm:
                 await stub.GetMessageHistory(
                     pb.GetMessageHistoryRequest(
@@ -372,6 +373,12 @@ async def grpc_latencies(
                     ),
                     metadata=metadata,
                 )
+
+        # All channels at once, as measured: the service's connections that only concurrency
+        # uses prepare their statements here (asyncpg prepares per connection, and PostgreSQL
+        # plans a prepared statement five times before it settles on a generic plan), not in
+        # the first measured depth.
+        await asyncio.gather(*(warm_up(stub) for stub in stubs))
         samples: list[int] = []
 
         async def client(stub: pb_grpc.MessagingServiceAsyncStub, share: list[Probe]) -> None:
