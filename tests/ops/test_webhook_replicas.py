@@ -126,6 +126,12 @@ async def test_a_replica_killed_mid_delivery_loses_nothing_and_another_finishes(
                 f'messaging_webhook_deliveries_total{{endpoint="http://127.0.0.1:{hooks.port}'
                 f'/hooks",outcome="delivered"}}'
             )
+            # The receiver records a request when it arrives; the replica counts it delivered
+            # once it has read the answer, a moment later.
+            for _ in range(100):
+                if await second.metric(delivered) >= len(in_flight):
+                    break
+                await asyncio.sleep(0.05)
             assert await second.metric(delivered) >= len(in_flight)
 
 
