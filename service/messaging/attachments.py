@@ -31,7 +31,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from messaging.errors import Unavailable, ValidationFailed
-from messaging.objectstore import ObjectStore, SignedRequest, object_key
+from messaging.objectstore import (
+    ObjectStore,
+    ObjectStoreUnavailable,
+    SignedRequest,
+    object_key,
+)
 from messaging.records import AttachmentView, MessageRecord, NewMessage
 from messaging.settings import Settings
 from messaging.storage import attachments as sql
@@ -293,24 +298,31 @@ class Attachments:
         return await sql.doom_of_messages(conn, message_ids, at=datetime.now(UTC))
 
     async def purge(self, ids: Sequence[uuid.UUID]) -> int:
-        """Delete the objects of erased attachments, then their rows (after the commit)."""
+        """Delete the objects of erased attachments, then their rows (after the commit).
+
+        Returns how many were deleted; those the store refused are left to the sweeper."""
         if not ids:
             return 0
-        return await self._sweep(ids=ids)
+        deleted, _ = await self._sweep(ids=ids)
+        return deleted
 
     async def sweep(self, *, now: datetime | None = None) -> int:
-        """One pass of cleanup: unattached uploads past the TTL and erased attachments."""
+        """One pass of cleanup: unattached uploads past the TTL and erased attachments.
+
+        A batch in which the store refused a delete ends the pass: the store is struggling, and
+        the refused rows would only come back first in the next batch."""
         cutoff = (now or datetime.now(UTC)) - self.limits.unattached_ttl
         total = 0
         while True:
-            swept = await self._sweep(unattached_before=cutoff)
-            total += swept
-            if swept < SWEEP_BATCH:
+            deleted, refused = await self._sweep(unattached_before=cutoff)
+            total += deleted
+            if refused or deleted < SWEEP_BATCH:
                 return total
 
     async def _sweep(
         self, *, ids: Sequence[uuid.UUID] | None = None, unattached_before: datetime | None = None
-    ) -> int:
+    ) -> tuple[int, int]:
+        """Delete one batch: returns (deleted, refused by the store)."""
         assert self._connection is not None, "Attachments was built without a connection"
         cutoff = unattached_before or datetime.now(UTC) - self.limits.unattached_ttl
         async with self._connection() as conn:
@@ -318,14 +330,29 @@ class Attachments:
                 conn, ids=ids, unattached_before=unattached_before, limit=SWEEP_BATCH
             )
         if not rows:
-            return 0
+            return 0, 0
         # Objects first: a crash between the two leaves rows whose objects are gone, which the
         # next sweep deletes (deleting a missing object is fine); never an object nobody knows.
-        await asyncio.gather(*(self.store.delete(r.object_key) for r in rows))
-        async with self._connection() as conn:
-            await sql.delete_swept(conn, [r.id for r in rows], unattached_before=cutoff)
-            await conn.commit()
-        return len(rows)
+        # An object the store refuses keeps its own row for the next sweep, and only its own.
+        results = await asyncio.gather(
+            *(self.store.delete(r.object_key) for r in rows), return_exceptions=True
+        )
+        deleted = [r.id for r, result in zip(rows, results, strict=True) if result is None]
+        if deleted:
+            async with self._connection() as conn:
+                await sql.delete_swept(conn, deleted, unattached_before=cutoff)
+                await conn.commit()
+        errors = [result for result in results if result is not None]
+        for error in errors:
+            if not isinstance(error, ObjectStoreUnavailable):
+                raise error  # a bug, not the store: let it be seen
+        if errors:
+            log.warning(
+                "the object store refused %d of %d deletes; they wait for the next sweep",
+                len(errors),
+                len(rows),
+            )
+        return len(deleted), len(errors)
 
     async def run_sweeper(self) -> None:
         """Sweep every ``sweep_seconds``, in every replica, until cancelled."""

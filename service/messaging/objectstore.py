@@ -230,8 +230,18 @@ class S3ObjectStore:
         return StoredObject(size=found.size or 0, content_type=found.content_type)
 
     async def delete(self, key: str) -> None:
+        """Delete ``key``; one already gone counts as deleted.
+
+        S3 answers 204 for a missing key, but S3-compatible servers may not: versitygw answers
+        NoSuchKey when another delete removed the file between its check and its own removal
+        (two replicas sweeping at once).
+        """
         async with self._calling("delete") as client:
-            await client.remove_object(self.bucket, key)
+            try:
+                await client.remove_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code not in _MISSING:
+                    raise
 
 
 # --- local disk ----------------------------------------------------------------------------------

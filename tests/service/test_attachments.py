@@ -24,7 +24,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from messaging.dev_connections import ConnectionGraph
-from messaging.objectstore import S3ObjectStore
+from messaging.objectstore import ObjectStoreUnavailable, S3ObjectStore
 from messaging.proto.messaging.v1 import messaging_pb2 as pb
 from messaging.proto.messaging.v1 import messaging_pb2_grpc as pb_grpc
 from messaging.tables import attachments, messages
@@ -519,6 +519,64 @@ async def test_uploads_never_attached_are_deleted_after_a_day_and_attached_ones_
     assert await _attachment_rows(att_svc, abandoned) == 0
     assert await _object_size(att_svc, conversation, kept) == len(b"kept")
     assert await _attachment_rows(att_svc, kept) == 1
+
+
+async def test_an_object_deleted_by_several_replicas_at_once_is_gone_and_no_delete_fails(
+    att_svc: RunningService, http: httpx.AsyncClient
+) -> None:
+    """Two sweepers (or a purge and a sweeper) race on the same object: the loser finds it gone
+    (versitygw then answers NoSuchKey, which S3 itself never does), and gone is what it wanted.
+
+    The race is between the server's check and its removal; on this machine one pair of callers
+    in twenty hits it, so the test makes 1,600 such races."""
+    assert att_svc.service.attachments is not None
+    store = att_svc.service.attachments.store
+    for _ in range(5):
+        keys = [f"{uuid.uuid4()}/{uuid.uuid4()}" for _ in range(40)]
+        for key in keys:
+            upload = await store.presign_upload(
+                key, content_type="image/png", size_bytes=1, expires_in=60
+            )
+            response = await http.put(upload.url, content=b"x", headers=upload.headers)
+            assert response.status_code == 200, response.text
+        await asyncio.gather(*(store.delete(key) for key in keys for _ in range(8)))
+        assert [await store.stat(key) for key in keys] == [None] * len(keys)
+
+
+async def test_an_object_the_store_will_not_delete_holds_back_only_its_own_row(
+    att_svc: RunningService, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One object whose delete fails (the store away for it, a permission) must not keep the
+    sweeper from the others; its row stays, so the next sweep deletes it."""
+    alice, bob = await _pair(att_svc)
+    async with devices(att_svc, alice) as [a]:
+        conversation = await open_conversation(att_svc, a, bob)
+        stuck, *others = [
+            await _uploaded(a, http, conversation, b"abandoned %d" % i) for i in range(4)
+        ]
+    attachments_ = att_svc.service.attachments
+    assert attachments_ is not None
+    stuck_key = _key(att_svc, conversation, stuck)
+    delete = attachments_.store.delete
+
+    async def refusing(key: str) -> None:
+        if key == stuck_key:
+            raise ObjectStoreUnavailable("the object store is unavailable; try again")
+        await delete(key)
+
+    monkeypatch.setattr(attachments_.store, "delete", refusing)
+    later = datetime.now(UTC) + timedelta(hours=24, minutes=1)
+    await attachments_.sweep(now=later)
+    for attachment_id in others:
+        assert await _object_size(att_svc, conversation, attachment_id) is None
+        assert await _attachment_rows(att_svc, attachment_id) == 0
+    assert await _object_size(att_svc, conversation, stuck) == len(b"abandoned 0")
+    assert await _attachment_rows(att_svc, stuck) == 1
+    # The store takes it again: the next sweep finishes the job.
+    monkeypatch.setattr(attachments_.store, "delete", delete)
+    await attachments_.sweep(now=later)
+    assert await _object_size(att_svc, conversation, stuck) is None
+    assert await _attachment_rows(att_svc, stuck) == 0
 
 
 async def test_an_upload_close_to_its_expiry_can_no_longer_be_sent(
