@@ -133,9 +133,8 @@ class LeaderElection:
         while True:
             await asyncio.sleep(self.retry_seconds)
             try:
-                renewed = await asyncio.wait_for(
-                    self.try_acquire_or_renew(), timeout=self.renew_deadline_seconds
-                )
+                async with asyncio.timeout(self.renew_deadline_seconds):
+                    renewed = await self.try_acquire_or_renew()
             except (KubeError, TimeoutError) as e:
                 log.warning("leader election: renewing failed: %s", e)
                 renewed = False

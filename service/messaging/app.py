@@ -15,7 +15,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +82,31 @@ READINESS_INTERVAL_SECONDS = 1.0
 CHECK_TIMEOUT_SECONDS = 1.0
 # gRPC calls are short (a page of history); one still running after this is cancelled.
 GRPC_STOP_GRACE_SECONDS = 2.0
+
+
+# The background loops end at their next step once cancelled; one still running after this is
+# left behind, so the clients and the database pool below still get closed before the deadline.
+TASKS_STOP_SECONDS = 1.0
+
+
+async def cancel_and_wait(
+    tasks: Sequence[asyncio.Task[Any]], *, within: float
+) -> list[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait for them to end, at most ``within`` seconds; those still running.
+
+    A task that swallows its cancellation (see ``tests/unit/test_cancelled_loops_stop.py``) would
+    otherwise hold the whole stop until the watchdog, skipping every close after it. How the
+    others ended (cancelled, or an error of their own) does not matter at this point.
+    """
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=within)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: asyncio would log it as never retrieved
+    return [task for task in tasks if task in pending]
 
 
 @dataclass
@@ -183,11 +208,8 @@ class Service:
             await self.grpc.stop(
                 grace_seconds=min(GRPC_STOP_GRACE_SECONDS, self.settings.shutdown_deadline_seconds)
             )
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in await cancel_and_wait(self._tasks, within=TASKS_STOP_SECONDS):
+            log.warning("background task did not stop; leaving it", extra={"task": task.get_name()})
         await self.sockets.limiter.close()
         await self.presence.leave()
         await self.connections.close()
@@ -210,7 +232,8 @@ class Service:
     async def check_readiness(self) -> Readiness:
         problems = []
         try:
-            await asyncio.wait_for(self.chat.database.ping_database(), CHECK_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                await self.chat.database.ping_database()
             self.readiness.database = True
         except Exception as exc:  # whatever it is, the database did not answer: not ready
             self.readiness.database = False
@@ -218,7 +241,8 @@ class Service:
             problems.append(f"database: {exc if isinstance(exc, MessagingError) else repr(exc)}")
         if self.redis is not None:
             try:
-                await asyncio.wait_for(self.redis.ping(), CHECK_TIMEOUT_SECONDS)
+                async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+                    await self.redis.ping()
                 healthy = self.delivery.listener_healthy
                 self.readiness.redis = healthy
                 if not healthy:

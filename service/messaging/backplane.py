@@ -241,7 +241,8 @@ class Backplane:
             if wire is None or not wire.connected:
                 wire = self._notice_wires[node] = await RedisWire.open(self._redis, address=node)
         try:
-            (reply,) = await asyncio.wait_for(wire.execute([publish]), PUBLISH_TIMEOUT_SECONDS)
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                (reply,) = await wire.execute([publish])
         except (RedisError, OSError, TimeoutError):
             wire.close()
             raise
@@ -281,7 +282,8 @@ class Backplane:
                 self._pending.pop(channel, None)
                 log.warning("subscribe failed", extra={"error": repr(exc)})
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_WAIT_SECONDS)
+            async with asyncio.timeout(SUBSCRIBE_WAIT_SECONDS):
+                await asyncio.shield(future)
 
     def unsubscribe(self, user_id: str) -> None:
         self._users.discard(user_id)
@@ -324,9 +326,8 @@ class Backplane:
                     error = exc
                     continue
                 try:
-                    (reply,) = await asyncio.wait_for(
-                        wire.execute([command("CLUSTER", "SLOTS")]), PUBLISH_TIMEOUT_SECONDS
-                    )
+                    async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                        (reply,) = await wire.execute([command("CLUSTER", "SLOTS")])
                     if isinstance(reply, Exception):
                         raise reply
                     slots = SlotMap.from_cluster_slots(reply)
@@ -407,7 +408,8 @@ class Backplane:
         if wire is None or not wire.connected:
             wire = wires[None] = await RedisWire.open(self._redis)
         commands = [command("PUBLISH", channel, envelope) for channel, envelope in items]
-        await asyncio.wait_for(wire.execute(commands), PUBLISH_TIMEOUT_SECONDS)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await wire.execute(commands)
 
     async def _publish_cluster(
         self, items: list[tuple[str, bytes]], wires: dict[Node | None, RedisWire]
@@ -425,7 +427,8 @@ class Backplane:
             if wire is None or not wire.connected:
                 wire = wires[node] = await RedisWire.open(self._redis, address=node)
             commands = [command("SPUBLISH", channel, envelope) for channel, envelope in part]
-            return await asyncio.wait_for(wire.execute(commands), PUBLISH_TIMEOUT_SECONDS)
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                return await wire.execute(commands)
 
         parts = list(by_node.items())
         outcomes = await asyncio.gather(

@@ -251,9 +251,8 @@ class Blocks:
         started = time.monotonic()
         try:
             try:
-                receivers = await asyncio.wait_for(
-                    self._delivery.notify(CHANGED_CHANNEL, data), self._timeout
-                )
+                async with asyncio.timeout(self._timeout):
+                    receivers = await self._delivery.notify(CHANGED_CHANNEL, data)
             except (RedisError, OSError, TimeoutError) as exc:
                 # The other replicas cannot hear Redis either (or soon notice they cannot): they
                 # read through until they resubscribe, and then empty their caches.
@@ -264,7 +263,8 @@ class Blocks:
             announcement.settle()
             left = max(0.0, self._timeout - (time.monotonic() - started))
             try:
-                await asyncio.wait_for(asyncio.shield(announcement.done), left)
+                async with asyncio.timeout(left):
+                    await asyncio.shield(announcement.done)
             except TimeoutError:
                 metrics.BLOCK_INVALIDATIONS.labels(outcome="timeout").inc()
                 log.warning(

@@ -182,7 +182,8 @@ class GroupCommitter:
             return False
         self._arrived.clear()
         try:
-            await asyncio.wait_for(self._arrived.wait(), self._linger)
+            async with asyncio.timeout(self._linger):
+                await self._arrived.wait()
         except TimeoutError:
             return False
         return bool(self._pending)

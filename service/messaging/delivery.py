@@ -437,7 +437,8 @@ class Delivery:
         next_check = last_tick + self._check_seconds
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_healer.wait(), HEALER_TICK_SECONDS)
+                async with asyncio.timeout(HEALER_TICK_SECONDS):
+                    await self._wake_healer.wait()
             self._wake_healer.clear()
             now = time.monotonic()
             if now - last_tick > HEALER_TICK_SECONDS + STALL_SECONDS:
@@ -500,7 +501,8 @@ class Delivery:
             await self._survey(user_id, track, wait=True)
         if self._heads is not None and track.last is None:
             try:
-                head = await asyncio.wait_for(self._head_of(user_id), SUBSCRIBE_WAIT_SECONDS)
+                async with asyncio.timeout(SUBSCRIBE_WAIT_SECONDS):
+                    head = await self._head_of(user_id)
             except Exception as exc:
                 log.warning("reading a user's log position failed", extra={"error": repr(exc)})
                 return
@@ -570,7 +572,8 @@ class Delivery:
             track.alone = False
             if wait and count > 1:
                 answers.expect(count - 1)
-                await asyncio.wait_for(answers.complete.wait(), SUBSCRIBE_WAIT_SECONDS)
+                async with asyncio.timeout(SUBSCRIBE_WAIT_SECONDS):
+                    await answers.complete.wait()
         except TimeoutError:
             # A replica that died with its subscription still open, or a subscriber that is not
             # a replica: the handshake goes on, and that replica, if it lives, publishes anyway

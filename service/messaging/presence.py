@@ -231,9 +231,8 @@ class Presence:
         if self._redis is None:
             return len(local)
         try:
-            members = await asyncio.wait_for(
-                asyncio.shield(self._members_of(user_id)), COUNT_TIMEOUT_SECONDS
-            )
+            async with asyncio.timeout(COUNT_TIMEOUT_SECONDS):
+                members = await asyncio.shield(self._members_of(user_id))
         except TimeoutError:
             return len(local)
         if members is None:  # Redis refused or is unreachable

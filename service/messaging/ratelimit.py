@@ -250,13 +250,11 @@ class RateLimiter:
         """Tokens granted by the shared bucket (None: Redis unreachable) and the wait if none."""
         assert self._script is not None
         try:
-            granted, retry_ms = await asyncio.wait_for(
-                self._script(
+            async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
+                granted, retry_ms = await self._script(
                     keys=[bucket_key(user_id, limit, cluster=self._cluster)],
                     args=[repr(budget.per_second), budget.burst, want],
-                ),
-                REDIS_TIMEOUT_SECONDS,
-            )
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             if self._clock() >= self._redis_down_until:
                 log.warning(

@@ -83,18 +83,18 @@ class RedisWire(asyncio.Protocol):
         wire = cls(on_push)
         try:
             if isinstance(settings, UnixDomainSocketConnection) and address is None:
-                await asyncio.wait_for(
-                    loop.create_unix_connection(lambda: wire, settings.path), timeout
-                )
+                async with asyncio.timeout(timeout):
+                    await loop.create_unix_connection(lambda: wire, settings.path)
             else:
                 tls = settings.ssl_context.get() if isinstance(settings, SSLConnection) else None
                 host, port = address or (settings.host, settings.port)
-                await asyncio.wait_for(
-                    loop.create_connection(lambda: wire, host, port, ssl=tls), timeout
-                )
+                async with asyncio.timeout(timeout):
+                    await loop.create_connection(lambda: wire, host, port, ssl=tls)
             hello = _hello(settings)
             if hello:
-                for reply in await asyncio.wait_for(wire.execute(hello), timeout):
+                async with asyncio.timeout(timeout):
+                    replies = await wire.execute(hello)
+                for reply in replies:
                     if isinstance(reply, Exception):
                         raise reply
         except TimeoutError as exc:

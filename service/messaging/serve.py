@@ -107,7 +107,8 @@ class _DrainingServer(uvicorn.Server):
 
     async def _drain_then_exit(self, started: float, limit: float) -> None:
         try:
-            await asyncio.wait_for(self._service.drain(), limit)
+            async with asyncio.timeout(limit):
+                await self._service.drain()
         except TimeoutError:
             # The service's own stop (gRPC's grace, closing its clients) still gets its time.
             log.warning("drain overran its time; stopping anyway", extra={"limit_seconds": limit})
