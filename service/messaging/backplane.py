@@ -281,9 +281,17 @@ class Backplane:
             except (RedisError, OSError) as exc:
                 self._pending.pop(channel, None)
                 log.warning("subscribe failed", extra={"error": repr(exc)})
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+        try:
             async with asyncio.timeout(SUBSCRIBE_WAIT_SECONDS):
                 await asyncio.shield(future)
+        except TimeoutError:
+            pass  # unconfirmed: the caller goes on, and the healer fills what it misses
+        except asyncio.CancelledError:
+            # A resubscription dropped the request (and sends its own); the caller goes on. The
+            # caller itself being cancelled is not that, and must not be swallowed.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
     def unsubscribe(self, user_id: str) -> None:
         self._users.discard(user_id)

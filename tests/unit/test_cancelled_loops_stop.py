@@ -9,7 +9,9 @@ replica drained in 3 s and then sat in its stop until the watchdog ended it at 1
 (``pyproject.toml``). The stop also waits a bounded time for its loops and names any that did
 not end (``app.cancel_and_wait``).
 
-Each test wakes a loop and cancels it in the same turn, which is the race, made certain.
+Each test wakes a loop and cancels it in the same turn, which is the race, made certain. The
+backplane's ``subscribe`` had the same flaw by another road: it swallowed every cancellation
+while it waited for Redis, to go on when a resubscription dropped its request.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import asyncio
 from typing import Any, cast
 
 import socketio
+from redis.asyncio import Redis
 
 from messaging.app import cancel_and_wait
+from messaging.backplane import Backplane
 from messaging.delivery import Delivery
 from messaging_operator.leadership import LeaderElection
 
@@ -97,3 +101,30 @@ async def test_the_stop_gives_up_on_a_task_that_will_not_end_and_names_it() -> N
     assert tasks[0].cancelled()
     released.set()  # the test's event loop is shared: let it end
     await tasks[1]
+
+
+def _waiting_for_confirmation(user_id: str) -> tuple[Backplane, asyncio.Future[None]]:
+    """A listening backplane that asked Redis for ``user_id``'s channel and has no answer yet."""
+    backplane = Backplane(Redis(), replica_id="replica-a")  # never connects: nothing is sent
+    backplane._healthy.set()
+    asked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    backplane._pending[backplane.channel(user_id)] = asked
+    return backplane, asked
+
+
+async def test_a_subscribe_cancelled_while_it_waits_for_redis_is_cancelled() -> None:
+    backplane, _ = _waiting_for_confirmation("u")
+    subscriber = asyncio.create_task(backplane.subscribe("u"))
+    await asyncio.sleep(0)  # waiting for the confirmation
+    subscriber.cancel()
+    assert await stopped(subscriber)
+
+
+async def test_a_subscribe_whose_request_is_dropped_returns_quietly() -> None:
+    # A resubscription drops the requests in flight; their waiters go on without a confirmation.
+    backplane, asked = _waiting_for_confirmation("u")
+    subscriber = asyncio.create_task(backplane.subscribe("u"))
+    await asyncio.sleep(0)
+    asked.cancel()
+    await subscriber
+    assert subscriber.done() and not subscriber.cancelled()
